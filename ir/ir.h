@@ -1,0 +1,126 @@
+/* The kdc dataflow-graph IR.
+ *
+ * A graph is an append-only array of nodes in topological order (a node's
+ * sources always have smaller ids); passes build new graphs rather than edit
+ * old ones. Nodes are typed tensors: a dtype and a shape of up to
+ * KD_MAX_RANK dimensions, each a constant size or a symbol such as N or V.
+ *
+ * Shape rules: elementwise ops broadcast as numpy does (right-aligned, size-1
+ * dims stretch); reductions keep the reduced axis with size 1, so a row
+ * reduction of [N, V] is [N, 1] and broadcasts back over the row.
+ *
+ * Legend used in comments: N = rows (tokens), V = vocabulary.
+ *
+ * The IR knows no syntax and no LLVM. */
+#ifndef KD_IR_H
+#define KD_IR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../runtime/status.h"
+
+typedef enum kd_opcode {
+#define KD_OP(name, spelling, nsrc, cls) KD_OP_##name,
+#include "ops.def"
+#undef KD_OP
+  KD_OPCODE_COUNT
+} kd_opcode;
+
+typedef enum kd_op_class {
+  KD_CLASS_INPUT, KD_CLASS_UNARY, KD_CLASS_BINARY, KD_CLASS_SELECT,
+  KD_CLASS_REDUCE, KD_CLASS_ROW, KD_CLASS_OTHER
+} kd_op_class;
+
+const char *kd_opcode_name(kd_opcode op); /* "add", "logsumexp", ... */
+int kd_opcode_nsrc(kd_opcode op);
+kd_op_class kd_opcode_class(kd_opcode op);
+
+typedef enum kd_dtype {
+  KD_F32, KD_BF16, KD_F64, KD_I32, KD_I64, KD_BOOL,
+  KD_DTYPE_COUNT
+} kd_dtype;
+
+const char *kd_dtype_name(kd_dtype t); /* "f32", "bf16", ... */
+size_t kd_dtype_size(kd_dtype t);
+
+/* A dimension: a size >= 0, or a symbol encoded as a negative number. */
+typedef int64_t kd_dim;
+#define KD_DIM_SYM(i) (-1 - (int64_t)(i))
+#define KD_DIM_IS_SYM(d) ((d) < 0)
+#define KD_DIM_SYM_INDEX(d) ((int)(-1 - (d)))
+
+#define KD_MAX_RANK 4
+#define KD_MAX_SRC 3
+
+typedef int32_t kd_node_id;
+#define KD_NONE ((kd_node_id)-1)
+
+typedef struct kd_node {
+  kd_opcode op;
+  kd_dtype dtype;
+  int rank;
+  kd_dim shape[KD_MAX_RANK];
+  int nsrc;
+  kd_node_id src[KD_MAX_SRC];
+  double value;     /* CONST */
+  int axis;         /* REDUCE, ROW, IOTA: a non-negative axis */
+  const char *name; /* INPUT: the input's name; others: optional, for printing */
+} kd_node;
+
+typedef struct kd_graph kd_graph;
+
+kd_graph *kd_graph_new(void);
+void kd_graph_free(kd_graph *g);
+
+size_t kd_graph_size(const kd_graph *g);
+const kd_node *kd_graph_node(const kd_graph *g, kd_node_id id);
+
+/* Symbolic dimensions, found or added by name ("N", "V"). */
+kd_dim kd_graph_sym(kd_graph *g, const char *name);
+const char *kd_graph_sym_name(const kd_graph *g, kd_dim d);
+size_t kd_graph_nsyms(const kd_graph *g);
+
+/* Builders. Each checks its operands, infers dtype and shape, and returns the
+ * new node's id. On a bad operand (a shape that does not broadcast, an axis
+ * out of range, KD_NONE as a source) it returns KD_NONE and records the
+ * first such error in the graph; every later builder call given KD_NONE
+ * returns KD_NONE, so a caller may check once, at the end. */
+kd_node_id kd_input(kd_graph *g, const char *name, kd_dtype dtype, int rank,
+                    const kd_dim *shape);
+kd_node_id kd_const(kd_graph *g, double value, kd_dtype dtype);
+kd_node_id kd_iota(kd_graph *g, int rank, const kd_dim *shape, int axis);
+kd_node_id kd_unary(kd_graph *g, kd_opcode op, kd_node_id a);
+kd_node_id kd_cast(kd_graph *g, kd_node_id a, kd_dtype to);
+kd_node_id kd_binary(kd_graph *g, kd_opcode op, kd_node_id a, kd_node_id b);
+kd_node_id kd_select(kd_graph *g, kd_node_id cond, kd_node_id a, kd_node_id b);
+kd_node_id kd_reduce(kd_graph *g, kd_opcode op, kd_node_id a, int axis);
+kd_node_id kd_row(kd_graph *g, kd_opcode op, kd_node_id a, int axis);
+/* A copy of node `n` of another graph with new sources (for passes that
+ * rebuild graphs); shape and dtype are inferred anew. */
+kd_node_id kd_clone(kd_graph *g, const kd_node *n, const kd_node_id *src);
+/* Gives a node a name for printing (copied). */
+void kd_set_name(kd_graph *g, kd_node_id id, const char *name);
+
+/* The first builder error, or NULL. */
+const char *kd_graph_error(const kd_graph *g);
+
+/* Named outputs (the loss, gradients). */
+kd_status kd_graph_add_output(kd_graph *g, const char *name, kd_node_id id);
+size_t kd_graph_noutputs(const kd_graph *g);
+kd_node_id kd_graph_output(const kd_graph *g, size_t i);
+const char *kd_graph_output_name(const kd_graph *g, size_t i);
+kd_node_id kd_graph_find_output(const kd_graph *g, const char *name);
+kd_node_id kd_graph_find_input(const kd_graph *g, const char *name);
+
+/* Checks every invariant (topological order, arity, shapes, dtypes); on
+ * failure writes a message naming the node into errbuf. */
+kd_status kd_graph_verify(const kd_graph *g, char *errbuf, size_t errlen);
+
+/* The textual form printed by `kdc emit-ir`, one node per line:
+ *   %7 : f32[N, V] = sub %3, %6          # name */
+void kd_graph_print(const kd_graph *g, FILE *out);
+
+#endif /* KD_IR_H */

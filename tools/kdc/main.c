@@ -1,0 +1,43 @@
+/* kdc: the compiled knowledge-distillation command. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+static const kdc_command commands[] = {
+  {"check", "parse and check .kd files; print diagnostics", kdc_cmd_check},
+  {"fmt", "rewrite .kd files in the canonical layout (--check: only report)", kdc_cmd_fmt},
+  {"dump-ast", "print the syntax tree of a .kd file", kdc_cmd_dump_ast},
+};
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: kdc [--help] [--version] COMMAND [ARGS...]\n"
+          "\n"
+          "kdc compiles knowledge-distillation pipelines written in .kd files.\n"
+          "\n"
+          "commands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\n'kdc COMMAND --help' describes one command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return KDC_EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+    usage(stdout);
+    return KDC_EXIT_OK;
+  }
+  if (!strcmp(cmd, "--version")) {
+    printf("kdc %s\n", KDC_VERSION);
+    return KDC_EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (!strcmp(cmd, commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "kdc: unknown command '%s' (see 'kdc --help')\n", cmd);
+  return KDC_EXIT_USAGE;
+}
