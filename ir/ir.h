@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../runtime/dtype.h"
 #include "../runtime/status.h"
 
 typedef enum kd_opcode {
@@ -37,14 +38,6 @@ typedef enum kd_op_class {
 const char *kd_opcode_name(kd_opcode op); /* "add", "logsumexp", ... */
 int kd_opcode_nsrc(kd_opcode op);
 kd_op_class kd_opcode_class(kd_opcode op);
-
-typedef enum kd_dtype {
-  KD_F32, KD_BF16, KD_F64, KD_I32, KD_I64, KD_BOOL,
-  KD_DTYPE_COUNT
-} kd_dtype;
-
-const char *kd_dtype_name(kd_dtype t); /* "f32", "bf16", ... */
-size_t kd_dtype_size(kd_dtype t);
 
 /* A dimension: a size >= 0, or a symbol encoded as a negative number. */
 typedef int64_t kd_dim;
