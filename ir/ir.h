@@ -7,7 +7,23 @@
  *
  * Shape rules: elementwise ops broadcast as numpy does (right-aligned, size-1
  * dims stretch); reductions keep the reduced axis with size 1, so a row
- * reduction of [N, V] is [N, 1] and broadcasts back over the row.
+ * reduction of [N, V] is [N, 1] and broadcasts back over the row. A symbol
+ * broadcasts only against itself or 1 (N against V, or N against 5, is an
+ * error: the builder cannot prove them equal).
+ *
+ * Rank 0: a reduction with axis KD_AXIS_ALL reduces every axis and gives a
+ * rank-0 tensor ([]); that is how a loss becomes a scalar:
+ *   loss = sum(per_row [N, 1], KD_AXIS_ALL) : f32[]
+ * A rank-0 tensor (a CONST, a loss) broadcasts against any shape.
+ *
+ * Dtype rules: comparisons give KD_BOOL; SELECT needs a KD_BOOL condition.
+ * Otherwise the result of an op is the wider of its operands in the order
+ * bool < i32 < i64 < f32 < f64, where bf16 is a storage type that computes as
+ * f32 (only INPUT and CAST produce bf16: bf16 data gets f32 accumulation).
+ * A CONST operand is "weak": f32 tensor * f64 const stays f32, so a graph's
+ * hyperparameters do not widen its arithmetic. EXP, LOG, SQRT, POW, DIV,
+ * LSE, SOFTMAX and LOG_SOFTMAX of integers give f32; SUM of bool gives i64
+ * (a count); arithmetic on two bools is an error.
  *
  * Legend used in comments: N = rows (tokens), V = vocabulary.
  *
@@ -23,8 +39,11 @@
 #include "../runtime/dtype.h"
 #include "../runtime/status.h"
 
+/* Opcodes are KD_IR_<NAME> (KD_IR_ADD, KD_IR_LSE, ...): the AST's operator
+ * enum (frontend/ast.h) already owns KD_OP_ADD etc., and the lowering pass
+ * includes both headers. */
 typedef enum kd_opcode {
-#define KD_OP(name, spelling, nsrc, cls) KD_OP_##name,
+#define KD_OP(name, spelling, nsrc, cls) KD_IR_##name,
 #include "ops.def"
 #undef KD_OP
   KD_OPCODE_COUNT
@@ -46,6 +65,7 @@ typedef int64_t kd_dim;
 #define KD_DIM_SYM_INDEX(d) ((int)(-1 - (d)))
 
 #define KD_MAX_RANK 4
+#define KD_AXIS_ALL (-1) /* a reduction over every axis, to rank 0 */
 #define KD_MAX_SRC 3
 
 typedef int32_t kd_node_id;
@@ -59,7 +79,7 @@ typedef struct kd_node {
   int nsrc;
   kd_node_id src[KD_MAX_SRC];
   double value;     /* CONST */
-  int axis;         /* REDUCE, ROW, IOTA: a non-negative axis */
+  int axis;         /* REDUCE: an axis or KD_AXIS_ALL; ROW, IOTA: an axis */
   const char *name; /* INPUT: the input's name; others: optional, for printing */
 } kd_node;
 
@@ -69,7 +89,12 @@ kd_graph *kd_graph_new(void);
 void kd_graph_free(kd_graph *g);
 
 size_t kd_graph_size(const kd_graph *g);
+/* The node, or NULL for an id out of range. The pointer is valid until the
+ * next node is added. */
 const kd_node *kd_graph_node(const kd_graph *g, kd_node_id id);
+/* The same, writable: for tests that break a graph on purpose and for passes
+ * that patch a node in place; run kd_graph_verify afterwards. */
+kd_node *kd_graph_node_mut(kd_graph *g, kd_node_id id);
 
 /* Symbolic dimensions, found or added by name ("N", "V"). */
 kd_dim kd_graph_sym(kd_graph *g, const char *name);
@@ -91,6 +116,9 @@ kd_node_id kd_binary(kd_graph *g, kd_opcode op, kd_node_id a, kd_node_id b);
 kd_node_id kd_select(kd_graph *g, kd_node_id cond, kd_node_id a, kd_node_id b);
 kd_node_id kd_reduce(kd_graph *g, kd_opcode op, kd_node_id a, int axis);
 kd_node_id kd_row(kd_graph *g, kd_opcode op, kd_node_id a, int axis);
+/* a broadcast to `shape` (numpy rules): what autodiff makes of a gradient
+ * that is constant along some axes of its input. */
+kd_node_id kd_expand(kd_graph *g, kd_node_id a, int rank, const kd_dim *shape);
 /* A copy of node `n` of another graph with new sources (for passes that
  * rebuild graphs); shape and dtype are inferred anew. */
 kd_node_id kd_clone(kd_graph *g, const kd_node *n, const kd_node_id *src);
@@ -112,8 +140,14 @@ kd_node_id kd_graph_find_input(const kd_graph *g, const char *name);
  * failure writes a message naming the node into errbuf. */
 kd_status kd_graph_verify(const kd_graph *g, char *errbuf, size_t errlen);
 
-/* The textual form printed by `kdc emit-ir`, one node per line:
- *   %7 : f32[N, V] = sub %3, %6          # name */
+/* The textual form printed by `kdc emit-ir`, one node per line, then one
+ * line per output; stable (tests compare it as golden text):
+ *   %0 : f32[N, V] = input "teacher"
+ *   %1 : f32[] = const 2
+ *   %7 : f32[N, V] = sub %3, %6  # name
+ *   %8 : f32[N, 1] = logsumexp %7, axis=1
+ *   %9 : f32[] = sum %8, axis=all
+ *   output loss = %9 */
 void kd_graph_print(const kd_graph *g, FILE *out);
 
 #endif /* KD_IR_H */
