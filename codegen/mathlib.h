@@ -1,0 +1,36 @@
+/* exp and log built in LLVM IR, for f32 scalars and f32 vectors of any width.
+ *
+ * `llvm.exp` on a vector is usually expanded into one libm call per lane;
+ * these are range reduction + polynomial (Cephes' expf/logf coefficients)
+ * in plain IR, so they vectorise on every CPU and lower to NVPTX as well.
+ *
+ * Accuracy (tests/codegen/test_mathlib.c measures it against libm):
+ * about 1 ulp over the normal range. Special values:
+ *   exp(-inf) = 0, exp(x) = 0 for x < -87.33654 (results below FLT_MIN flush to
+ *   zero), exp(x) = inf for x > 88.72283 (ln FLT_MAX), exp(nan) = nan;
+ *   log(0) = -inf, log(x < 0) = nan, log(inf) = inf, log(nan) = nan,
+ *   subnormal inputs are exact-scaled, not flushed.
+ *
+ * Also the small IR helpers the emitters share. */
+#ifndef KD_MATHLIB_H
+#define KD_MATHLIB_H
+
+#include <llvm-c/Core.h>
+
+/* x: float or <W x float>. */
+LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x);
+LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x);
+
+/* A constant of type ty (a scalar or a vector, splatted). */
+LLVMValueRef kd_ir_fconst(LLVMTypeRef ty, double v);
+LLVMValueRef kd_ir_iconst(LLVMTypeRef ty, long long v);
+/* ty with float elements replaced by i32 (same shape). */
+LLVMTypeRef kd_ir_int_like(LLVMTypeRef ty, unsigned bits);
+
+/* Calls an overloaded intrinsic ("llvm.maxnum") whose overload type is ty. */
+LLVMValueRef kd_ir_intrinsic(LLVMBuilderRef b, const char *name, LLVMTypeRef ty,
+                             LLVMValueRef *args, unsigned nargs);
+/* fmuladd(a, b, c) = a * b + c, fused where the target has FMA. */
+LLVMValueRef kd_ir_fma(LLVMBuilderRef b, LLVMValueRef a, LLVMValueRef x, LLVMValueRef c);
+
+#endif /* KD_MATHLIB_H */
