@@ -8,6 +8,9 @@ static const kdc_command commands[] = {
   {"check", "parse and check .kd files; print diagnostics", kdc_cmd_check},
   {"fmt", "rewrite .kd files in the canonical layout (--check: only report)", kdc_cmd_fmt},
   {"dump-ast", "print the syntax tree of a .kd file", kdc_cmd_dump_ast},
+  {"emit-ir", "print a spec's loss graph after a stage of the pass pipeline", kdc_cmd_emit_ir},
+  {"eval-loss", "evaluate a spec's objective and its gradient on logits in .npy files",
+   kdc_cmd_eval_loss},
 };
 
 static void usage(FILE *out) {

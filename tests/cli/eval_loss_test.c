@@ -1,0 +1,600 @@
+/* End-to-end tests of `kdc eval-loss`.
+ *
+ * Usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR
+ *
+ * Writes small .npy inputs (with its own writer: no numpy, no kdc code), runs
+ * the kdc binary, and checks:
+ *   - the loss of every examples/losses spec against a direct computation
+ *     of the divergence in double, written here from the formulas and not
+ *     through the IR;
+ *   - the gradient file against central differences of that direct
+ *     computation, and a few elements against central differences of the
+ *     loss printed by eval-loss itself;
+ *   - jsd's endpoints, a user-defined divergence, a hard/soft mix with
+ *     reduction "sum", masking (all-masked batches too), bf16 inputs,
+ *     vocabulary padding;
+ *   - every bad input gives its exact message and exit status 1, and usage
+ *     errors exit 2.
+ * Legend: N = rows, V = vocabulary. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+/* ---- tolerances ------------------------------------------------------------
+ * LOSS_REL: the reference executor computes in double from the same f32
+ *   values this test reads, so the only difference is the 9 significant
+ *   digits printed: 5e-9 relative; 2e-8 leaves room for summation order.
+ * GRAD_ABS: the gradient file is float32: elements here are below 1, so
+ *   rounding is under 6e-8; the double central difference (step 1e-5) is
+ *   good to about 1e-10. 2e-7 fails a wrong term of any real size.
+ * FD_ABS: central differences through eval-loss use a step of 1/512 (exact
+ *   in f32 for logits on a 1/256 grid): truncation h^2/6 |f'''| is about
+ *   6e-7 for these softmax losses, and the 9 printed digits add
+ *   5e-10 / (2h) = 1.3e-7; 3e-6 covers both with margin. */
+#define LOSS_REL 2e-8
+#define GRAD_ABS 2e-7
+#define FD_ABS 3e-6
+#define FD_STEP (1.0 / 512)
+
+static const char *kdc, *examples, *specs, *work;
+static int failures;
+
+static void fail(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "FAIL: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  failures++;
+}
+
+/* ---- files ----------------------------------------------------------------- */
+
+static char *path_in(const char *dir, const char *name) {
+  static char buf[8][1024];
+  static int k;
+  char *p = buf[k++ % 8];
+  snprintf(p, sizeof buf[0], "%s/%s", dir, name);
+  return p;
+}
+
+/* A version 1.0 .npy file. */
+static void write_npy(const char *path, const char *descr, int rank, const int64_t *shape,
+                      const void *data, size_t nbytes) {
+  char dims[128] = "", hdr[256];
+  size_t k = 0;
+  for (int i = 0; i < rank; i++)
+    k += (size_t)snprintf(dims + k, sizeof dims - k, "%lld,%s", (long long)shape[i],
+                          i + 1 < rank ? " " : "");
+  if (rank > 1) dims[k - 1] = '\0'; /* (4, 8) but (4,) */
+  int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
+                   descr, dims);
+  int total = 10 + n + 1;
+  int pad = (64 - total % 64) % 64;
+  FILE *f = fopen(path, "wb");
+  if (!f) {
+    fail("cannot write %s", path);
+    return;
+  }
+  uint16_t hlen = (uint16_t)(n + pad + 1);
+  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  fputc(hlen & 0xff, f);
+  fputc(hlen >> 8, f);
+  fwrite(hdr, 1, (size_t)n, f);
+  for (int i = 0; i < pad; i++) fputc(' ', f);
+  fputc('\n', f);
+  fwrite(data, 1, nbytes, f);
+  fclose(f);
+}
+
+static void write_f32(const char *path, int64_t n, int64_t v, const float *x) {
+  int64_t shape[2] = {n, v};
+  write_npy(path, "<f4", 2, shape, x, (size_t)(n * v) * sizeof(float));
+}
+
+static void write_labels(const char *path, int64_t n, const int64_t *y) {
+  write_npy(path, "<i8", 1, &n, y, (size_t)n * sizeof(int64_t));
+}
+
+/* Reads the float32 [N, V] gradient eval-loss writes (any header version). */
+static float *read_grad(const char *path, int64_t n, int64_t v) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  unsigned char pre[12];
+  float *g = NULL;
+  if (fread(pre, 1, 10, f) == 10 && !memcmp(pre, "\x93NUMPY", 6)) {
+    size_t hlen = pre[8] | (size_t)pre[9] << 8;
+    if (pre[6] != 1 && fread(pre + 10, 1, 2, f) == 2)
+      hlen |= (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
+    char *hdr = calloc(1, hlen + 1);
+    char want[64];
+    snprintf(want, sizeof want, "(%lld, %lld)", (long long)n, (long long)v);
+    if (hdr && fread(hdr, 1, hlen, f) == hlen && strstr(hdr, "'<f4'") && strstr(hdr, want)) {
+      g = malloc((size_t)(n * v) * sizeof *g);
+      if (g && fread(g, sizeof *g, (size_t)(n * v), f) != (size_t)(n * v)) {
+        free(g);
+        g = NULL;
+      }
+    }
+    free(hdr);
+  }
+  fclose(f);
+  return g;
+}
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return calloc(1, 1);
+  char *buf = calloc(1, 1 << 16);
+  size_t n = fread(buf, 1, (1 << 16) - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  return buf;
+}
+
+/* Runs `kdc ARGS` in WORK_DIR; returns its exit status, with stdout and
+ * stderr in *out and *err (malloc'd). */
+static int run_kdc(char **out, char **err, const char *fmt, ...) {
+  char args[4096], cmd[8192];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >out.txt 2>err.txt", work, kdc, args);
+  int st = system(cmd);
+  *out = slurp(path_in(work, "out.txt"));
+  *err = slurp(path_in(work, "err.txt"));
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The loss eval-loss printed, or NAN. */
+static double eval_loss(const char *spec, const char *extra, bool labels) {
+  char *out, *err;
+  int rc = run_kdc(&out, &err, "eval-loss '%s' --reference --teacher teacher.npy "
+                   "--student student.npy %s %s", spec, labels ? "--labels labels.npy" : "",
+                   extra);
+  double loss = NAN;
+  if (rc != 0 || sscanf(out, "loss: %lf", &loss) != 1)
+    fail("%s: exit %d, stdout '%s', stderr '%s'", spec, rc, out, err);
+  free(out);
+  free(err);
+  return loss;
+}
+
+/* ---- the direct computation -------------------------------------------------- */
+
+#define VMAX 64
+
+/* Softmax and log-softmax of x / T in double. */
+static void softmax_row(const double *x, int v, double T, double *p, double *lp) {
+  double m = -INFINITY, z = 0;
+  for (int i = 0; i < v; i++) m = fmax(m, x[i] / T);
+  for (int i = 0; i < v; i++) z += exp(x[i] / T - m);
+  for (int i = 0; i < v; i++) {
+    lp[i] = x[i] / T - m - log(z);
+    p[i] = exp(lp[i]);
+  }
+}
+
+typedef struct row_ctx {
+  int v;
+  double p[VMAX], q[VMAX], lp[VMAX], lq[VMAX];
+  const double *t, *s;
+  int64_t label;
+} row_ctx;
+
+typedef double (*row_fn)(const row_ctx *r, const double *prm);
+
+static double kl(const double *p, const double *lp, const double *lq, int v) {
+  double a = 0;
+  for (int i = 0; i < v; i++)
+    if (p[i] > 0) a += p[i] * (lp[i] - lq[i]);
+  return a;
+}
+
+static double d_fkl(const row_ctx *r, const double *prm) { return kl(r->p, r->lp, r->lq, r->v); }
+static double d_rkl(const row_ctx *r, const double *prm) { return kl(r->q, r->lq, r->lp, r->v); }
+static double d_sym(const row_ctx *r, const double *prm) { return d_fkl(r, prm) + d_rkl(r, prm); }
+
+/* beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q */
+static double d_jsd(const row_ctx *r, const double *prm) {
+  double b = prm[0], a = 0;
+  for (int i = 0; i < r->v; i++) {
+    double lm = log(b * r->p[i] + (1 - b) * r->q[i]);
+    a += b * r->p[i] * (r->lp[i] - lm) + (1 - b) * r->q[i] * (r->lq[i] - lm);
+  }
+  return a;
+}
+
+static double d_tvd(const row_ctx *r, const double *prm) {
+  double a = 0;
+  for (int i = 0; i < r->v; i++) a += fabs(r->p[i] - r->q[i]);
+  return 0.5 * a;
+}
+
+/* KL(x || alpha x + (1 - alpha) y) */
+static double skew(const double *x, const double *lx, const double *y, int v, double al) {
+  double a = 0;
+  for (int i = 0; i < v; i++) a += x[i] * (lx[i] - log(al * x[i] + (1 - al) * y[i]));
+  return a;
+}
+static double d_skew_fkl(const row_ctx *r, const double *prm) {
+  return skew(r->p, r->lp, r->q, r->v, prm[0]);
+}
+static double d_skew_rkl(const row_ctx *r, const double *prm) {
+  return skew(r->q, r->lq, r->p, r->v, prm[0]);
+}
+
+/* Cichocki's alpha-beta divergence, alpha, beta, alpha + beta all nonzero. */
+static double d_abkd(const row_ctx *r, const double *prm) {
+  double al = prm[0], be = prm[1], a = 0;
+  for (int i = 0; i < r->v; i++)
+    a += pow(r->p[i], al) * pow(r->q[i], be) - al / (al + be) * pow(r->p[i], al + be) -
+         be / (al + be) * pow(r->q[i], al + be);
+  return -a / (al * be);
+}
+
+static double d_hellinger(const row_ctx *r, const double *prm) {
+  double a = 0;
+  for (int i = 0; i < r->v; i++) a += pow(sqrt(r->p[i]) - sqrt(r->q[i]), 2);
+  return 0.5 * a;
+}
+
+/* -log softmax(s)[label], at T = 1 */
+static double d_ce(const row_ctx *r, const double *prm) {
+  double p[VMAX], lp[VMAX];
+  softmax_row(r->s, r->v, 1.0, p, lp);
+  return -lp[r->label];
+}
+
+/* The mix of tests/cli/specs/mix.kd: 0.7 T^2 fkl at T = 2 + 0.3 ce. */
+static double d_mix(const row_ctx *r, const double *prm) {
+  return 0.7 * 4 * d_fkl(r, prm) + 0.3 * d_ce(r, prm);
+}
+
+typedef struct problem {
+  int n, v, vt;   /* vt: the teacher's vocabulary (v unless padding is tested) */
+  double T;       /* the temperature the spec uses */
+  bool labels;    /* the objective is masked by labels */
+  bool sum;       /* reduction "sum" */
+  int64_t ignore; /* ignore_index */
+  float t[8 * VMAX], s[8 * VMAX];
+  int64_t y[8];
+} problem;
+
+/* The objective: reduced per-row losses, with s given in double. */
+static double objective(const problem *pb, const double *s, row_fn f, const double *prm) {
+  double total = 0;
+  int count = 0;
+  for (int r = 0; r < pb->n; r++) {
+    if (pb->labels && pb->y[r] == pb->ignore) continue;
+    row_ctx c = {.v = pb->v, .s = s + r * pb->v, .label = pb->labels ? pb->y[r] : 0};
+    double t[VMAX];
+    for (int i = 0; i < pb->v; i++) t[i] = i < pb->vt ? pb->t[r * pb->vt + i] : -INFINITY;
+    c.t = t;
+    softmax_row(t, pb->v, pb->T, c.p, c.lp);
+    softmax_row(c.s, pb->v, pb->T, c.q, c.lq);
+    total += f(&c, prm);
+    count++;
+  }
+  if (pb->sum) return total;
+  return count ? total / count : 0;
+}
+
+/* ---- problems ------------------------------------------------------------------ */
+
+static uint64_t rng = 0x9e3779b97f4a7c15u;
+
+static double uniform(void) {
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+/* Logits on a 1/256 grid in [-6, 6): exact in f32 and in bf16 up to 8 bits. */
+static float grid_logit(void) { return (float)(floor((uniform() * 12 - 6) * 256) / 256); }
+
+static void make_problem(problem *pb, int n, int v, double T) {
+  memset(pb, 0, sizeof *pb);
+  pb->n = n, pb->v = v, pb->vt = v, pb->T = T, pb->ignore = -100;
+  for (int i = 0; i < n * v; i++) pb->t[i] = grid_logit();
+  for (int i = 0; i < n * v; i++) pb->s[i] = grid_logit();
+  for (int r = 0; r < n; r++) pb->y[r] = (int64_t)(uniform() * v);
+}
+
+static void write_problem(const problem *pb) {
+  write_f32(path_in(work, "teacher.npy"), pb->n, pb->vt, pb->t);
+  write_f32(path_in(work, "student.npy"), pb->n, pb->v, pb->s);
+  write_labels(path_in(work, "labels.npy"), pb->n, pb->y);
+}
+
+static void student_double(const problem *pb, double *s) {
+  for (int i = 0; i < pb->n * pb->v; i++) s[i] = pb->s[i];
+}
+
+/* Checks eval-loss's loss and gradient file against the direct objective. */
+static void check_spec(const char *name, const char *spec, problem *pb, row_fn f,
+                       const double *prm, int fd_elems) {
+  write_problem(pb);
+  double s[8 * VMAX];
+  student_double(pb, s);
+  double want = objective(pb, s, f, prm);
+  double got = eval_loss(spec, "--grad-out grad.npy", pb->labels);
+  if (!(fabs(got - want) <= LOSS_REL * fmax(1.0, fabs(want))))
+    fail("%s: loss %.12g, direct computation %.12g", name, got, want);
+  float *g = read_grad(path_in(work, "grad.npy"), pb->n, pb->v);
+  if (!g) {
+    fail("%s: no float32 [%d, %d] gradient in grad.npy", name, pb->n, pb->v);
+    return;
+  }
+  double worst = 0;
+  int at = 0;
+  for (int i = 0; i < pb->n * pb->v; i++) {
+    double keep = s[i], h = 1e-5;
+    s[i] = keep + h;
+    double up = objective(pb, s, f, prm);
+    s[i] = keep - h;
+    double down = objective(pb, s, f, prm);
+    s[i] = keep;
+    double err = fabs(g[i] - (up - down) / (2 * h));
+    if (!(err <= worst)) worst = err, at = i;
+  }
+  if (!(worst <= GRAD_ABS))
+    fail("%s: gradient[%d, %d] = %.9g is %.3g from the direct central difference", name,
+         at / pb->v, at % pb->v, g[at], worst);
+  /* Central differences of eval-loss's own loss, at elements spread over the rows. */
+  for (int k = 0; k < fd_elems; k++) {
+    int i = (k * 7 * pb->v / 3 + 5) % (pb->n * pb->v);
+    float keep = pb->s[i];
+    pb->s[i] = keep + (float)FD_STEP;
+    write_problem(pb);
+    double up = eval_loss(spec, "", pb->labels);
+    pb->s[i] = keep - (float)FD_STEP;
+    write_problem(pb);
+    double down = eval_loss(spec, "", pb->labels);
+    pb->s[i] = keep;
+    double fd = (up - down) / (2 * FD_STEP);
+    if (!(fabs(fd - g[i]) <= FD_ABS))
+      fail("%s: gradient[%d, %d] = %.9g, central difference of eval-loss %.9g", name,
+           i / pb->v, i % pb->v, g[i], fd);
+  }
+  write_problem(pb);
+  free(g);
+}
+
+static void test_examples(void) {
+  static const struct {
+    const char *name;
+    row_fn f;
+    double prm[2];
+  } cases[] = {
+      {"fkl", d_fkl, {0}},           {"rkl", d_rkl, {0}},
+      {"sym_kl", d_sym, {0}},        {"jsd", d_jsd, {0.5}},
+      {"tvd", d_tvd, {0}},           {"skew_fkl", d_skew_fkl, {0.1}},
+      {"skew_rkl", d_skew_rkl, {0.1}}, {"abkd", d_abkd, {0.5, 0.5}},
+      {"ce", d_ce, {0}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    problem pb;
+    make_problem(&pb, 5, 33, 1.0);
+    pb.labels = true;
+    pb.y[1] = -100; /* a masked row */
+    char file[64];
+    snprintf(file, sizeof file, "%s.kd", cases[i].name);
+    check_spec(cases[i].name, path_in(examples, file), &pb, cases[i].f, cases[i].prm, 2);
+  }
+}
+
+/* The same spec without labels: the mean over every row. */
+static void test_no_labels(void) {
+  problem pb;
+  make_problem(&pb, 4, 7, 1.0);
+  check_spec("fkl without labels", path_in(examples, "fkl.kd"), &pb, d_fkl, NULL, 1);
+}
+
+static void test_custom_and_mix(void) {
+  problem pb;
+  make_problem(&pb, 5, 17, 1.0);
+  check_spec("user divergence (hellinger)", path_in(specs, "hellinger.kd"), &pb, d_hellinger,
+             NULL, 1);
+  make_problem(&pb, 6, 9, 2.0);
+  pb.labels = true, pb.sum = true, pb.ignore = -1;
+  pb.y[2] = -1, pb.y[4] = -1;
+  check_spec("fkl + ce mix, sum", path_in(specs, "mix.kd"), &pb, d_mix, NULL, 2);
+  make_problem(&pb, 3, 12, 1.0);
+  check_spec("abkd at alpha = 1, beta = 0", path_in(specs, "abkd_limits.kd"), &pb, d_fkl, NULL,
+             0);
+}
+
+/* jsd at beta = 0 and 1 prints exactly what fkl and rkl print. */
+static void test_jsd_endpoints(void) {
+  problem pb;
+  make_problem(&pb, 4, 10, 1.0);
+  write_problem(&pb);
+  const char *pairs[2][2] = {{"jsd_beta0.kd", "fkl.kd"}, {"jsd_beta1.kd", "rkl.kd"}};
+  for (int i = 0; i < 2; i++) {
+    double a = eval_loss(path_in(specs, pairs[i][0]), "", false);
+    double b = eval_loss(path_in(examples, pairs[i][1]), "", false);
+    if (!(a == b)) fail("%s gives %.12g, %s %.12g", pairs[i][0], a, pairs[i][1], b);
+  }
+}
+
+/* Every row masked: loss 0 and a zero gradient, not 0 / 0. */
+static void test_all_masked(void) {
+  problem pb;
+  make_problem(&pb, 3, 8, 1.0);
+  pb.labels = true;
+  for (int r = 0; r < 3; r++) pb.y[r] = -100;
+  check_spec("all rows masked", path_in(examples, "jsd.kd"), &pb, d_jsd, (double[]){0.5}, 0);
+  float *g = read_grad(path_in(work, "grad.npy"), 3, 8);
+  for (int i = 0; g && i < 24; i++)
+    if (g[i] != 0) {
+      fail("all rows masked: gradient[%d] = %g, not 0", i, g[i]);
+      break;
+    }
+  free(g);
+}
+
+/* bfloat16 inputs (uint16 .npy): logits on the 1/256 grid within [-6, 6)
+ * have at most 11 significant bits; rounded to bf16's 8 bits first, so the
+ * direct computation sees exactly what kdc reads. */
+static void test_bf16(void) {
+  problem pb;
+  make_problem(&pb, 4, 11, 1.0);
+  uint16_t t[4 * 11], s[4 * 11];
+  for (int i = 0; i < 44; i++) {
+    uint32_t u;
+    memcpy(&u, &pb.t[i], 4);
+    t[i] = (uint16_t)(u >> 16), u &= 0xffff0000u, memcpy(&pb.t[i], &u, 4);
+    memcpy(&u, &pb.s[i], 4);
+    s[i] = (uint16_t)(u >> 16), u &= 0xffff0000u, memcpy(&pb.s[i], &u, 4);
+  }
+  int64_t shape[2] = {4, 11};
+  write_npy(path_in(work, "teacher.npy"), "<u2", 2, shape, t, sizeof t);
+  write_npy(path_in(work, "student.npy"), "<u2", 2, shape, s, sizeof s);
+  double sd[4 * 11];
+  student_double(&pb, sd);
+  double want = objective(&pb, sd, d_rkl, NULL);
+  double got = eval_loss(path_in(examples, "rkl.kd"), "", false);
+  if (!(fabs(got - want) <= LOSS_REL * fmax(1.0, fabs(want))))
+    fail("bf16 inputs: loss %.12g, direct computation %.12g", got, want);
+}
+
+/* vocab_align = "pad": a teacher with 5 fewer tokens than the student. */
+static void test_pad(void) {
+  problem pb;
+  make_problem(&pb, 3, 13, 1.0);
+  pb.vt = 8;
+  check_spec("vocab_align pad", path_in(specs, "pad.kd"), &pb, d_fkl, NULL, 1);
+}
+
+/* ---- bad inputs and usage ------------------------------------------------------ */
+
+static void expect(const char *what, int want_rc, const char *want_err, const char *fmt, ...) {
+  char args[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  char *out, *err;
+  int rc = run_kdc(&out, &err, "%s", args);
+  if (rc != want_rc) fail("%s: exit status %d, expected %d (stderr: %s)", what, rc, want_rc, err);
+  else if (want_err && strcmp(err, want_err))
+    fail("%s: stderr\n  got:      %s  expected: %s", what, err, want_err);
+  free(out);
+  free(err);
+}
+
+static void test_bad_inputs(void) {
+  problem pb;
+  make_problem(&pb, 3, 5, 1.0);
+  write_problem(&pb);
+  const char *fkl = path_in(examples, "fkl.kd");
+  char base[1024];
+  snprintf(base, sizeof base, "eval-loss '%s' --student student.npy", fkl);
+
+  write_f32(path_in(work, "rows4.npy"), 4, 5, pb.s);
+  expect("rows disagree", 1,
+         "kdc eval-loss: teacher and student disagree on the number of rows: 4 (rows4.npy) "
+         "and 3 (student.npy)\n",
+         "%s --teacher rows4.npy", base);
+
+  write_f32(path_in(work, "vocab6.npy"), 3, 6, pb.t);
+  expect("vocabulary mismatch", 1,
+         "kdc eval-loss: vocabulary mismatch: the teacher's logits have 6 entries per row, the "
+         "student's 5 (to align them, set vocab_align = \"pad\" or \"truncate\" in the "
+         "objective)\n",
+         "%s --teacher vocab6.npy", base);
+
+  int64_t shape[2] = {3, 5};
+  int32_t ints[15] = {0};
+  write_npy(path_in(work, "int.npy"), "<i4", 2, shape, ints, sizeof ints);
+  expect("integer logits", 1,
+         "kdc eval-loss: int.npy: teacher logits must be float32 or bfloat16 (as uint16), "
+         "not i32\n",
+         "%s --teacher int.npy", base);
+
+  int64_t flat = 15;
+  write_npy(path_in(work, "flat.npy"), "<f4", 1, &flat, pb.t, 15 * sizeof(float));
+  expect("1-d logits", 1,
+         "kdc eval-loss: flat.npy: teacher logits must be a 2-d array [N, V], not 1-d\n",
+         "%s --teacher flat.npy", base);
+
+  float nan_t[15];
+  memcpy(nan_t, pb.t, sizeof nan_t);
+  nan_t[7] = NAN;
+  write_f32(path_in(work, "nan.npy"), 3, 5, nan_t);
+  expect("NaN in the logits", 1,
+         "kdc eval-loss: nan.npy: teacher logits hold NaN at row 1, column 2\n",
+         "%s --teacher nan.npy", base);
+
+  /* A file cut short, and one that is not .npy at all: the reader's own
+   * messages, which start with the path. */
+  FILE *f = fopen(path_in(work, "teacher.npy"), "rb");
+  char buf[512];
+  size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+  if (f) fclose(f);
+  f = fopen(path_in(work, "short.npy"), "wb");
+  if (f) fwrite(buf, 1, n - 9, f), fclose(f);
+  expect("truncated .npy", 1, NULL, "%s --teacher short.npy", base);
+  f = fopen(path_in(work, "junk.npy"), "wb");
+  if (f) fputs("this is not an array\n", f), fclose(f);
+  expect("not an .npy", 1, NULL, "%s --teacher junk.npy", base);
+  expect("missing file", 1, NULL, "%s --teacher nowhere.npy", base);
+
+  float lab_f[3] = {1, 2, 3};
+  int64_t three = 3;
+  write_npy(path_in(work, "flabels.npy"), "<f4", 1, &three, lab_f, sizeof lab_f);
+  expect("float labels", 1, "kdc eval-loss: flabels.npy: labels must be int32 or int64, not f32\n",
+         "%s --teacher teacher.npy --labels flabels.npy", base);
+  int64_t four = 4, lab4[4] = {0, 1, 2, 3};
+  write_npy(path_in(work, "labels4.npy"), "<i8", 1, &four, lab4, sizeof lab4);
+  expect("labels of the wrong length", 1,
+         "kdc eval-loss: labels4.npy: labels must be a 1-d array of 3 entries (one per row)\n",
+         "%s --teacher teacher.npy --labels labels4.npy", base);
+  int64_t lab_big[3] = {0, 5, -100};
+  write_labels(path_in(work, "labels_big.npy"), 3, lab_big);
+  expect("label outside the vocabulary", 1,
+         "kdc eval-loss: labels_big.npy: label 5 at row 1 is outside the vocabulary [0, 5) and "
+         "is not ignore_index (-100)\n",
+         "%s --teacher teacher.npy --labels labels_big.npy", base);
+
+  /* Usage errors: exit status 2. */
+  expect("no arguments", 2, NULL, "eval-loss");
+  expect("unknown option", 2, NULL, "%s --teacher teacher.npy --frobnicate", base);
+  expect("no --student", 2, NULL, "eval-loss '%s' --teacher teacher.npy", fkl);
+  expect("--threads 0", 2, NULL, "%s --teacher teacher.npy --threads 0", base);
+  expect("missing --teacher", 2,
+         "kdc eval-loss: the objective reads the teacher's logits: --teacher is required\n"
+         "(see 'kdc eval-loss --help')\n",
+         "%s", base);
+  expect("ce without --labels", 2,
+         "kdc eval-loss: the objective reads labels: --labels is required\n"
+         "(see 'kdc eval-loss --help')\n",
+         "eval-loss '%s' --student student.npy", path_in(examples, "ce.kd"));
+  expect("--help", 0, "", "eval-loss --help");
+}
+
+int main(int argc, char **argv) {
+  if (argc != 5) {
+    fprintf(stderr, "usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR\n");
+    return 2;
+  }
+  kdc = argv[1], examples = argv[2], specs = argv[3], work = argv[4];
+  test_examples();
+  test_no_labels();
+  test_custom_and_mix();
+  test_jsd_endpoints();
+  test_all_masked();
+  test_bf16();
+  test_pad();
+  test_bad_inputs();
+  if (failures) fprintf(stderr, "%d failure(s)\n", failures);
+  else printf("eval-loss: all checks passed\n");
+  return failures ? 1 : 0;
+}

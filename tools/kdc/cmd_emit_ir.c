@@ -1,0 +1,67 @@
+/* kdc emit-ir SPEC.kd [--after PASS] [--labels]: prints the loss graph of a
+ * spec's objective after a stage of the pipeline (lower, canonicalize,
+ * autodiff, simplify, cse, dce), in the textual form of kd_graph_print. */
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "loss_spec.h"
+#include "passes.h"
+
+#define CMD "kdc emit-ir"
+
+static void emit_usage(FILE *out) {
+  fprintf(out,
+          "usage: kdc emit-ir SPEC.kd [--after PASS] [--labels]\n"
+          "\n"
+          "Prints the loss graph of SPEC.kd's objective after the stage PASS (default: the\n"
+          "whole pipeline), one node per line. The stages, in order:\n");
+  kdc_print_stages(out, "  ");
+  fprintf(out,
+          "\n"
+          "options:\n"
+          "  --after PASS  stop after this stage\n"
+          "  --labels      mask rows by labels even if the objective reads none (as\n"
+          "                eval-loss does when given --labels)\n"
+          "  -h, --help    print this help\n"
+          "\n"
+          "exit status: 0 success, 1 a bad spec, 2 a usage error.\n");
+}
+
+static int emit_usage_error(const char *msg, const char *arg) {
+  fprintf(stderr, CMD ": %s%s\n(see 'kdc emit-ir --help')\n", msg, arg);
+  return KDC_EXIT_USAGE;
+}
+
+int kdc_cmd_emit_ir(int argc, char **argv) {
+  const char *spec = NULL, *after = NULL;
+  kd_lower_options opt = {0};
+  for (int i = 1; i < argc; i++) {
+    const char *s = argv[i];
+    if (!strcmp(s, "--after")) {
+      if (i + 1 >= argc) return emit_usage_error("--after needs a stage name", "");
+      after = argv[++i];
+      if (strcmp(after, "lower") && !kd_pipeline_find(after))
+        return emit_usage_error("no stage named ", after);
+    } else if (!strcmp(s, "--labels")) {
+      opt.labels = true;
+    } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+      emit_usage(stdout);
+      return KDC_EXIT_OK;
+    } else if (s[0] == '-' && s[1]) {
+      return emit_usage_error("unknown option ", s);
+    } else if (spec) {
+      return emit_usage_error("one spec at a time, not also ", s);
+    } else {
+      spec = s;
+    }
+  }
+  if (!spec) return emit_usage_error("no spec given", "");
+  kd_graph *g = NULL;
+  int rc = kdc_lower_spec(spec, &opt, &g, NULL);
+  if (!rc) rc = kdc_run_pipeline(CMD, &g, after);
+  if (!rc) kd_graph_print(g, stdout);
+  kd_graph_free(g);
+  return rc;
+}
