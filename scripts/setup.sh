@@ -10,7 +10,7 @@ PACKAGES=(
   cmake ninja-build flex bison pkg-config
   "llvm-${LLVM_MAJOR}-dev" "llvm-${LLVM_MAJOR}-tools"
   "clang-${LLVM_MAJOR}" "libclang-rt-${LLVM_MAJOR}-dev"
-  libopenblas-dev
+  libopenblas-dev libcjson-dev
 )
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

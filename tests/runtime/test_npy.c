@@ -161,7 +161,7 @@ static void test_header_bytes(void) {
   int64_t shape[] = {2, 3};
   kd_array_alloc(&a, KD_F32, 2, shape);
   CHECK(kd_npy_write(tmpdir_file(path, sizeof path, "h.npy"), &a, err, sizeof err) == KD_OK);
-  size_t len;
+  size_t len = 0;
   unsigned char *b = read_bytes(path, &len);
   const char *want = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
   CHECK(b && len == 128 + 24);

@@ -54,6 +54,7 @@ static inline int write_bytes(const char *path, const void *buf, size_t len) {
 
 /* Reads a whole file into a malloc'd buffer; NULL on failure. */
 static inline unsigned char *read_bytes(const char *path, size_t *len) {
+  *len = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
