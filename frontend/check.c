@@ -1346,6 +1346,15 @@ static void check_objective(checker *c, sym *s) {
       double v;
       if (expect(c, st->a, k, KD_KM_INT, "'ignore_index'") && eval_const(c, st->a, &v))
         o->ignore_index = (int64_t)v;
+    } else if (!strcmp(st->name, "vocab_align")) {
+      /* Read by the lowering (passes/lower.h): how eval-loss aligns a teacher
+       * and a student whose vocabularies differ. */
+      if (expect(c, st->a, k, KD_KM(KD_KIND_STRING), "'vocab_align'") &&
+          st->a->kind == KD_AST_STRING && strcmp(st->a->str, "error") &&
+          strcmp(st->a->str, "pad") && strcmp(st->a->str, "truncate"))
+        kd_error(c->diag, st->a->loc,
+                 "'vocab_align' must be \"error\", \"pad\" or \"truncate\", got \"%s\"",
+                 st->a->str);
     } else if (!strcmp(st->name, "loss")) {
       o->loss = st->a;
       if (k == KD_KIND_TENSOR || k == KD_KIND_DIST)
