@@ -142,8 +142,8 @@ static kd_status kd_ref_bind(kd_ref *r, kd_node_id id, const kd_node *n,
 
 /* ---- ops ---------------------------------------------------------------- */
 
-static double kd_ref_unary(const kd_node *n, double x) {
-  switch (n->op) {
+static double kd_ref_unary(kd_opcode op, kd_dtype dtype, double x) {
+  switch (op) {
   case KD_IR_NEG: return -x;
   case KD_IR_EXP: return exp(x);
   case KD_IR_LOG: return log(x);
@@ -151,8 +151,8 @@ static double kd_ref_unary(const kd_node *n, double x) {
   case KD_IR_ABS: return fabs(x);
   case KD_IR_SIGN: return x > 0 ? 1.0 : x < 0 ? -1.0 : x; /* keeps 0 and nan */
   case KD_IR_CAST:
-    if (n->dtype == KD_BOOL) return x != 0;
-    if (n->dtype == KD_I32 || n->dtype == KD_I64) return trunc(x);
+    if (dtype == KD_BOOL) return x != 0;
+    if (dtype == KD_I32 || dtype == KD_I64) return trunc(x);
     return x;
   case KD_IR_STOPGRAD: return x;
   default: return NAN;
@@ -175,6 +175,15 @@ static double kd_ref_binary(kd_opcode op, double a, double b) {
   case KD_IR_GE: return a >= b;
   case KD_IR_EQ: return a == b;
   case KD_IR_NE: return a != b;
+  default: return NAN;
+  }
+}
+
+double kd_ref_scalar(kd_opcode op, kd_dtype dtype, const double *x) {
+  switch (kd_opcode_class(op)) {
+  case KD_CLASS_UNARY: return kd_ref_unary(op, dtype, x[0]);
+  case KD_CLASS_BINARY: return kd_ref_binary(op, x[0], x[1]);
+  case KD_CLASS_SELECT: return x[0] != 0 ? x[1] : x[2];
   default: return NAN;
   }
 }
@@ -241,7 +250,7 @@ static kd_status kd_ref_node(kd_ref *r, kd_node_id id, const kd_node *n, kd_ref_
     }
     return KD_OK;
   case KD_CLASS_UNARY:
-    for (size_t i = 0; i < v->size; i++) v->data[i] = kd_ref_unary(n, a->data[i]);
+    for (size_t i = 0; i < v->size; i++) v->data[i] = kd_ref_unary(n->op, n->dtype, a->data[i]);
     return KD_OK;
   case KD_CLASS_BINARY: {
     const kd_ref_value *b = &r->v[n->src[1]];

@@ -52,4 +52,9 @@ kd_status kd_ref_exec(const kd_graph *g, const kd_ref_input *inputs, size_t ninp
 
 void kd_ref_value_free(kd_ref_value *v);
 
+/* The scalar semantics above for one UNARY, BINARY or SELECT op on x[0..2]
+ * (dtype: the result's, which CAST needs): what constant folding uses, so a
+ * folded graph computes what the reference computes. */
+double kd_ref_scalar(kd_opcode op, kd_dtype dtype, const double *x);
+
 #endif /* KD_REFEXEC_H */

@@ -1,0 +1,261 @@
+/* Algebraic simplification (see passes.h). Runs after autodiff, whose raw
+ * output is full of x * 1, --x and row sums that algebra removes; the rules
+ * that matter most turn forward KL's gradient into (q - p) / T and take
+ * the row-scalar parts of softmax-weighted sums out of the row:
+ *
+ *   sum(exp(x - lse(x)))         = 1                        (a softmax sums to 1)
+ *   sum(c * x)                   = c * sum(x)               (c constant along the axis)
+ *   sum(mulz(w, c))              = c * sum(w)
+ *   sum(mulz(w, f + c))          = sum(mulz(w, f)) + c * sum(w)   (w a softmax)
+ *   sum(-x) = -sum(x)    sum over a size-1 axis = x    constants folded
+ *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
+ *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)
+ *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c
+ *   stop_gradient(x) = x (autodiff has run)
+ *
+ * Each node is made first and then rewritten (kd_simp), so a rule sees its
+ * operands' shapes and dtypes; a result that differs from the node in shape
+ * is EXPANDed, and a rule whose result would differ in dtype does not fire.
+ * Rounds of rewriting and DCE repeat until no rule fires. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../ir/refexec.h"
+#include "passes.h"
+#include "rewrite.h"
+
+#define KD_SIMP_MAX_ROUNDS 16
+
+static kd_node_id kd_simp(kd_rw *rw, kd_node_id id);
+
+/* Builders that simplify what they build. */
+static kd_node_id kd_s2(kd_rw *rw, kd_opcode op, kd_node_id a, kd_node_id b) {
+  return kd_simp(rw, kd_rw_binary(rw, op, a, b));
+}
+static kd_node_id kd_s1(kd_rw *rw, kd_opcode op, kd_node_id a) {
+  return kd_simp(rw, kd_rw_unary(rw, op, a));
+}
+static kd_node_id kd_sr(kd_rw *rw, kd_opcode op, kd_node_id a, int axis) {
+  return kd_simp(rw, kd_rw_reduce(rw, op, a, axis));
+}
+
+/* x standing in for node n: x itself, or x EXPANDed to n's shape; KD_NONE
+ * when the dtypes differ (the rule does not apply). */
+static kd_node_id kd_fit(kd_rw *rw, kd_node_id x, const kd_node *n) {
+  const kd_node *xn = kd_rw_node(rw, x);
+  if (!xn || xn->dtype != n->dtype) return KD_NONE;
+  if (kd_shape_eq(xn, n)) return x;
+  return kd_rw_expand(rw, x, n->rank, n->shape);
+}
+
+/* The constant v in n's dtype and shape. */
+static kd_node_id kd_const_like(kd_rw *rw, double v, const kd_node *n) {
+  kd_node_id c = kd_rw_const(rw, v, n->dtype);
+  return n->rank ? kd_rw_expand(rw, c, n->rank, n->shape) : c;
+}
+
+static kd_opcode kd_op(kd_rw *rw, kd_node_id x) { return kd_rw_node(rw, x)->op; }
+static kd_node_id kd_src(kd_rw *rw, kd_node_id x, int i) { return kd_rw_node(rw, x)->src[i]; }
+
+/* Whether w is a softmax along axis: exp(u - lse(u, axis)). */
+static bool kd_is_softmax(kd_rw *rw, kd_node_id w, int axis) {
+  if (kd_op(rw, w) != KD_IR_EXP) return false;
+  kd_node_id d = kd_src(rw, w, 0);
+  if (kd_op(rw, d) != KD_IR_SUB) return false;
+  const kd_node *l = kd_rw_node(rw, kd_src(rw, d, 1));
+  return l->op == KD_IR_LSE && l->axis == axis && l->src[0] == kd_src(rw, d, 0);
+}
+
+/* Splits x (a tree of +, -, neg) into a part that varies along `axis` of a
+ * rank-`rank` tensor and a part constant along it: x = *var + *cst, either
+ * KD_NONE when empty. */
+static void kd_split(kd_rw *rw, kd_node_id x, int rank, int axis, kd_node_id *var,
+                     kd_node_id *cst) {
+  const kd_node *n = kd_rw_node(rw, x);
+  kd_opcode op = n->op;
+  if (kd_const_along(n, rank, axis)) {
+    *var = KD_NONE;
+    *cst = x;
+    return;
+  }
+  if (op != KD_IR_ADD && op != KD_IR_SUB && op != KD_IR_NEG) {
+    *var = x;
+    *cst = KD_NONE;
+    return;
+  }
+  kd_node_id va, ca, vb = KD_NONE, cb = KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
+  kd_split(rw, n->src[0], rank, axis, &va, &ca);
+  if (b != KD_NONE) kd_split(rw, b, rank, axis, &vb, &cb);
+  kd_node_id *part[2] = {var, cst};
+  kd_node_id l[2] = {va, ca}, r[2] = {vb, cb};
+  for (int k = 0; k < 2; k++) {
+    if (op == KD_IR_NEG) *part[k] = l[k] == KD_NONE ? KD_NONE : kd_s1(rw, KD_IR_NEG, l[k]);
+    else if (r[k] == KD_NONE) *part[k] = l[k];
+    else if (l[k] == KD_NONE) *part[k] = op == KD_IR_ADD ? r[k] : kd_s1(rw, KD_IR_NEG, r[k]);
+    else *part[k] = kd_s2(rw, op, l[k], r[k]);
+  }
+}
+
+/* sum(x, axis) for x a product: row scalars out (see the file comment).
+ * Returns KD_NONE when no rule applies. */
+static kd_node_id kd_simp_sum_product(kd_rw *rw, kd_node_id x, int rank, int axis) {
+  const kd_node *n = kd_rw_node(rw, x);
+  kd_opcode op = n->op;
+  kd_node_id a = n->src[0], b = n->src[1];
+  if (op == KD_IR_MUL) { /* c * x and x * c */
+    for (int k = 0; k < 2; k++) {
+      kd_node_id c = k ? a : b, f = k ? b : a;
+      if (kd_const_along(kd_rw_node(rw, c), rank, axis))
+        return kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, f, axis), c);
+    }
+  }
+  if (op != KD_IR_MULZ && op != KD_IR_MUL) return KD_NONE;
+  /* w * v: the weight first (mulz's zero test is on its first operand). */
+  kd_node_id w = a, v = b;
+  if (op == KD_IR_MUL && kd_is_softmax(rw, b, axis)) w = b, v = a;
+  const kd_node *vn = kd_rw_node(rw, v);
+  if (kd_const_along(vn, rank, axis))
+    return kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, w, axis), v);
+  if (vn->op == KD_IR_MUL)
+    for (int k = 0; k < 2; k++) {
+      kd_node_id c = vn->src[k], f = vn->src[1 - k];
+      if (kd_const_along(kd_rw_node(rw, c), rank, axis))
+        return kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, kd_s2(rw, op, w, f), axis), c);
+    }
+  if (!kd_is_softmax(rw, w, axis)) return KD_NONE;
+  kd_node_id var, cst;
+  kd_split(rw, v, rank, axis, &var, &cst);
+  if (cst == KD_NONE) return KD_NONE;
+  kd_node_id c = kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, w, axis), cst);
+  if (var == KD_NONE) return c;
+  return kd_s2(rw, KD_IR_ADD, kd_sr(rw, KD_IR_SUM, kd_s2(rw, op, w, var), axis), c);
+}
+
+static kd_node_id kd_simp_sum(kd_rw *rw, const kd_node *n) {
+  kd_node_id x = n->src[0];
+  int rank = kd_rw_node(rw, x)->rank;
+  kd_opcode xop = kd_op(rw, x);
+  if (xop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_sr(rw, KD_IR_SUM, kd_src(rw, x, 0), n->axis));
+  if (kd_is_softmax(rw, x, n->axis)) return kd_const_like(rw, 1, n);
+  return kd_simp_sum_product(rw, x, rank, n->axis);
+}
+
+/* One rewrite of node id; returns the node that replaces it, or KD_NONE. */
+static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
+  kd_node_id a = n->nsrc > 0 ? n->src[0] : KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
+  double x[KD_MAX_SRC], ca = NAN, cb = NAN;
+  bool ka = a != KD_NONE && kd_rw_const_value(rw, a, &ca);
+  bool kb = b != KD_NONE && kd_rw_const_value(rw, b, &cb);
+  kd_op_class cls = kd_opcode_class(n->op);
+  if (cls == KD_CLASS_UNARY || cls == KD_CLASS_BINARY || cls == KD_CLASS_SELECT) {
+    int k = 0;
+    while (k < n->nsrc && kd_rw_const_value(rw, n->src[k], &x[k])) k++;
+    if (k == n->nsrc) return kd_const_like(rw, kd_ref_scalar(n->op, n->dtype, x), n);
+  }
+  kd_opcode aop = a != KD_NONE ? kd_op(rw, a) : KD_IR_INPUT;
+  kd_opcode bop = b != KD_NONE ? kd_op(rw, b) : KD_IR_INPUT;
+  switch (n->op) {
+  case KD_IR_STOPGRAD: return kd_fit(rw, a, n);
+  case KD_IR_CAST: return kd_fit(rw, a, n);
+  case KD_IR_EXPAND: return kd_shape_eq(kd_rw_node(rw, a), n) ? a : KD_NONE;
+  case KD_IR_NEG:
+    if (aop == KD_IR_NEG) return kd_fit(rw, kd_src(rw, a, 0), n);
+    if (aop == KD_IR_SUB) return kd_s2(rw, KD_IR_SUB, kd_src(rw, a, 1), kd_src(rw, a, 0));
+    return KD_NONE;
+  case KD_IR_LOG: return aop == KD_IR_EXP ? kd_fit(rw, kd_src(rw, a, 0), n) : KD_NONE;
+  case KD_IR_ADD:
+    if (kb && cb == 0) return kd_fit(rw, a, n);
+    if (ka && ca == 0) return kd_fit(rw, b, n);
+    if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0));
+    if (aop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, b, kd_src(rw, a, 0));
+    return KD_NONE;
+  case KD_IR_SUB:
+    if (kb && cb == 0) return kd_fit(rw, a, n);
+    if (ka && ca == 0) return kd_fit(rw, kd_s1(rw, KD_IR_NEG, b), n);
+    if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_ADD, a, kd_src(rw, b, 0));
+    return KD_NONE;
+  case KD_IR_MUL:
+  case KD_IR_MULZ:
+    if (n->op == KD_IR_MULZ && ka && ca == 0) return kd_const_like(rw, 0, n);
+    if (n->op == KD_IR_MULZ && kb && isfinite(cb)) return kd_s2(rw, KD_IR_MUL, a, b);
+    if (kb && cb == 1) return kd_fit(rw, a, n);
+    if (ka && ca == 1 && n->op == KD_IR_MUL) return kd_fit(rw, b, n);
+    if (aop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_s2(rw, n->op, kd_src(rw, a, 0), b));
+    if (bop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_s2(rw, n->op, a, kd_src(rw, b, 0)));
+    if (n->op == KD_IR_MUL && kb && aop == KD_IR_MUL) { /* (z * c1) * c2 = z * (c1 c2) */
+      double c1;
+      if (kd_rw_const_value(rw, kd_src(rw, a, 1), &c1))
+        return kd_s2(rw, KD_IR_MUL, kd_src(rw, a, 0), kd_s2(rw, KD_IR_MUL, kd_src(rw, a, 1), b));
+    }
+    return KD_NONE;
+  case KD_IR_DIV:
+    if (kb && cb == 1) return kd_fit(rw, a, n);
+    if (aop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_s2(rw, KD_IR_DIV, kd_src(rw, a, 0), b));
+    return KD_NONE;
+  case KD_IR_POW:
+    if (kb && cb == 1) return kd_fit(rw, a, n);
+    if (kb && cb == 2) return kd_fit(rw, kd_s2(rw, KD_IR_MUL, a, a), n);
+    return KD_NONE;
+  case KD_IR_MAX:
+  case KD_IR_MIN:
+    return a == b ? kd_fit(rw, a, n) : KD_NONE;
+  case KD_IR_SELECT:
+    if (ka) return kd_fit(rw, ca != 0 ? b : n->src[2], n);
+    return b == n->src[2] ? kd_fit(rw, b, n) : KD_NONE;
+  case KD_IR_SUM:
+  case KD_IR_RMAX:
+  case KD_IR_LSE:
+    if (n->axis != KD_AXIS_ALL && kd_rw_node(rw, a)->shape[n->axis] == 1) return kd_fit(rw, a, n);
+    return n->op == KD_IR_SUM ? kd_fit(rw, kd_simp_sum(rw, n), n) : KD_NONE;
+  default:
+    return KD_NONE;
+  }
+}
+
+/* Puts a constant operand of a commutative op second, so x * c and c * x
+ * merge and the rules above need to look on one side only. */
+static kd_node_id kd_simp_order(kd_rw *rw, kd_node_id id) {
+  const kd_node *n = kd_rw_node(rw, id);
+  double v;
+  bool comm = n->op == KD_IR_ADD || n->op == KD_IR_MUL || n->op == KD_IR_MAX ||
+              n->op == KD_IR_MIN || n->op == KD_IR_EQ || n->op == KD_IR_NE;
+  if (!comm || !kd_rw_const_value(rw, n->src[0], &v) || kd_rw_const_value(rw, n->src[1], &v))
+    return id;
+  return kd_rw_binary(rw, n->op, n->src[1], n->src[0]);
+}
+
+static kd_node_id kd_simp(kd_rw *rw, kd_node_id id) {
+  if (id == KD_NONE) return KD_NONE;
+  kd_node_id o = kd_simp_order(rw, id);
+  kd_node n = *kd_rw_node(rw, o);
+  kd_node_id r = kd_simp_rule(rw, &n);
+  if (r == KD_NONE || r == o) r = o;
+  if (r != id) rw->fired++;
+  return r;
+}
+
+static kd_node_id kd_simp_copy_rule(kd_rw *rw, kd_node *proto, void *ctx) {
+  kd_node_id r = kd_simp(rw, kd_rw_emit(rw, proto));
+  *(int *)ctx = rw->fired;
+  return r;
+}
+
+kd_status kd_pass_simplify(const kd_graph *in, kd_graph **out, char *err, size_t errlen) {
+  kd_graph *cur = NULL;
+  *out = NULL;
+  for (int round = 0; round < KD_SIMP_MAX_ROUNDS; round++) {
+    kd_graph *next = NULL, *clean = NULL;
+    int fired = 0;
+    kd_status st = kd_rw_run(cur ? cur : in, kd_simp_copy_rule, &fired, "simplify", &next, err,
+                             errlen);
+    if (st == KD_OK) st = kd_pass_dce(next, &clean, err, errlen);
+    kd_graph_free(next);
+    kd_graph_free(cur);
+    if (st != KD_OK) return st;
+    cur = clean;
+    if (!fired) break;
+  }
+  *out = cur;
+  return KD_OK;
+}
