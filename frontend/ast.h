@@ -96,6 +96,10 @@ bool kd_ast_equal(const kd_ast *x, const kd_ast *y);
 /* `kdc dump-ast`: one node per line, indented, with line:col ranges. */
 void kd_ast_dump(const kd_ast *node, FILE *out);
 
+/* Deepest nesting kd_parse accepts: of brackets, and of the expression tree
+ * (so every recursive walk of a tree from kd_parse is bounded). */
+#define KD_PARSE_MAX_DEPTH 200
+
 /* Parses a whole source file. Syntax errors go to diag (several per run where
  * recovery allows). On success *out is the FILE node; on a syntax error
  * returns KD_ERR_SYNTAX and *out is NULL. */

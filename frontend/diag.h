@@ -53,6 +53,10 @@ __attribute__((format(printf, 4, 5)))
 #endif
 void kd_diag_report(kd_diag *d, kd_diag_level level, kd_loc loc, const char *fmt, ...);
 int kd_diag_error_count(const kd_diag *d);
+/* At most 20 errors per file are printed; the rest are counted, and one line
+ * says how many when the next file's first diagnostic comes, at kd_diag_flush
+ * and at kd_diag_free. */
+void kd_diag_flush(kd_diag *d);
 int kd_diag_warning_count(const kd_diag *d);
 
 #define kd_error(d, loc, ...) kd_diag_report((d), KD_DIAG_ERROR, (loc), __VA_ARGS__)
