@@ -1,0 +1,954 @@
+/* The CPU row-kernel emitter: a kd_schedule becomes LLVM functions.
+ *
+ * For a loss with K stages it emits
+ *   <name>_row<k>(const kd_loss_args *a, i64 begin, i64 end)   k < K, stages with rows
+ *   <name>_step<k>(const kd_loss_args *a)                      k <= K
+ *   <name>_program                                             a kd_loss_program
+ * (runtime/lossrun.h). A row kernel, for each row in [begin, end), runs the
+ * stage's passes: each pass is a loop over the row in vectors of W f32 lanes
+ * plus one masked tail vector (so any V works), accumulating the pass's
+ * reductions in f32 lanes; after the loop the lanes are combined in double.
+ * Row scalars are computed in double between passes; global scalars are
+ * computed in double by the steps and read from a->globals.
+ *
+ * Value classes: every node computes as F (f32 lanes in loops, double in row
+ * and global code), I (i64) or B (i1), by its dtype. Element values are
+ * recomputed in every pass that needs them and memoised within one vector
+ * body only, so no N x V temporary exists.
+ *
+ * Target-neutral on purpose: the expression emitter (emit_op) knows nothing
+ * of loops; the loop structure lives in emit_pass and emit_row_kernel. */
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loss.h"
+#include "mathlib.h"
+#include "session.h"
+
+#define MAX_STATE 64 /* online groups + reductions in one pass */
+
+typedef enum vclass { CL_F, CL_I, CL_B } vclass;
+
+typedef struct emitter {
+  const kd_schedule *s;
+  const kd_graph *g;
+  size_t n;
+  int W;
+  int nontemporal;
+  const char *name;
+  kd_status st;
+  char *err;
+  size_t errlen;
+
+  LLVMContextRef C;
+  LLVMModuleRef M;
+  LLVMBuilderRef b;
+  LLVMBuilderRef be; /* positioned before the entry block's terminator */
+  LLVMTypeRef f32, f64, i1, i16, i32, i64, ptr, vf, vi64, vi1, args_ty, row_ty, step_ty;
+
+  /* per function */
+  LLVMValueRef fn, args, N, V, row, j, mask;
+  LLVMValueRef ptr_teacher, ptr_student, ptr_labels, ptr_grad, ptr_rows, ptr_globals;
+  LLVMValueRef *gval; /* [n] global scalars */
+  LLVMValueRef *rval; /* [n] row scalars of the current row */
+  LLVMValueRef *vval; /* [n] element vectors of the current vector body */
+  int stage;
+} emitter;
+
+static void fail(emitter *e, kd_status st, const char *fmt, ...) {
+  if (e->st) return;
+  e->st = st;
+  if (e->err && e->errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err, e->errlen, fmt, ap);
+    va_end(ap);
+  }
+}
+
+static const kd_node *gnode(const emitter *e, kd_node_id id) { return kd_graph_node(e->g, id); }
+static const kd_fuse_node *fnode(const emitter *e, kd_node_id id) { return &e->s->node[id]; }
+
+static vclass class_of(kd_dtype t) {
+  switch (t) {
+  case KD_I32:
+  case KD_I64: return CL_I;
+  case KD_BOOL: return CL_B;
+  default: return CL_F;
+  }
+}
+
+static LLVMTypeRef type_of(const emitter *e, vclass c, int vec) {
+  if (vec) return c == CL_F ? e->vf : c == CL_I ? e->vi64 : e->vi1;
+  return c == CL_F ? e->f64 : c == CL_I ? e->i64 : e->i1;
+}
+
+static LLVMValueRef i64c(const emitter *e, long long v) {
+  return LLVMConstInt(e->i64, (unsigned long long)v, 1);
+}
+
+/* ---- small IR helpers ------------------------------------------------------ */
+
+static LLVMValueRef splat(emitter *e, LLVMValueRef x) {
+  LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(x), (unsigned)e->W);
+  LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(vt), x, i64c(e, 0), "");
+  LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->W));
+  return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(vt), zeros, "");
+}
+
+/* An intrinsic overloaded on two types (masked loads and stores). */
+static LLVMValueRef intrinsic2(emitter *e, const char *name, LLVMTypeRef t0, LLVMTypeRef t1,
+                               LLVMValueRef *args, unsigned nargs) {
+  LLVMTypeRef tys[2] = {t0, t1};
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(e->M, id, tys, t1 ? 2 : 1);
+  LLVMTypeRef fty = LLVMIntrinsicGetType(e->C, id, tys, t1 ? 2 : 1);
+  return LLVMBuildCall2(e->b, fty, f, args, nargs, "");
+}
+
+static LLVMValueRef intrinsic1(emitter *e, const char *name, LLVMValueRef x) {
+  return kd_ir_intrinsic(e->b, name, LLVMTypeOf(x), &x, 1);
+}
+
+static LLVMValueRef vreduce(emitter *e, const char *name, LLVMValueRef v) {
+  return intrinsic2(e, name, LLVMTypeOf(v), NULL, &v, 1);
+}
+
+static LLVMValueRef load_field(emitter *e, int i, LLVMTypeRef ty) {
+  LLVMValueRef p = LLVMBuildStructGEP2(e->be, e->args_ty, e->args, (unsigned)i, "");
+  return LLVMBuildLoad2(e->be, ty, p, "");
+}
+
+/* ---- conversions ----------------------------------------------------------- */
+
+static LLVMValueRef convert(emitter *e, LLVMValueRef v, vclass from, vclass to) {
+  if (from == to) return v;
+  LLVMTypeRef vt = LLVMTypeOf(v);
+  int vec = LLVMGetTypeKind(vt) == LLVMVectorTypeKind;
+  LLVMTypeRef t = type_of(e, to, vec);
+  if (to == CL_F) return from == CL_I ? LLVMBuildSIToFP(e->b, v, t, "") : LLVMBuildUIToFP(e->b, v, t, "");
+  if (to == CL_B)
+    return from == CL_F ? LLVMBuildFCmp(e->b, LLVMRealUNE, v, LLVMConstNull(vt), "")
+                        : LLVMBuildICmp(e->b, LLVMIntNE, v, LLVMConstNull(vt), "");
+  if (from == CL_B) return LLVMBuildZExt(e->b, v, t, "");
+  /* F -> I truncates toward zero; NaN gives 0 and the range is clamped, so
+   * fptosi never sees a value it would turn into poison */
+  LLVMValueRef ok = LLVMBuildFCmp(e->b, LLVMRealORD, v, v, "");
+  v = LLVMBuildSelect(e->b, ok, v, LLVMConstNull(vt), "");
+  LLVMValueRef lim[2] = {v, kd_ir_fconst(vt, 9.2e18)};
+  v = kd_ir_intrinsic(e->b, "llvm.minnum", vt, lim, 2);
+  LLVMValueRef lim2[2] = {v, kd_ir_fconst(vt, -9.2e18)};
+  v = kd_ir_intrinsic(e->b, "llvm.maxnum", vt, lim2, 2);
+  return LLVMBuildFPToSI(e->b, v, t, "");
+}
+
+/* A scalar (double / i64 / i1) broadcast into a vector of the loop's class. */
+static LLVMValueRef widen(emitter *e, LLVMValueRef x, vclass c) {
+  if (c == CL_F) x = LLVMBuildFPTrunc(e->b, x, e->f32, "");
+  return splat(e, x);
+}
+
+/* ---- the expression emitter (scalar or vector) ------------------------------ */
+
+static LLVMValueRef emit_exp(emitter *e, LLVMValueRef x) {
+  return LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind ? kd_emit_exp(e->b, x)
+                                                              : intrinsic1(e, "llvm.exp", x);
+}
+
+static LLVMValueRef emit_log(emitter *e, LLVMValueRef x) {
+  return LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind ? kd_emit_log(e->b, x)
+                                                              : intrinsic1(e, "llvm.log", x);
+}
+
+static LLVMValueRef minmax(emitter *e, const char *name, LLVMValueRef a, LLVMValueRef b) {
+  LLVMValueRef args[2] = {a, b};
+  return kd_ir_intrinsic(e->b, name, LLVMTypeOf(a), args, 2);
+}
+
+/* pow with a small integer or 1/2 constant exponent by multiplications or
+ * sqrt; otherwise exp(b log a) (a < 0 gives nan, as the reference does for
+ * non-integer b). */
+static LLVMValueRef emit_pow(emitter *e, const kd_node *n, LLVMValueRef a, LLVMValueRef b) {
+  const kd_node *bn = gnode(e, n->src[1]);
+  LLVMTypeRef t = LLVMTypeOf(a);
+  if (bn->op == KD_IR_CONST) {
+    double k = bn->value;
+    if (k == 0.5) return intrinsic1(e, "llvm.sqrt", a);
+    if (k == floor(k) && fabs(k) <= 4) {
+      LLVMValueRef r = kd_ir_fconst(t, 1.0);
+      for (int i = 0; i < (int)fabs(k); i++) r = LLVMBuildFMul(e->b, r, a, "");
+      return k < 0 ? LLVMBuildFDiv(e->b, kd_ir_fconst(t, 1.0), r, "") : r;
+    }
+  }
+  return emit_exp(e, LLVMBuildFMul(e->b, b, emit_log(e, a), ""));
+}
+
+static LLVMValueRef emit_unary(emitter *e, kd_opcode op, LLVMValueRef x, vclass c) {
+  LLVMTypeRef t = LLVMTypeOf(x);
+  LLVMValueRef zero = LLVMConstNull(t);
+  switch (op) {
+  case KD_IR_NEG: return c == CL_F ? LLVMBuildFNeg(e->b, x, "") : LLVMBuildNeg(e->b, x, "");
+  case KD_IR_EXP: return emit_exp(e, x);
+  case KD_IR_LOG: return emit_log(e, x);
+  case KD_IR_SQRT: return intrinsic1(e, "llvm.sqrt", x);
+  case KD_IR_ABS:
+    if (c == CL_F) return intrinsic1(e, "llvm.fabs", x);
+    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, ""),
+                           LLVMBuildNeg(e->b, x, ""), x, "");
+  case KD_IR_SIGN: {
+    LLVMValueRef one = c == CL_F ? kd_ir_fconst(t, 1) : kd_ir_iconst(t, 1);
+    LLVMValueRef mone = c == CL_F ? kd_ir_fconst(t, -1) : kd_ir_iconst(t, -1);
+    LLVMValueRef pos = c == CL_F ? LLVMBuildFCmp(e->b, LLVMRealOGT, x, zero, "")
+                                 : LLVMBuildICmp(e->b, LLVMIntSGT, x, zero, "");
+    LLVMValueRef neg = c == CL_F ? LLVMBuildFCmp(e->b, LLVMRealOLT, x, zero, "")
+                                 : LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, "");
+    /* 0 and nan stay themselves */
+    return LLVMBuildSelect(e->b, pos, one, LLVMBuildSelect(e->b, neg, mone, x, ""), "");
+  }
+  default: return x; /* CAST (already converted), STOPGRAD */
+  }
+}
+
+static LLVMValueRef emit_compare(emitter *e, kd_opcode op, LLVMValueRef a, LLVMValueRef b,
+                                 vclass c) {
+  static const LLVMRealPredicate fp[] = {LLVMRealOLT, LLVMRealOLE, LLVMRealOGT,
+                                         LLVMRealOGE, LLVMRealOEQ, LLVMRealUNE};
+  static const LLVMIntPredicate ip[] = {LLVMIntSLT, LLVMIntSLE, LLVMIntSGT,
+                                        LLVMIntSGE, LLVMIntEQ,  LLVMIntNE};
+  int k = (int)op - (int)KD_IR_LT;
+  return c == CL_F ? LLVMBuildFCmp(e->b, fp[k], a, b, "") : LLVMBuildICmp(e->b, ip[k], a, b, "");
+}
+
+static LLVMValueRef emit_binary(emitter *e, const kd_node *n, LLVMValueRef a, LLVMValueRef b,
+                                vclass c) {
+  int f = c == CL_F;
+  switch (n->op) {
+  case KD_IR_ADD: return f ? LLVMBuildFAdd(e->b, a, b, "") : LLVMBuildAdd(e->b, a, b, "");
+  case KD_IR_SUB: return f ? LLVMBuildFSub(e->b, a, b, "") : LLVMBuildSub(e->b, a, b, "");
+  case KD_IR_MUL: return f ? LLVMBuildFMul(e->b, a, b, "") : LLVMBuildMul(e->b, a, b, "");
+  case KD_IR_MULZ: {
+    if (!f) return LLVMBuildMul(e->b, a, b, "");
+    /* exactly 0 where a == 0, even for b = inf or nan */
+    LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, a, LLVMConstNull(LLVMTypeOf(a)), "");
+    return LLVMBuildSelect(e->b, z, LLVMConstNull(LLVMTypeOf(a)), LLVMBuildFMul(e->b, a, b, ""), "");
+  }
+  case KD_IR_DIV: return LLVMBuildFDiv(e->b, a, b, "");
+  case KD_IR_POW: return emit_pow(e, n, a, b);
+  case KD_IR_MAX:
+  case KD_IR_MIN:
+    if (f) return minmax(e, n->op == KD_IR_MAX ? "llvm.maximum" : "llvm.minimum", a, b);
+    return LLVMBuildSelect(
+        e->b, LLVMBuildICmp(e->b, n->op == KD_IR_MAX ? LLVMIntSGE : LLVMIntSLE, a, b, ""), a, b, "");
+  default: return NULL;
+  }
+}
+
+/* One node from its sources' values (all scalar or all vector). */
+static LLVMValueRef emit_op(emitter *e, kd_node_id id, LLVMValueRef *v) {
+  const kd_node *n = gnode(e, id);
+  vclass c = class_of(n->dtype);
+  vclass sc[KD_MAX_SRC];
+  for (int i = 0; i < n->nsrc; i++) sc[i] = class_of(gnode(e, n->src[i])->dtype);
+  if (fnode(e, id)->role == KD_ROLE_IDENTITY) return convert(e, v[0], sc[0], c);
+  switch (kd_opcode_class(n->op)) {
+  case KD_CLASS_UNARY:
+    return emit_unary(e, n->op, convert(e, v[0], sc[0], c), c);
+  case KD_CLASS_BINARY:
+    if (n->op >= KD_IR_LT && n->op <= KD_IR_NE) {
+      vclass cc = (sc[0] == CL_F || sc[1] == CL_F) ? CL_F : CL_I;
+      return emit_compare(e, n->op, convert(e, v[0], sc[0], cc), convert(e, v[1], sc[1], cc), cc);
+    }
+    return emit_binary(e, n, convert(e, v[0], sc[0], c), convert(e, v[1], sc[1], c), c);
+  case KD_CLASS_SELECT:
+    return LLVMBuildSelect(e->b, convert(e, v[0], sc[0], CL_B), convert(e, v[1], sc[1], c),
+                           convert(e, v[2], sc[2], c), "");
+  default:
+    fail(e, KD_ERR_UNSUPPORTED, "codegen: %%%d: %s is not supported here", (int)id,
+         kd_opcode_name(n->op));
+    return LLVMGetPoison(LLVMTypeOf(v[0] ? v[0] : LLVMConstNull(e->f64)));
+  }
+}
+
+/* ---- global, row and element values ------------------------------------------ */
+
+static LLVMValueRef const_value(emitter *e, const kd_node *n) {
+  vclass c = class_of(n->dtype);
+  if (c == CL_F) return LLVMConstReal(e->f64, n->value);
+  if (c == CL_B) return LLVMConstInt(e->i1, n->value != 0, 0);
+  return i64c(e, (long long)n->value);
+}
+
+/* globals[id] as a double, loaded in the entry block. */
+static LLVMValueRef load_global(emitter *e, kd_node_id id) {
+  LLVMValueRef idx = i64c(e, id);
+  LLVMValueRef p = LLVMBuildGEP2(e->be, e->f64, e->ptr_globals, &idx, 1, "");
+  return LLVMBuildLoad2(e->be, e->f64, p, "");
+}
+
+static LLVMValueRef global_value(emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  if (n->op == KD_IR_CONST) return const_value(e, n);
+  if (!e->gval[id]) {
+    LLVMValueRef d = load_global(e, id);
+    /* load in the entry block, convert there too */
+    LLVMBuilderRef keep = e->b;
+    e->b = e->be;
+    vclass c = class_of(n->dtype);
+    if (c == CL_I) d = LLVMBuildFPToSI(e->b, d, e->i64, "");
+    if (c == CL_B) d = LLVMBuildFCmp(e->b, LLVMRealUNE, d, LLVMConstNull(e->f64), "");
+    e->b = keep;
+    e->gval[id] = d;
+  }
+  return e->gval[id];
+}
+
+static LLVMValueRef row_value(emitter *e, kd_node_id id) {
+  const kd_fuse_node *f = fnode(e, id);
+  if (f->kind == KD_FUSE_GLOBAL) return global_value(e, id);
+  if (e->rval[id]) return e->rval[id];
+  const kd_node *n = gnode(e, id);
+  if (f->kind != KD_FUSE_ROW || f->role == KD_ROLE_ROWRED || f->role == KD_ROLE_FOLDED) {
+    fail(e, KD_ERR_BACKEND, "codegen: %%%d used before its pass (a scheduler bug)", (int)id);
+    return LLVMGetPoison(type_of(e, class_of(n->dtype), 0));
+  }
+  if (n->op == KD_IR_INPUT) {
+    if (id != e->s->labels) {
+      fail(e, KD_ERR_UNSUPPORTED, "codegen: per-row input \"%s\" is not supported", n->name);
+      return LLVMGetPoison(e->i64);
+    }
+    LLVMValueRef p = LLVMBuildGEP2(e->b, e->i64, e->ptr_labels, &e->row, 1, "");
+    return e->rval[id] = LLVMBuildLoad2(e->b, e->i64, p, "label");
+  }
+  LLVMValueRef v[KD_MAX_SRC] = {0};
+  for (int i = 0; i < n->nsrc; i++) v[i] = row_value(e, n->src[i]);
+  return e->rval[id] = emit_op(e, id, v);
+}
+
+/* teacher or student at [row, j .. j + W), widened to f32 */
+static LLVMValueRef load_logits(emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  int bf16 = n->dtype == KD_BF16;
+  LLVMTypeRef et = bf16 ? e->i16 : e->f32;
+  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)e->W);
+  LLVMValueRef base = id == e->s->teacher ? e->ptr_teacher : e->ptr_student;
+  LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, e->row, e->V, ""), e->j, "");
+  LLVMValueRef p = LLVMBuildGEP2(e->b, et, base, &off, 1, "");
+  LLVMValueRef x;
+  if (e->mask) {
+    LLVMValueRef args[4] = {p, LLVMConstInt(e->i32, bf16 ? 2 : 4, 0), e->mask, LLVMConstNull(vt)};
+    x = intrinsic2(e, "llvm.masked.load", vt, e->ptr, args, 4);
+  } else {
+    x = LLVMBuildLoad2(e->b, vt, p, "");
+    LLVMSetAlignment(x, bf16 ? 2 : 4);
+  }
+  if (!bf16) return x;
+  /* bf16 is the top half of an f32: widening is exact */
+  LLVMTypeRef vi32 = LLVMVectorType(e->i32, (unsigned)e->W);
+  x = LLVMBuildShl(e->b, LLVMBuildZExt(e->b, x, vi32, ""), kd_ir_iconst(vi32, 16), "");
+  return LLVMBuildBitCast(e->b, x, e->vf, "");
+}
+
+static LLVMValueRef lane_index(emitter *e) {
+  LLVMValueRef lanes[64];
+  for (int i = 0; i < e->W; i++) lanes[i] = i64c(e, i);
+  return LLVMBuildAdd(e->b, splat(e, e->j), LLVMConstVector(lanes, (unsigned)e->W), "");
+}
+
+static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
+  if (e->vval[id]) return e->vval[id];
+  const kd_fuse_node *f = fnode(e, id);
+  const kd_node *n = gnode(e, id);
+  vclass c = class_of(n->dtype);
+  if (f->kind != KD_FUSE_ELEM) return e->vval[id] = widen(e, row_value(e, id), c);
+  if (n->op == KD_IR_INPUT) {
+    if (id != e->s->teacher && id != e->s->student) {
+      fail(e, KD_ERR_UNSUPPORTED, "codegen: [N, V] input \"%s\" is not supported", n->name);
+      return LLVMGetPoison(e->vf);
+    }
+    return e->vval[id] = load_logits(e, id);
+  }
+  if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
+  LLVMValueRef v[KD_MAX_SRC] = {0};
+  for (int i = 0; i < n->nsrc; i++) v[i] = elem_value(e, n->src[i]);
+  return e->vval[id] = emit_op(e, id, v);
+}
+
+/* Row scalars that pass roots read, computed before the loop. */
+static void prepare_rows(emitter *e, kd_node_id id, char *seen) {
+  if (seen[id]) return;
+  seen[id] = 1;
+  const kd_fuse_node *f = fnode(e, id);
+  if (f->kind == KD_FUSE_ROW) {
+    row_value(e, id);
+    return;
+  }
+  if (f->kind == KD_FUSE_GLOBAL) {
+    global_value(e, id);
+    return;
+  }
+  const kd_node *n = gnode(e, id);
+  for (int i = 0; i < n->nsrc; i++) prepare_rows(e, n->src[i], seen);
+}
+
+/* ---- one pass over the row ------------------------------------------------------- */
+
+typedef struct pass_plan {
+  int ng;                     /* online groups: state[0 .. ng) is each running max */
+  kd_node_id ga[MAX_STATE];   /* the group's a */
+  int gexp[MAX_STATE];
+  int nr;                     /* reductions: state[ng + i] is reduction i's accumulator */
+  kd_node_id red[MAX_STATE];
+  int rgroup[MAX_STATE];      /* the group of an online reduction, or -1 (plain SUM) */
+  int nstore;
+  kd_node_id store[MAX_STATE];
+} pass_plan;
+
+static int is_output(const emitter *e, kd_node_id id) {
+  for (size_t i = 0; i < kd_graph_noutputs(e->g); i++)
+    if (kd_graph_output(e->g, i) == id) return 1;
+  return 0;
+}
+
+static int is_elem_output(const emitter *e, kd_node_id id) {
+  return fnode(e, id)->kind == KD_FUSE_ELEM && is_output(e, id);
+}
+
+static kd_node_id online_a(const emitter *e, kd_node_id id) {
+  const kd_fuse_node *f = fnode(e, id);
+  return f->role == KD_ROLE_FOLDED ? f->fold_a : gnode(e, id)->src[0];
+}
+
+static void plan_pass(emitter *e, int pass, pass_plan *pl) {
+  memset(pl, 0, sizeof *pl);
+  for (kd_node_id id = 0; id < (kd_node_id)e->n; id++) {
+    const kd_fuse_node *f = fnode(e, id);
+    if (!kd_fuse_in_stage(e->s, id, e->stage)) continue;
+    if (is_elem_output(e, id) && f->avail == pass && pl->nstore < MAX_STATE)
+      pl->store[pl->nstore++] = id;
+    if ((f->role != KD_ROLE_ROWRED && f->role != KD_ROLE_FOLDED) || f->pass != pass) continue;
+    if (pl->ng + pl->nr + 1 >= MAX_STATE) {
+      fail(e, KD_ERR_UNSUPPORTED, "codegen: more than %d reductions in one pass", MAX_STATE);
+      return;
+    }
+    kd_opcode op = gnode(e, id)->op;
+    int gi = -1;
+    if (f->role == KD_ROLE_FOLDED || op == KD_IR_LSE || op == KD_IR_RMAX) {
+      kd_node_id a = online_a(e, id);
+      for (gi = 0; gi < pl->ng && pl->ga[gi] != a; gi++) {}
+      if (gi == pl->ng) pl->ga[pl->ng++] = a;
+      if (op != KD_IR_RMAX) pl->gexp[gi] = 1;
+    }
+    pl->red[pl->nr] = id;
+    pl->rgroup[pl->nr++] = gi;
+  }
+}
+
+static LLVMBasicBlockRef block(emitter *e, const char *name) {
+  return LLVMAppendBasicBlockInContext(e->C, e->fn, name);
+}
+
+static LLVMValueRef fold_contrib(emitter *e, kd_node_id id, LLVMValueRef w) {
+  const kd_fuse_node *f = fnode(e, id);
+  if (f->fold_f == KD_NONE) return w;
+  LLVMValueRef x = elem_value(e, f->fold_f);
+  x = convert(e, x, class_of(gnode(e, f->fold_f)->dtype), CL_F);
+  LLVMValueRef p = LLVMBuildFMul(e->b, w, x, "");
+  if (!f->mulz) return p;
+  LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, w, LLVMConstNull(e->vf), "");
+  return LLVMBuildSelect(e->b, z, LLVMConstNull(e->vf), p, "");
+}
+
+static LLVMValueRef masked(emitter *e, LLVMValueRef v, LLVMValueRef neutral) {
+  return e->mask ? LLVMBuildSelect(e->b, e->mask, v, neutral, "") : v;
+}
+
+/* The running max of group gi moves to m_new: rescale its accumulators by
+ * exp(m - m_new), in a branch taken only when some lane's max grew (rarely,
+ * once the row's large values have been seen). */
+static void rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef m, LLVMValueRef m_new,
+                    LLVMValueRef *acc) {
+  LLVMValueRef grew = LLVMBuildFCmp(e->b, LLVMRealOGT, m_new, m, "");
+  LLVMValueRef any = vreduce(e, "llvm.vector.reduce.or", grew);
+  LLVMBasicBlockRef from = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef bscale = block(e, "rescale"), bjoin = block(e, "rescaled");
+  LLVMBuildCondBr(e->b, any, bscale, bjoin);
+  LLVMPositionBuilderAtEnd(e->b, bscale);
+  /* lanes that did not grow get exp(0) = 1 */
+  LLVMValueRef sc = kd_emit_exp(e->b, LLVMBuildFSub(e->b, m, m_new, ""));
+  LLVMValueRef scaled[MAX_STATE];
+  for (int r = 0; r < pl->nr; r++)
+    if (pl->rgroup[r] == gi) scaled[r] = LLVMBuildFMul(e->b, acc[r], sc, "");
+  LLVMBuildBr(e->b, bjoin);
+  LLVMPositionBuilderAtEnd(e->b, bjoin);
+  for (int r = 0; r < pl->nr; r++) {
+    if (pl->rgroup[r] != gi) continue;
+    LLVMValueRef phi = LLVMBuildPhi(e->b, e->vf, "");
+    LLVMValueRef in[2] = {acc[r], scaled[r]};
+    LLVMBasicBlockRef bb[2] = {from, bscale};
+    LLVMAddIncoming(phi, in, bb, 2);
+    acc[r] = phi;
+  }
+}
+
+static void store_output(emitter *e, kd_node_id id) {
+  LLVMValueRef v = convert(e, elem_value(e, id), class_of(gnode(e, id)->dtype), CL_F);
+  LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, e->row, e->V, ""), e->j, "");
+  LLVMValueRef p = LLVMBuildGEP2(e->b, e->f32, e->ptr_grad, &off, 1, "");
+  if (e->mask) {
+    LLVMValueRef args[4] = {v, p, LLVMConstInt(e->i32, 4, 0), e->mask};
+    intrinsic2(e, "llvm.masked.store", e->vf, e->ptr, args, 4);
+    return;
+  }
+  LLVMValueRef st = LLVMBuildStore(e->b, v, p);
+  LLVMSetAlignment(st, 4);
+  if (e->nontemporal) {
+    LLVMMetadataRef one = LLVMValueAsMetadata(LLVMConstInt(e->i32, 1, 0));
+    LLVMSetMetadata(st, LLVMGetMDKindIDInContext(e->C, "nontemporal", 11),
+                    LLVMMetadataAsValue(e->C, LLVMMDNodeInContext2(e->C, &one, 1)));
+  }
+}
+
+/* One vector of the row at column j (under e->mask in the tail): updates
+ * state (maxes then accumulators) in place and stores outputs. */
+static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
+  memset(e->vval, 0, e->n * sizeof *e->vval);
+  LLVMValueRef *m = state, *acc = state + pl->ng;
+  LLVMValueRef ninf = kd_ir_fconst(e->vf, -INFINITY), zero = LLVMConstNull(e->vf);
+  for (int gi = 0; gi < pl->ng; gi++) {
+    LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
+                                       class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
+    LLVMValueRef m_new = minmax(e, "llvm.maxnum", m[gi], x);
+    if (pl->gexp[gi]) rescale(e, pl, gi, m[gi], m_new, acc);
+    m[gi] = m_new;
+    if (!pl->gexp[gi]) continue;
+    /* x = -inf (masked lanes, -inf logits) gives exactly 0 */
+    LLVMValueRef w = kd_emit_exp(e->b, LLVMBuildFSub(e->b, x, m_new, ""));
+    for (int r = 0; r < pl->nr; r++) {
+      if (pl->rgroup[r] != gi || gnode(e, pl->red[r])->op == KD_IR_RMAX) continue;
+      LLVMValueRef c = fnode(e, pl->red[r])->role == KD_ROLE_FOLDED ? fold_contrib(e, pl->red[r], w) : w;
+      acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, c, zero), "");
+    }
+  }
+  for (int r = 0; r < pl->nr; r++) {
+    if (pl->rgroup[r] >= 0) continue;
+    kd_node_id src = gnode(e, pl->red[r])->src[0];
+    LLVMValueRef x = convert(e, elem_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
+    acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, x, zero), "");
+  }
+  for (int i = 0; i < pl->nstore; i++) store_output(e, pl->store[i]);
+}
+
+static LLVMValueRef hsum(emitter *e, LLVMValueRef v) {
+  LLVMValueRef d = LLVMBuildFPExt(e->b, v, LLVMVectorType(e->f64, (unsigned)e->W), "");
+  LLVMValueRef args[2] = {LLVMConstReal(e->f64, 0.0), d};
+  return intrinsic2(e, "llvm.vector.reduce.fadd", LLVMTypeOf(d), NULL, args, 2);
+}
+
+/* Lanes to row scalars, in double. */
+static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
+  LLVMValueRef *m = state, *acc = state + pl->ng;
+  LLVMValueRef gmax[MAX_STATE], gmaxd[MAX_STATE];
+  for (int gi = 0; gi < pl->ng; gi++) {
+    gmax[gi] = vreduce(e, "llvm.vector.reduce.fmax", m[gi]);
+    gmaxd[gi] = LLVMBuildFPExt(e->b, gmax[gi], e->f64, "");
+  }
+  for (int r = 0; r < pl->nr; r++) {
+    kd_node_id id = pl->red[r];
+    const kd_node *n = gnode(e, id);
+    int gi = pl->rgroup[r];
+    LLVMValueRef v;
+    if (gi < 0) {
+      v = hsum(e, acc[r]);
+    } else if (n->op == KD_IR_RMAX) {
+      /* the running max starts at -FLT_MAX: an all -inf row is -inf */
+      LLVMValueRef empty = LLVMBuildFCmp(e->b, LLVMRealOLE, gmaxd[gi], LLVMConstReal(e->f64, -FLT_MAX), "");
+      v = LLVMBuildSelect(e->b, empty, LLVMConstReal(e->f64, -INFINITY), gmaxd[gi], "");
+    } else {
+      LLVMValueRef sc = kd_emit_exp(e->b, LLVMBuildFSub(e->b, m[gi], splat(e, gmax[gi]), ""));
+      LLVMValueRef total = hsum(e, LLVMBuildFMul(e->b, acc[r], sc, ""));
+      if (n->op == KD_IR_LSE) {
+        v = LLVMBuildFAdd(e->b, gmaxd[gi], intrinsic1(e, "llvm.log", total), "");
+      } else {
+        /* folded: sum exp(a - c) f = exp(max - c) sum exp(a - max) f */
+        LLVMValueRef c = convert(e, row_value(e, fnode(e, id)->fold_c),
+                                 class_of(gnode(e, fnode(e, id)->fold_c)->dtype), CL_F);
+        LLVMValueRef sh = emit_exp(e, LLVMBuildFSub(e->b, gmaxd[gi], c, ""));
+        LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, total, LLVMConstReal(e->f64, 0), "");
+        v = LLVMBuildSelect(e->b, z, total, LLVMBuildFMul(e->b, total, sh, ""), "");
+      }
+    }
+    e->rval[id] = convert(e, v, CL_F, class_of(n->dtype));
+  }
+}
+
+static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
+                        LLVMValueRef v1, LLVMBasicBlockRef b1) {
+  LLVMValueRef p = LLVMBuildPhi(e->b, t, "");
+  LLVMValueRef in[2] = {v0, v1};
+  LLVMBasicBlockRef bb[2] = {b0, b1};
+  LLVMAddIncoming(p, in, bb, 2);
+  return p;
+}
+
+/*   pre:   br nmain > 0, body, after
+ *   body:  j, state = phi; emit_body; br j + W < nmain, body, after
+ *   after: state = phi; br nmain < V, tail, fin
+ *   tail:  emit_body under mask; br fin
+ *   fin:   state = phi; finalize */
+static void emit_pass(emitter *e, int pass) {
+  pass_plan pl;
+  plan_pass(e, pass, &pl);
+  if (e->st) return;
+  /* row scalars and globals the pass reads, before the loop */
+  char *seen = calloc(e->n, 1);
+  if (!seen) {
+    fail(e, KD_ERR_NOMEM, "out of memory");
+    return;
+  }
+  for (int gi = 0; gi < pl.ng; gi++) prepare_rows(e, pl.ga[gi], seen);
+  for (int r = 0; r < pl.nr; r++) {
+    const kd_fuse_node *f = fnode(e, pl.red[r]);
+    if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) prepare_rows(e, f->fold_f, seen);
+    if (f->role == KD_ROLE_ROWRED) prepare_rows(e, gnode(e, pl.red[r])->src[0], seen);
+  }
+  for (int i = 0; i < pl.nstore; i++) prepare_rows(e, pl.store[i], seen);
+  free(seen);
+
+  int ns = pl.ng + pl.nr;
+  LLVMValueRef init[MAX_STATE], st[MAX_STATE], after[MAX_STATE], phis[MAX_STATE];
+  for (int i = 0; i < ns; i++)
+    init[i] = i < pl.ng ? kd_ir_fconst(e->vf, -FLT_MAX) : LLVMConstNull(e->vf);
+
+  LLVMValueRef Wc = i64c(e, e->W);
+  LLVMValueRef nmain = LLVMBuildAnd(e->b, e->V, i64c(e, -(long long)e->W), "nmain");
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef body = block(e, "body"), bafter = block(e, "after"), tail = block(e, "tail"),
+                    fin = block(e, "fin");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, nmain, i64c(e, 0), ""), body, bafter);
+
+  LLVMPositionBuilderAtEnd(e->b, body);
+  LLVMValueRef j = LLVMBuildPhi(e->b, e->i64, "j");
+  for (int i = 0; i < ns; i++) st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
+  e->j = j;
+  e->mask = NULL;
+  emit_body(e, &pl, st);
+  LLVMValueRef jn = LLVMBuildAdd(e->b, j, Wc, "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, nmain, ""), body, bafter);
+  LLVMValueRef z = i64c(e, 0);
+  LLVMAddIncoming(j, &z, &pre, 1);
+  LLVMAddIncoming(j, &jn, &latch, 1);
+  for (int i = 0; i < ns; i++) {
+    LLVMAddIncoming(phis[i], &init[i], &pre, 1);
+    LLVMAddIncoming(phis[i], &st[i], &latch, 1);
+  }
+
+  LLVMPositionBuilderAtEnd(e->b, bafter);
+  for (int i = 0; i < ns; i++) after[i] = st[i] = phi(e, e->vf, init[i], pre, st[i], latch);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, nmain, e->V, ""), tail, fin);
+
+  LLVMPositionBuilderAtEnd(e->b, tail);
+  e->j = nmain;
+  e->mask = LLVMBuildICmp(e->b, LLVMIntSLT, lane_index(e), splat(e, e->V), "mask");
+  emit_body(e, &pl, st);
+  LLVMBasicBlockRef tail_end = LLVMGetInsertBlock(e->b);
+  LLVMBuildBr(e->b, fin);
+  e->mask = NULL;
+
+  LLVMPositionBuilderAtEnd(e->b, fin);
+  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, after[i], bafter, st[i], tail_end);
+  finalize(e, &pl, st);
+}
+
+/* ---- functions ----------------------------------------------------------------- */
+
+static void begin_function(emitter *e, const char *suffix, LLVMTypeRef ty) {
+  char name[160];
+  snprintf(name, sizeof name, "%s_%s", e->name, suffix);
+  e->fn = LLVMAddFunction(e->M, name, ty);
+  LLVMSetLinkage(e->fn, LLVMInternalLinkage); /* reached through the program only */
+  e->args = LLVMGetParam(e->fn, 0);
+  /* entry: argument loads and global loads (through e->be, appended before
+   * its branch whenever code needs one); start: everything else */
+  LLVMBasicBlockRef entry = block(e, "entry"), start = block(e, "start");
+  LLVMPositionBuilderAtEnd(e->b, entry);
+  LLVMPositionBuilderBefore(e->be, LLVMBuildBr(e->b, start));
+  e->ptr_teacher = load_field(e, 0, e->ptr);
+  e->ptr_student = load_field(e, 1, e->ptr);
+  e->ptr_labels = load_field(e, 2, e->ptr);
+  e->ptr_grad = load_field(e, 3, e->ptr);
+  e->ptr_rows = load_field(e, 4, e->ptr);
+  e->ptr_globals = load_field(e, 5, e->ptr);
+  e->N = load_field(e, 6, e->i64);
+  e->V = load_field(e, 7, e->i64);
+  memset(e->gval, 0, e->n * sizeof *e->gval);
+  memset(e->rval, 0, e->n * sizeof *e->rval);
+  LLVMPositionBuilderAtEnd(e->b, start);
+}
+
+/* row<k>: for r in [begin, end): passes; then the rows of its reductions
+ * over rows. */
+static LLVMValueRef emit_row_kernel(emitter *e, int k) {
+  char suffix[16];
+  snprintf(suffix, sizeof suffix, "row%d", k);
+  e->stage = k;
+  begin_function(e, suffix, e->row_ty);
+  LLVMValueRef begin = LLVMGetParam(e->fn, 1), end = LLVMGetParam(e->fn, 2);
+  LLVMBasicBlockRef start = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef head = block(e, "row"), rbody = block(e, "row.body"), done = block(e, "done");
+  LLVMBuildBr(e->b, head);
+  LLVMPositionBuilderAtEnd(e->b, head);
+  e->row = LLVMBuildPhi(e->b, e->i64, "r");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, e->row, end, ""), rbody, done);
+  LLVMPositionBuilderAtEnd(e->b, rbody);
+  memset(e->rval, 0, e->n * sizeof *e->rval);
+  for (int p = 0; p < e->s->stage[k].npasses && !e->st; p++) emit_pass(e, p);
+  for (kd_node_id id = 0; id < (kd_node_id)e->n && !e->st; id++) {
+    const kd_fuse_node *f = fnode(e, id);
+    if (f->role != KD_ROLE_NRED || f->stage != k) continue;
+    kd_node_id src = gnode(e, id)->src[0];
+    LLVMValueRef v = convert(e, row_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
+    LLVMValueRef idx = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, f->slot), e->N, ""), e->row, "");
+    LLVMBuildStore(e->b, v, LLVMBuildGEP2(e->b, e->f64, e->ptr_rows, &idx, 1, ""));
+  }
+  LLVMValueRef next = LLVMBuildAdd(e->b, e->row, i64c(e, 1), "");
+  LLVMBasicBlockRef last = LLVMGetInsertBlock(e->b);
+  LLVMBuildBr(e->b, head);
+  LLVMAddIncoming(e->row, &begin, &start, 1);
+  LLVMAddIncoming(e->row, &next, &last, 1);
+  LLVMPositionBuilderAtEnd(e->b, done);
+  LLVMBuildRetVoid(e->b);
+  return e->fn;
+}
+
+/* sum_i rows[slot * N + i], in row order (deterministic) */
+static LLVMValueRef emit_row_sum(emitter *e, int slot) {
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef loop = block(e, "sum"), done = block(e, "sum.done");
+  LLVMValueRef base = LLVMBuildMul(e->b, i64c(e, slot), e->N, "");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, e->N, i64c(e, 0), ""), loop, done);
+  LLVMPositionBuilderAtEnd(e->b, loop);
+  LLVMValueRef i = LLVMBuildPhi(e->b, e->i64, "i");
+  LLVMValueRef acc = LLVMBuildPhi(e->b, e->f64, "acc");
+  LLVMValueRef idx = LLVMBuildAdd(e->b, base, i, "");
+  LLVMValueRef x = LLVMBuildLoad2(e->b, e->f64, LLVMBuildGEP2(e->b, e->f64, e->ptr_rows, &idx, 1, ""), "");
+  LLVMValueRef acc2 = LLVMBuildFAdd(e->b, acc, x, "");
+  LLVMValueRef i2 = LLVMBuildAdd(e->b, i, i64c(e, 1), "");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, i2, e->N, ""), loop, done);
+  LLVMValueRef z = i64c(e, 0), zf = LLVMConstReal(e->f64, 0);
+  LLVMAddIncoming(i, &z, &pre, 1);
+  LLVMAddIncoming(i, &i2, &loop, 1);
+  LLVMAddIncoming(acc, &zf, &pre, 1);
+  LLVMAddIncoming(acc, &acc2, &loop, 1);
+  LLVMPositionBuilderAtEnd(e->b, done);
+  return phi(e, e->f64, zf, pre, acc2, loop);
+}
+
+/* step<k>: the global scalars of phase k, stored to a->globals as doubles;
+ * the last step also stores outputs that are plain constants. */
+static LLVMValueRef emit_step(emitter *e, int k) {
+  char suffix[16];
+  snprintf(suffix, sizeof suffix, "step%d", k);
+  begin_function(e, suffix, e->step_ty);
+  for (kd_node_id id = 0; id < (kd_node_id)e->n && !e->st; id++) {
+    const kd_fuse_node *f = fnode(e, id);
+    const kd_node *n = gnode(e, id);
+    /* constants are inlined where used; the last step stores the outputs
+     * that are plain constants too */
+    int konst = n->op == KD_IR_CONST;
+    if (f->kind != KD_FUSE_GLOBAL) continue;
+    if (konst ? !(k == e->s->nstages && is_output(e, id)) : f->phase != k) continue;
+    LLVMValueRef v;
+    if (f->role == KD_ROLE_NRED) {
+      v = convert(e, emit_row_sum(e, f->slot), CL_F, class_of(n->dtype));
+    } else if (n->op == KD_IR_CONST) {
+      v = const_value(e, n);
+    } else {
+      LLVMValueRef src[KD_MAX_SRC] = {0};
+      for (int i = 0; i < n->nsrc; i++) src[i] = global_value(e, n->src[i]);
+      v = emit_op(e, id, src);
+    }
+    e->gval[id] = v;
+    LLVMValueRef idx = i64c(e, id);
+    LLVMBuildStore(e->b, convert(e, v, class_of(n->dtype), CL_F),
+                   LLVMBuildGEP2(e->b, e->f64, e->ptr_globals, &idx, 1, ""));
+  }
+  LLVMBuildRetVoid(e->b);
+  return e->fn;
+}
+
+/* The kd_loss_program constant (runtime/lossrun.h; field order is the ABI). */
+static void emit_program(emitter *e, LLVMValueRef *rows, LLVMValueRef *steps) {
+  const kd_schedule *s = e->s;
+  LLVMTypeRef rt = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES);
+  LLVMTypeRef st = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES + 1);
+  LLVMTypeRef fields[12] = {e->i32, e->i32, e->i32, e->i32, e->i32, e->i32,
+                            e->i32, e->i32, e->i32, e->i32, rt,     st};
+  LLVMTypeRef pt = LLVMStructTypeInContext(e->C, fields, 12, 0);
+  LLVMValueRef rv[KD_LOSS_MAX_STAGES], sv[KD_LOSS_MAX_STAGES + 1];
+  for (int k = 0; k < KD_LOSS_MAX_STAGES; k++) rv[k] = rows[k] ? rows[k] : LLVMConstNull(e->ptr);
+  for (int k = 0; k <= KD_LOSS_MAX_STAGES; k++) sv[k] = steps[k] ? steps[k] : LLVMConstNull(e->ptr);
+  kd_node_id loss = kd_graph_find_output(e->g, "loss");
+  const kd_node *t = s->teacher == KD_NONE ? NULL : gnode(e, s->teacher);
+  int32_t vals[10] = {(int32_t)KD_LOSS_MAGIC, KD_LOSS_ABI_VERSION, s->nstages, s->nslots,
+                      (int32_t)e->n, loss, kd_graph_find_output(e->g, "grad") != KD_NONE,
+                      t ? (int32_t)t->dtype : -1, (int32_t)gnode(e, s->student)->dtype,
+                      s->labels != KD_NONE};
+  LLVMValueRef init[12];
+  for (int i = 0; i < 10; i++) init[i] = LLVMConstInt(e->i32, (unsigned long long)(uint32_t)vals[i], 0);
+  init[10] = LLVMConstArray2(e->ptr, rv, KD_LOSS_MAX_STAGES);
+  init[11] = LLVMConstArray2(e->ptr, sv, KD_LOSS_MAX_STAGES + 1);
+  char name[160];
+  snprintf(name, sizeof name, "%s_program", e->name);
+  LLVMValueRef gv = LLVMAddGlobal(e->M, pt, name);
+  LLVMSetInitializer(gv, LLVMConstNamedStruct(pt, init, 12));
+  LLVMSetGlobalConstant(gv, 1);
+}
+
+static void init_types(emitter *e) {
+  LLVMContextRef C = e->C;
+  e->f32 = LLVMFloatTypeInContext(C);
+  e->f64 = LLVMDoubleTypeInContext(C);
+  e->i1 = LLVMInt1TypeInContext(C);
+  e->i16 = LLVMInt16TypeInContext(C);
+  e->i32 = LLVMInt32TypeInContext(C);
+  e->i64 = LLVMInt64TypeInContext(C);
+  e->ptr = LLVMPointerTypeInContext(C, 0);
+  e->vf = LLVMVectorType(e->f32, (unsigned)e->W);
+  e->vi64 = LLVMVectorType(e->i64, (unsigned)e->W);
+  e->vi1 = LLVMVectorType(e->i1, (unsigned)e->W);
+  LLVMTypeRef f[8] = {e->ptr, e->ptr, e->ptr, e->ptr, e->ptr, e->ptr, e->i64, e->i64};
+  e->args_ty = LLVMStructTypeInContext(C, f, 8, 0);
+  LLVMTypeRef rp[3] = {e->ptr, e->i64, e->i64};
+  e->row_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), rp, 3, 0);
+  e->step_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), rp, 1, 0);
+}
+
+/* Fills module m with the loss's functions and program. */
+static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int width,
+                             kd_module *m, char *err, size_t errlen) {
+  emitter e = {0};
+  e.s = s;
+  e.g = s->g;
+  e.n = kd_graph_size(s->g);
+  e.W = width;
+  e.nontemporal = o->nontemporal > 0;
+  e.name = o->name ? o->name : "kd_loss";
+  e.err = err;
+  e.errlen = errlen;
+  e.C = m->ctx;
+  e.M = m->mod;
+  e.gval = calloc(e.n + 1, sizeof *e.gval);
+  e.rval = calloc(e.n + 1, sizeof *e.rval);
+  e.vval = calloc(e.n + 1, sizeof *e.vval);
+  if (!e.gval || !e.rval || !e.vval) e.st = KD_ERR_NOMEM;
+  e.b = LLVMCreateBuilderInContext(e.C);
+  e.be = LLVMCreateBuilderInContext(e.C);
+  init_types(&e);
+  if (kd_graph_find_output(e.g, "loss") == KD_NONE)
+    fail(&e, KD_ERR_INVALID, "codegen: the graph has no output \"loss\"");
+  LLVMValueRef rows[KD_LOSS_MAX_STAGES] = {0}, steps[KD_LOSS_MAX_STAGES + 1] = {0};
+  for (int k = 0; k <= s->nstages && !e.st; k++) {
+    steps[k] = emit_step(&e, k);
+    if (k < s->nstages && s->stage[k].has_rows) rows[k] = emit_row_kernel(&e, k);
+  }
+  if (!e.st) emit_program(&e, rows, steps);
+  LLVMDisposeBuilder(e.b);
+  LLVMDisposeBuilder(e.be);
+  free(e.gval);
+  free(e.rval);
+  free(e.vval);
+  return e.st;
+}
+
+/* ---- the loss API -------------------------------------------------------------- */
+
+struct kd_loss {
+  kd_session *session;
+  LLVMOrcResourceTrackerRef rt;
+  kd_schedule *sched;
+  const kd_loss_program *program;
+};
+
+static kd_status build(const kd_graph *g, const kd_loss_options *o, kd_session *s,
+                       kd_schedule **sched, kd_module *m, char *err, size_t errlen) {
+  kd_status st = kd_fuse(g, sched, err, errlen);
+  if (st) return st;
+  if ((*sched)->nstages > KD_LOSS_MAX_STAGES) {
+    snprintf(err, errlen, "codegen: %d stages > %d", (*sched)->nstages, KD_LOSS_MAX_STAGES);
+    return KD_ERR_UNSUPPORTED;
+  }
+  int w = o->vector_width > 0 ? o->vector_width : kd_session_vector_width(s);
+  if (w > 64 || (w & (w - 1))) {
+    snprintf(err, errlen, "codegen: vector width %d is not a power of 2 up to 64", w);
+    return KD_ERR_INVALID;
+  }
+  if ((st = kd_session_module_new(s, o->name ? o->name : "kd_loss", m))) return st;
+  if ((st = emit_module(*sched, o, w, m, err, errlen))) return st;
+  return kd_session_optimize(s, m, err, errlen);
+}
+
+kd_status kd_loss_compile(const kd_graph *g, const kd_loss_options *o, kd_loss **out, char *err,
+                          size_t errlen) {
+  static const kd_loss_options defaults = {NULL, 0, 0};
+  if (!o) o = &defaults;
+  *out = NULL;
+  kd_loss *l = calloc(1, sizeof *l);
+  if (!l) return KD_ERR_NOMEM;
+  kd_module m = {0};
+  kd_status st = kd_session_new(&l->session, err, errlen);
+  if (!st) st = build(g, o, l->session, &l->sched, &m, err, errlen);
+  if (!st) st = kd_session_jit(l->session, &m, &l->rt, err, errlen); /* owned by LLJIT from here */
+  char sym[160];
+  snprintf(sym, sizeof sym, "%s_program", o->name ? o->name : "kd_loss");
+  void *addr = NULL;
+  if (!st) st = kd_session_lookup(l->session, sym, &addr, err, errlen);
+  kd_module_dispose(&m);
+  if (st) {
+    kd_loss_free(l);
+    return st;
+  }
+  l->program = addr;
+  *out = l;
+  return KD_OK;
+}
+
+void kd_loss_free(kd_loss *l) {
+  if (!l) return;
+  if (l->session) {
+    kd_session_unload(l->session, l->rt);
+    kd_session_free(l->session);
+  }
+  kd_schedule_free(l->sched);
+  free(l);
+}
+
+kd_status kd_loss_eval(kd_loss *l, const kd_loss_io *io, kd_pool *pool, char *err, size_t errlen) {
+  return kd_loss_run(l->program, io, pool, err, errlen);
+}
+
+const kd_schedule *kd_loss_schedule(const kd_loss *l) { return l->sched; }
+const kd_loss_program *kd_loss_program_of(const kd_loss *l) { return l->program; }
+
+kd_status kd_loss_emit_file(const kd_graph *g, const kd_loss_options *o, const char *path,
+                            int asm_text, char *err, size_t errlen) {
+  static const kd_loss_options defaults = {NULL, 0, 0};
+  if (!o) o = &defaults;
+  kd_session *s;
+  kd_status st = kd_session_new(&s, err, errlen);
+  if (st) return st;
+  kd_schedule *sched = NULL;
+  kd_module m = {0};
+  st = build(g, o, s, &sched, &m, err, errlen);
+  if (!st)
+    st = kd_session_emit(s, &m, asm_text ? LLVMAssemblyFile : LLVMObjectFile, path, err, errlen);
+  kd_module_dispose(&m);
+  kd_schedule_free(sched);
+  kd_session_free(s);
+  return st;
+}

@@ -1,0 +1,65 @@
+/* The row scheduler on the standard losses after the whole pass pipeline:
+ * the passes over a row and the exps per element that the fused kernels
+ * will do are pinned here, so a change in the simplifier or the scheduler
+ * that costs a pass shows up as a failure, not as a slower benchmark. */
+#include <stdio.h>
+#include <string.h>
+
+#include "fuse.h"
+#include "losses.h"
+
+static int failures;
+
+typedef struct expect {
+  kd_tl_kind kind;
+  int masked;
+  int stages, passes, exps;
+} expect;
+
+/* The minimum for the row-at-a-time schedule (DESIGN.md, "The hot loop"):
+ * fkl and rkl: pass 0 finds both log-sum-exps (and, for rkl, folds the
+ * softmax-weighted loss sum online), pass 1 writes the gradient; 2 exps per
+ * element in each pass (p and q). ce: one exp for lse(s), one for softmax(s).
+ * jsd and tvd need sum_i q_i g_i of the gradient, which reads the log-sum-
+ * exps: a third pass. The count of valid rows is a stage of its own with no
+ * pass over the logits (labels only), so masking adds a stage, not a pass. */
+static const expect cases[] = {
+  {TL_FKL, 0, 2, 2, 4}, {TL_FKL, 1, 2, 2, 4}, {TL_RKL, 0, 2, 2, 3}, {TL_RKL, 1, 2, 2, 3},
+  {TL_CE, 1, 2, 2, 2},  {TL_JSD, 0, 2, 3, 6}, {TL_TVD, 0, 2, 3, 6},
+};
+
+int main(void) {
+  char err[512];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const expect *x = &cases[i];
+    kd_tl_spec sp = {x->kind, 2.0, x->masked, KD_F32};
+    kd_graph *g = kd_tl_build(&sp, err, sizeof err);
+    if (!g) {
+      printf("FAIL %s: %s\n", kd_tl_name(x->kind), err);
+      failures++;
+      continue;
+    }
+    kd_schedule *s;
+    if (kd_fuse(g, &s, err, sizeof err)) {
+      printf("FAIL %s: %s\n", kd_tl_name(x->kind), err);
+      kd_graph_print(g, stdout);
+      failures++;
+      kd_graph_free(g);
+      continue;
+    }
+    printf("== %s%s\n", kd_tl_name(x->kind), x->masked ? " (masked)" : "");
+    kd_schedule_print(s, stdout);
+    int passes = kd_schedule_passes(s), exps = kd_schedule_exps(s);
+    if (s->nstages != x->stages || passes != x->passes || exps != x->exps) {
+      printf("FAIL %s%s: %d stages, %d passes, %d exp/element; want %d, %d, %d\n",
+             kd_tl_name(x->kind), x->masked ? " masked" : "", s->nstages, passes, exps, x->stages,
+             x->passes, x->exps);
+      kd_graph_print(g, stdout);
+      failures++;
+    }
+    kd_schedule_free(s);
+    kd_graph_free(g);
+  }
+  printf(failures ? "FAILED (%d)\n" : "ok\n", failures);
+  return failures != 0;
+}
