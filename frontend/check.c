@@ -444,7 +444,7 @@ enum { MAX_PARAMS = 32 };
  * "distribution"). Returns false when a report was made. */
 static bool match_args(checker *c, const kd_ast *call, const char *what, const char *unit_word,
                        const param *ps, int np, const kd_ast **args) {
-  bool ok = true;
+  bool ok = true, unknown = false;
   int npos = 0, given_pos = 0;
   for (int i = 0; i < np; i++) {
     args[i] = NULL;
@@ -476,9 +476,16 @@ static bool match_args(checker *c, const kd_ast *call, const char *what, const c
       suggest_add(&s, ps[j].name);
     }
     if (k < 0) {
-      kd_error(c->diag, arg->name_loc, "%s has no parameter '%s'%s", what, arg->name,
-               suggest_text(&s));
+      char known[256] = "";
+      for (int j = 0; j < np && !s.best; j++) {
+        size_t n = strlen(known);
+        if (ps[j].named) snprintf(known + n, sizeof known - n, "%s%s", n ? ", " : " (known: ", ps[j].name);
+      }
+      if (known[0]) strncat(known, ")", sizeof known - strlen(known) - 1);
+      kd_error(c->diag, arg->name_loc, "%s has no parameter '%s'%s%s", what, arg->name,
+               suggest_text(&s), known);
       ok = false;
+      unknown = true;
     } else if (args[k]) {
       kd_error(c->diag, arg->name_loc, "argument '%s' is given twice", arg->name);
       ok = false;
@@ -495,7 +502,8 @@ static bool match_args(checker *c, const kd_ast *call, const char *what, const c
              named_only ? named_only : "", named_only ? " = ...)" : "");
     return false;
   }
-  for (int i = 0; i < np; i++) {
+  /* A misspelt name already explains a missing argument. */
+  for (int i = 0; i < np && !unknown; i++) {
     if (args[i] || !ps[i].required) continue;
     if (ps[i].positional && !ps[i].named) {
       kd_error(c->diag, call->loc, "%s takes %d %s%s, got %d", what, npos, unit_word,
@@ -827,6 +835,14 @@ static char *input_file(checker *c, const kd_ast *e) {
 
 /* ---- settings --------------------------------------------------------------- */
 
+/* How to show a constant's value in a message: as written when it is a
+ * literal (1e3 rather than 1000). */
+static const char *spelling(const kd_ast *e, double v, char *buf, size_t len) {
+  if (e->kind == KD_AST_NUMBER && e->str) return e->str;
+  snprintf(buf, len, "%g", v);
+  return buf;
+}
+
 /* An integer constant; reports and returns false otherwise. */
 static bool const_int(checker *c, const kd_ast *e, const char *what, int64_t min, int64_t *out) {
   kd_kind k = check_expr(c, e);
@@ -836,13 +852,15 @@ static bool const_int(checker *c, const kd_ast *e, const char *what, int64_t min
     kd_error(c->diag, e->loc, "%s must be a constant", what);
     return false;
   }
+  char buf[32];
   if (k != KD_KIND_INTEGER || v != floor(v) || fabs(v) > 9e15) {
-    kd_error(c->diag, e->loc, "%s must be an integer, got %g", what, v);
+    kd_error(c->diag, e->loc, "%s must be an integer, got %s", what, spelling(e, v, buf, sizeof buf));
     return false;
   }
   if (v < (double)min) {
-    kd_error(c->diag, e->loc, "%s must be %s, got %g", what,
-             min > 0 ? "a positive integer" : "a non-negative integer", v);
+    kd_error(c->diag, e->loc, "%s must be %s, got %s", what,
+             min > 0 ? "a positive integer" : "a non-negative integer",
+             spelling(e, v, buf, sizeof buf));
     return false;
   }
   *out = (int64_t)v;
@@ -939,8 +957,9 @@ static const kd_ast *find_setting(const setting_seen *seen, size_t n, const char
 typedef void (*apply_fn)(checker *c, sym *s, const kd_setting_spec *spec, const kd_ast *st);
 
 static size_t check_settings(checker *c, sym *s, kd_block block, setting_seen *seen,
-                             size_t maxseen, apply_fn apply) {
+                             size_t maxseen, apply_fn apply, bool *unknown) {
   size_t n = 0;
+  *unknown = false;
   const kd_ast *node = s->pub.node;
   for (size_t i = 0; i < node->items.n; i++) {
     const kd_ast *st = node->items.v[i];
@@ -951,6 +970,7 @@ static size_t check_settings(checker *c, sym *s, kd_block block, setting_seen *s
         if (kd_settings[j].block == block) suggest_add(&sg, kd_settings[j].key);
       kd_error(c->diag, st->name_loc, "unknown %s setting '%s'%s", kd_block_name(block), st->name,
                suggest_text(&sg));
+      *unknown = true;
       continue;
     }
     const kd_ast *first = find_setting(seen, n, st->name);
@@ -971,7 +991,7 @@ static size_t check_settings(checker *c, sym *s, kd_block block, setting_seen *s
     if (spec->every == KD_EVERY_NO && st->b) {
       kd_error(c->diag, st->b->loc, "'%s' does not take 'every'", st->name);
       ok = false;
-    } else if (spec->every == KD_EVERY_REQUIRED && !st->b) {
+    } else if (spec->every == KD_EVERY_REQUIRED && !st->b && ok) {
       kd_error(c->diag, st->name_loc, "'%s' needs 'every N'", st->name);
       ok = false;
     }
@@ -1032,7 +1052,8 @@ static void check_data(checker *c, sym *s) {
   kd_data_info *d = &s->pub.data;
   *d = (kd_data_info){NULL, false, 0, 0.9, 128, 16, 1};
   setting_seen seen[32];
-  size_t n = check_settings(c, s, KD_BLOCK_DATA, seen, 32, apply_data);
+  bool unknown;
+  size_t n = check_settings(c, s, KD_BLOCK_DATA, seen, 32, apply_data, &unknown);
   const kd_ast *text = find_setting(seen, n, "text"), *tokens = find_setting(seen, n, "tokens");
   if (text && tokens) {
     const kd_ast *second = text->loc.first_line > tokens->loc.first_line ||
@@ -1043,7 +1064,7 @@ static void check_data(checker *c, sym *s) {
     kd_error(c->diag, second->name_loc, "data block '%s' has both 'text' and 'tokens'; keep one",
              s->pub.name);
     kd_note(c->diag, (second == text ? tokens : text)->name_loc, "the other one is here");
-  } else if (!text && !tokens) {
+  } else if (!text && !tokens && !unknown) {
     kd_error(c->diag, s->pub.node->name_loc, "data block '%s' needs a 'text' or a 'tokens' file",
              s->pub.name);
   }
@@ -1124,8 +1145,9 @@ static void check_train(checker *c, sym *s) {
   }
 
   setting_seen seen[32];
-  size_t n = check_settings(c, s, KD_BLOCK_TRAIN, seen, 32, apply_train);
-  if (!find_setting(seen, n, "steps"))
+  bool unknown; /* a misspelt key already explains a missing one */
+  size_t n = check_settings(c, s, KD_BLOCK_TRAIN, seen, 32, apply_train, &unknown);
+  if (!find_setting(seen, n, "steps") && !unknown)
     kd_error(c->diag, node->name_loc, "train block for '%s' has no 'steps' setting", node->name);
 
   /* The data and the objective: the program's own, or the named one. */
@@ -1561,8 +1583,11 @@ static void load_imports(checker *c, unit *u) {
     if (!path) return;
     char *real = realpath(path, NULL);
     if (!real) {
-      kd_error(c->diag, imp->loc, "cannot import '%s': no such file (looked for '%s')", imp->str,
-               path);
+      if (strcmp(path, imp->str))
+        kd_error(c->diag, imp->loc, "cannot import '%s': no such file (looked for '%s')",
+                 imp->str, path);
+      else
+        kd_error(c->diag, imp->loc, "cannot import '%s': no such file", imp->str);
       free(path);
       continue;
     }
