@@ -668,6 +668,10 @@ static void kd_print_double(FILE *out, double v) {
     return;
   }
   char buf[40];
+  if (v == trunc(v) && fabs(v) < 1e15) { /* integers as integers: -100, not -1e+02 */
+    fprintf(out, "%.0f", v);
+    return;
+  }
   for (int prec = 1; prec <= 17; prec++) {
     snprintf(buf, sizeof buf, "%.*g", prec, v);
     if (strtod(buf, NULL) == v) break;

@@ -39,11 +39,11 @@ static kd_node_id kd_ad_unbroadcast(kd_ad *ad, kd_node_id g, kd_node_id target) 
   const kd_node *gn = kd_rw_node(&ad->rw, g);
   if (!gn) return KD_NONE;
   if (trank == 0) return gn->rank == 0 ? g : kd_rw_reduce(&ad->rw, KD_IR_SUM, g, KD_AXIS_ALL);
-  int lead = gn->rank - trank;
-  for (int i = 0; i < gn->rank; i++) {
-    gn = kd_rw_node(&ad->rw, g);
+  int grank = gn->rank, lead = grank - trank;
+  for (int i = 0; i < grank; i++) {
+    gn = kd_rw_node(&ad->rw, g); /* a reduce below may move the nodes */
     if (!gn) return KD_NONE;
-    bool broadcast = i < lead ? true : tshape[i - lead] == 1;
+    bool broadcast = i < lead || tshape[i - lead] == 1;
     if (broadcast && gn->shape[i] != 1) g = kd_rw_reduce(&ad->rw, KD_IR_SUM, g, i);
   }
   return g;

@@ -7,10 +7,11 @@
  *   sum(c * x)                   = c * sum(x)               (c constant along the axis)
  *   sum(mulz(w, c))              = c * sum(w)
  *   sum(mulz(w, f + c))          = sum(mulz(w, f)) + c * sum(w)   (w a softmax)
+ *   sum(a + b)                   = sum(a) + sum(b)          (when one of them simplifies)
  *   sum(-x) = -sum(x)    sum over a size-1 axis = x    constants folded
  *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)
- *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c
+ *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c, mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *
  * Each node is made first and then rewritten (kd_simp), so a rule sees its
@@ -132,12 +133,29 @@ static kd_node_id kd_simp_sum_product(kd_rw *rw, kd_node_id x, int rank, int axi
   return kd_s2(rw, KD_IR_ADD, kd_sr(rw, KD_IR_SUM, kd_s2(rw, op, w, var), axis), c);
 }
 
+/* sum(a + b) = sum(a) + sum(b), but only where one of the two sums then
+ * simplifies (otherwise it would just add a reduction), and only where both
+ * a and b span the summed axis (sum(c + f) over V is V c + sum(f) for a
+ * row scalar c; that case is left alone). */
+static kd_node_id kd_simp_sum_of_sum(kd_rw *rw, kd_node_id x, int axis) {
+  const kd_node *n = kd_rw_node(rw, x);
+  kd_opcode op = n->op;
+  kd_node_id a = n->src[0], b = n->src[1];
+  if (!kd_shape_eq(kd_rw_node(rw, a), n) || !kd_shape_eq(kd_rw_node(rw, b), n)) return KD_NONE;
+  kd_node_id plain_a = kd_rw_reduce(rw, KD_IR_SUM, a, axis);
+  kd_node_id plain_b = kd_rw_reduce(rw, KD_IR_SUM, b, axis);
+  kd_node_id sa = kd_simp(rw, plain_a), sb = kd_simp(rw, plain_b);
+  if (sa == plain_a && sb == plain_b) return KD_NONE;
+  return kd_s2(rw, op, sa, sb);
+}
+
 static kd_node_id kd_simp_sum(kd_rw *rw, const kd_node *n) {
   kd_node_id x = n->src[0];
   int rank = kd_rw_node(rw, x)->rank;
   kd_opcode xop = kd_op(rw, x);
   if (xop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_sr(rw, KD_IR_SUM, kd_src(rw, x, 0), n->axis));
   if (kd_is_softmax(rw, x, n->axis)) return kd_const_like(rw, 1, n);
+  if (xop == KD_IR_ADD || xop == KD_IR_SUB) return kd_simp_sum_of_sum(rw, x, n->axis);
   return kd_simp_sum_product(rw, x, rank, n->axis);
 }
 
@@ -178,7 +196,8 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
   case KD_IR_MUL:
   case KD_IR_MULZ:
     if (n->op == KD_IR_MULZ && ka && ca == 0) return kd_const_like(rw, 0, n);
-    if (n->op == KD_IR_MULZ && kb && isfinite(cb)) return kd_s2(rw, KD_IR_MUL, a, b);
+    if (n->op == KD_IR_MULZ && ((kb && isfinite(cb)) || (ka && ca != 0)))
+      return kd_s2(rw, KD_IR_MUL, a, b);
     if (kb && cb == 1) return kd_fit(rw, a, n);
     if (ka && ca == 1 && n->op == KD_IR_MUL) return kd_fit(rw, b, n);
     if (aop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_s2(rw, n->op, kd_src(rw, a, 0), b));

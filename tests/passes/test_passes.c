@@ -1,0 +1,253 @@
+/* What each pass does to a graph: the pipeline's names, canonical forms,
+ * the shape of forward KL's simplified gradient, the row reductions the
+ * scheduler will see, CSE and DCE shrinking graphs, and the simplifier's
+ * local rules (each checked to keep the value, on the reference executor,
+ * to 1e-12 relative: the rewritten graph does the same arithmetic up to
+ * reassociation of a few terms). */
+#include "losses.h"
+#include "passes.h"
+#include "testutil.h"
+
+static kd_graph *run_to(const kd_graph *g, const char *last) {
+  kd_graph *out = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pipeline_run(g, last, &out, err, sizeof err) == KD_OK, "%s: %s",
+           last ? last : "all", err);
+  return out;
+}
+
+static int count_op(const kd_graph *g, kd_opcode op) {
+  int k = 0;
+  for (size_t i = 0; i < kd_graph_size(g); i++) k += kd_graph_node(g, (kd_node_id)i)->op == op;
+  return k;
+}
+
+/* Marks the nodes output `name` depends on; returns how many. */
+static int cone(const kd_graph *g, const char *name, char *in) {
+  size_t n = kd_graph_size(g);
+  memset(in, 0, n);
+  kd_node_id o = kd_graph_find_output(g, name);
+  if (o == KD_NONE) return 0;
+  in[o] = 1;
+  int k = 0;
+  for (size_t i = n; i-- > 0;) {
+    if (!in[i]) continue;
+    k++;
+    const kd_node *nd = kd_graph_node(g, (kd_node_id)i);
+    for (int s = 0; s < nd->nsrc; s++) in[nd->src[s]] = 1;
+  }
+  return k;
+}
+
+/* Reductions over the vocabulary (axis 1 of an [N, V] tensor) that output
+ * `name` needs: each is a pass over the row unless the scheduler folds it. */
+static int row_reductions(const kd_graph *g, const char *name) {
+  char in[1024];
+  if (kd_graph_size(g) > sizeof in || !cone(g, name, in)) return -1;
+  int k = 0;
+  for (size_t i = 0; i < kd_graph_size(g); i++) {
+    const kd_node *n = kd_graph_node(g, (kd_node_id)i);
+    if (in[i] && kd_opcode_class(n->op) == KD_CLASS_REDUCE && n->axis == 1 &&
+        kd_graph_node(g, n->src[0])->shape[1] != 1)
+      k++;
+  }
+  return k;
+}
+
+static void test_pipeline_names(void) {
+  size_t n;
+  const kd_pass *p = kd_pipeline(&n);
+  static const char *const want[] = {"canonicalize", "autodiff", "simplify", "cse", "dce"};
+  TU_CHECK(n == 5, "five passes after lower");
+  for (size_t i = 0; i < n && i < 5; i++)
+    TU_CHECK(!strcmp(p[i].name, want[i]) && kd_pipeline_find(want[i]) == &p[i], "pass %zu", i);
+  TU_CHECK(kd_pipeline_find("lower") == NULL && kd_pipeline_find("fuse") == NULL, "not passes");
+  kd_graph *g = l_build(L_FKL, 1, 0, -100), *out = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pipeline_run(g, "nonesuch", &out, err, sizeof err) == KD_ERR_INVALID &&
+               !out && strstr(err, "nonesuch"),
+           "an unknown pass: %s", err);
+  out = run_to(g, "lower");
+  TU_CHECK(out && kd_graph_size(out) == kd_graph_size(g), "lower is a copy");
+  kd_graph_free(out);
+  out = run_to(g, "autodiff");
+  TU_CHECK(out && kd_graph_find_output(out, "grad") != KD_NONE &&
+               kd_graph_find_output(out, "loss") != KD_NONE,
+           "after autodiff: loss and grad");
+  TU_CHECK(out && kd_graph_output_name(out, 0) && !strcmp(kd_graph_output_name(out, 0), "loss"),
+           "the loss stays the first output");
+  kd_graph_free(out);
+  kd_graph_free(g);
+}
+
+static void test_canonicalize(void) {
+  kd_graph *g = l_build(L_JSD, 2, 0.5, -100);
+  kd_graph *c = run_to(g, "canonicalize");
+  if (c) {
+    TU_CHECK(count_op(c, KD_IR_SOFTMAX) == 0 && count_op(c, KD_IR_LOG_SOFTMAX) == 0,
+             "no composites after canonicalize");
+    /* the only log left is of the mixture m = (p + q) / 2, never of p or q */
+    for (size_t i = 0; i < kd_graph_size(c); i++) {
+      const kd_node *n = kd_graph_node(c, (kd_node_id)i);
+      if (n->op != KD_IR_LOG) continue;
+      kd_opcode a = kd_graph_node(c, n->src[0])->op;
+      TU_CHECK(a == KD_IR_ADD, "log of %s", kd_opcode_name(a));
+    }
+    TU_CHECK(count_op(c, KD_IR_MULZ) >= 2, "p * log(p / m) uses mulz");
+    TU_CHECK(count_op(c, KD_IR_MUL) == count_op(g, KD_IR_MUL) - count_op(c, KD_IR_MULZ),
+             "every mul became mulz or stayed");
+  }
+  kd_graph_free(c);
+  kd_graph_free(g);
+
+  /* A weight of exactly 0 removes an infinite term: 0 * inf = 0. */
+  g = kd_graph_new();
+  kd_dim sh[2] = {1, kd_graph_sym(g, "V")};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, sh);
+  kd_node_id inf = kd_unary(g, KD_IR_NEG, kd_unary(g, KD_IR_LOG, kd_unary(g, KD_IR_ABS, x)));
+  kd_node_id sum = kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, kd_const(g, 0, KD_F32), inf),
+                             x);
+  kd_graph_add_output(g, "loss", kd_reduce(g, KD_IR_SUM, sum, KD_AXIS_ALL));
+  double xs[3] = {0, 1, 2};
+  int64_t shape[2] = {1, 3};
+  kd_ref_input in = tu_input("student", 2, shape, xs);
+  TU_CHECK(isnan(tu_scalar(g, &in, 1, "loss")), "0 * inf is nan before canonicalize");
+  c = run_to(g, NULL);
+  TU_CHECK(c && tu_scalar(c, &in, 1, "loss") == 3, "a 0 weight gives exactly 0");
+  kd_graph_free(c);
+  kd_graph_free(g);
+}
+
+/* Is node id exp(u / T - lse(u / T)) for input `input`? */
+static int is_softmax_of(const kd_graph *g, kd_node_id id, const char *input) {
+  const kd_node *e = kd_graph_node(g, id);
+  if (e->op != KD_IR_EXP) return 0;
+  const kd_node *d = kd_graph_node(g, e->src[0]);
+  if (d->op != KD_IR_SUB || kd_graph_node(g, d->src[1])->op != KD_IR_LSE) return 0;
+  const kd_node *u = kd_graph_node(g, d->src[0]);
+  return u->op == KD_IR_DIV && u->src[0] == kd_graph_find_input(g, input);
+}
+
+/* Forward KL's gradient after the pipeline is (G q - G p) / T with G the
+ * row's weight (mask, mean, T^2): no row sum is left in it. */
+static void test_fkl_gradient_shape(void) {
+  kd_graph *g = l_build(L_FKL, 2, 0, -100);
+  kd_graph *raw = run_to(g, "autodiff"), *full = run_to(g, NULL);
+  if (raw && full) {
+    TU_CHECK(row_reductions(raw, "grad") >= 3, "autodiff alone: %d row reductions",
+             row_reductions(raw, "grad"));
+    TU_CHECK(row_reductions(full, "grad") == 2, "fkl grad: %d row reductions, want the 2 lse",
+             row_reductions(full, "grad"));
+    TU_CHECK(row_reductions(full, "loss") == 3, "fkl loss: %d row reductions, want 2 lse + 1",
+             row_reductions(full, "loss"));
+    TU_CHECK(kd_graph_size(full) < kd_graph_size(raw), "simplify shrinks: %zu -> %zu",
+             kd_graph_size(raw), kd_graph_size(full));
+    TU_CHECK(kd_graph_size(full) <= 36, "fkl after the pipeline: %zu nodes", kd_graph_size(full));
+    TU_CHECK(count_op(full, KD_IR_LOG) == 0, "no log in fkl");
+    const kd_node *gr = kd_graph_node(full, kd_graph_find_output(full, "grad"));
+    const kd_node *sub = kd_graph_node(full, gr->src[0]);
+    TU_CHECK(gr->op == KD_IR_DIV && sub->op == KD_IR_SUB, "grad = (a - b) / T");
+    if (gr->op == KD_IR_DIV && sub->op == KD_IR_SUB) {
+      const kd_node *a = kd_graph_node(full, sub->src[0]), *b = kd_graph_node(full, sub->src[1]);
+      TU_CHECK(a->op == KD_IR_MUL && is_softmax_of(full, a->src[1], "student"), "a = G q");
+      TU_CHECK(b->op == KD_IR_MULZ && is_softmax_of(full, b->src[0], "teacher"), "b = p G");
+      TU_CHECK(a->src[0] == b->src[1], "the same row weight G in both");
+    }
+  }
+  kd_graph_free(raw);
+  kd_graph_free(full);
+  kd_graph_free(g);
+
+  /* reverse KL: the loss's softmax-weighted sum is the only row sum, and
+   * the gradient reuses it */
+  g = l_build(L_RKL, 2, 0, -100);
+  full = run_to(g, NULL);
+  if (full) {
+    TU_CHECK(row_reductions(full, "loss") == 3, "rkl loss: %d", row_reductions(full, "loss"));
+    TU_CHECK(row_reductions(full, "grad") == 3, "rkl grad: %d", row_reductions(full, "grad"));
+    int sums = 0;
+    for (size_t i = 0; i < kd_graph_size(full); i++) {
+      const kd_node *n = kd_graph_node(full, (kd_node_id)i);
+      sums += n->op == KD_IR_SUM && n->axis == 1;
+    }
+    TU_CHECK(sums == 1, "rkl: %d row sums in the whole graph, want 1", sums);
+  }
+  kd_graph_free(full);
+  kd_graph_free(g);
+}
+
+/* Two copies of the same softmax merge; the dead one goes. */
+static void test_cse_dce(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, nv);
+  kd_input(g, "unused", KD_F32, 2, nv);
+  kd_node_id a = kd_row(g, KD_IR_SOFTMAX, kd_binary(g, KD_IR_DIV, x, kd_const(g, 2, KD_F32)), 1);
+  kd_node_id b = kd_row(g, KD_IR_SOFTMAX, kd_binary(g, KD_IR_DIV, x, kd_const(g, 2, KD_F32)), 1);
+  kd_unary(g, KD_IR_EXP, kd_unary(g, KD_IR_LOG, a)); /* dead */
+  kd_node_id m = kd_binary(g, KD_IR_MUL, a, b);
+  kd_graph_add_output(g, "loss", kd_reduce(g, KD_IR_SUM, m, KD_AXIS_ALL));
+  kd_graph *c = NULL, *d = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_cse(g, &c, err, sizeof err) == KD_OK, "cse: %s", err);
+  TU_CHECK(c && kd_graph_size(c) == kd_graph_size(g) - 3, "cse merges const, div, softmax: %zu",
+           c ? kd_graph_size(c) : 0);
+  TU_CHECK(c && kd_pass_dce(c, &d, err, sizeof err) == KD_OK, "dce: %s", err);
+  TU_CHECK(d && kd_graph_size(d) == kd_graph_size(c) - 2, "dce drops log and exp: %zu",
+           d ? kd_graph_size(d) : 0);
+  TU_CHECK(d && kd_graph_find_input(d, "unused") != KD_NONE, "dce keeps every input");
+  double xs[6] = {1, 2, 3, -1, 0, 4}, us[6] = {0};
+  int64_t shape[2] = {2, 3};
+  kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("unused", 2, shape, us)};
+  double want = tu_scalar(g, in, 2, "loss");
+  TU_CHECK(d && tu_scalar(d, in, 2, "loss") == want, "cse + dce keep the value");
+  kd_graph_free(c);
+  kd_graph_free(d);
+  kd_graph_free(g);
+}
+
+/* The local rules, each on a graph where it applies. */
+static void test_simplify_rules(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, nv);
+  kd_node_id k6 = kd_binary(g, KD_IR_MUL, kd_const(g, 2, KD_F32), kd_const(g, 3, KD_F32));
+  kd_node_id nn = kd_unary(g, KD_IR_NEG, kd_unary(g, KD_IR_NEG, x));            /* --x */
+  kd_node_id one = kd_binary(g, KD_IR_MUL, nn, kd_const(g, 1, KD_F32));          /* x*1 */
+  kd_node_id zero = kd_binary(g, KD_IR_ADD, one, kd_const(g, 0, KD_F32));        /* x+0 */
+  kd_node_id sm = kd_reduce(g, KD_IR_SUM, kd_row(g, KD_IR_SOFTMAX, x, 1), 1);   /* = 1 */
+  kd_node_id rs = kd_reduce(g, KD_IR_SUM, sm, 1);                                /* size 1 */
+  kd_node_id y = kd_binary(g, KD_IR_MUL, kd_binary(g, KD_IR_ADD, zero, rs), k6);
+  kd_graph_add_output(g, "loss", kd_reduce(g, KD_IR_SUM, y, KD_AXIS_ALL));
+  kd_graph *c = NULL, *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_canonicalize(g, &c, err, sizeof err) == KD_OK, "%s", err);
+  TU_CHECK(c && kd_pass_simplify(c, &s, err, sizeof err) == KD_OK, "%s", err);
+  if (s) {
+    /* what is left: x, const 6, 1 (the softmax's sum), add, mul, sum */
+    TU_CHECK(count_op(s, KD_IR_NEG) == 0, "--x folded");
+    TU_CHECK(count_op(s, KD_IR_LSE) == 0 && count_op(s, KD_IR_EXP) == 0, "sum(softmax) = 1");
+    TU_CHECK(count_op(s, KD_IR_SUM) == 1, "one sum left (the loss), got %d",
+             count_op(s, KD_IR_SUM));
+    TU_CHECK(count_op(s, KD_IR_MUL) == 1, "x*1 gone, 2*3 folded: %d muls",
+             count_op(s, KD_IR_MUL));
+    double xs[6] = {1, 2, 3, -1, 0, 4};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in = tu_input("student", 2, shape, xs);
+    double want = tu_scalar(g, &in, 1, "loss"), got = tu_scalar(s, &in, 1, "loss");
+    TU_CHECK(tu_close(got, want, 0, 1e-12) && tu_close(got, 6 * (9 + 6), 0, 1e-12), "value %.17g, want %.17g", got,
+             want);
+  }
+  kd_graph_free(c);
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
+int main(void) {
+  test_pipeline_names();
+  test_canonicalize();
+  test_fkl_gradient_shape();
+  test_cse_dce();
+  test_simplify_rules();
+  return tu_done("test_passes");
+}
