@@ -359,6 +359,32 @@ static LLVMValueRef lane_index(emitter *e) {
   return LLVMBuildAdd(e->b, splat(e, e->j), LLVMConstVector(lanes, (unsigned)e->W), "");
 }
 
+static LLVMValueRef elem_value(emitter *e, kd_node_id id);
+
+/* x + c or x - c for f32 lanes x and a row or global scalar c (double): c is
+ * split into two floats, c = hi + lo, and x - c = (x - hi) - lo. A shift by
+ * the log-sum-exp of logits of size 1e4 then stays accurate to the f32
+ * rounding of the (small) difference, not of c: with c rounded to f32, p =
+ * exp(t - lse) would be off by 5e-4 and sum(p * t) - lse by units. NULL
+ * when id is not such a node. */
+static LLVMValueRef shift_by_scalar(emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  if ((n->op != KD_IR_ADD && n->op != KD_IR_SUB) || class_of(n->dtype) != CL_F) return NULL;
+  int k = fnode(e, n->src[0])->kind == KD_FUSE_ELEM ? 1 : 0; /* the scalar operand */
+  kd_node_id xs = n->src[1 - k], cs = n->src[k];
+  if (fnode(e, xs)->kind != KD_FUSE_ELEM || fnode(e, cs)->kind == KD_FUSE_ELEM ||
+      class_of(gnode(e, cs)->dtype) != CL_F || class_of(gnode(e, xs)->dtype) != CL_F ||
+      gnode(e, cs)->op == KD_IR_CONST)
+    return NULL;
+  LLVMValueRef x = elem_value(e, xs), c = row_value(e, cs);
+  LLVMValueRef hi = LLVMBuildFPTrunc(e->b, c, e->f32, "");
+  LLVMValueRef lo = LLVMBuildFPTrunc(e->b, LLVMBuildFSub(e->b, c, LLVMBuildFPExt(e->b, hi, e->f64, ""), ""), e->f32, "");
+  LLVMValueRef vh = splat(e, hi), vl = splat(e, lo);
+  if (n->op == KD_IR_ADD) return LLVMBuildFAdd(e->b, LLVMBuildFAdd(e->b, x, vh, ""), vl, "");
+  if (k == 1) return LLVMBuildFSub(e->b, LLVMBuildFSub(e->b, x, vh, ""), vl, "");
+  return LLVMBuildFSub(e->b, LLVMBuildFSub(e->b, vh, x, ""), vl, ""); /* c - x */
+}
+
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->vval[id]) return e->vval[id];
   const kd_fuse_node *f = fnode(e, id);
@@ -373,6 +399,8 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
     return e->vval[id] = load_logits(e, id);
   }
   if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
+  LLVMValueRef shifted = shift_by_scalar(e, id);
+  if (shifted) return e->vval[id] = shifted;
   LLVMValueRef v[KD_MAX_SRC] = {0};
   for (int i = 0; i < n->nsrc; i++) v[i] = elem_value(e, n->src[i]);
   return e->vval[id] = emit_op(e, id, v);
