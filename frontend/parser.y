@@ -49,6 +49,11 @@ typedef struct kd_parser {
   kd_open open[KD_PARSE_MAX_DEPTH];
   int nopen;
   char pending_close;        /* ')' or '}' just read: leaves `open` on the next token */
+  int closing;               /* a token met inside brackets it cannot be in (a
+                                top-level keyword, a '}' in parentheses), to
+                                return once they are closed */
+  kd_loc closing_loc;        /* where that token is */
+  bool made_up;              /* the last token is a closing bracket the scanner made up */
   const char *keyword;       /* the last block keyword seen */
   kd_loc prev;               /* the previous token's location */
   char lookahead[48];        /* the last token's spelling, cut short */
@@ -486,6 +491,25 @@ static bool is_operator(yysymbol_kind_t s) {
   return s == YYSYMBOL_LE || s == YYSYMBOL_GE || s == YYSYMBOL_EQ || s == YYSYMBOL_NE;
 }
 
+static bool is_keyword(yysymbol_kind_t s) {
+  return is_top_keyword(s) || s == YYSYMBOL_REPEAT || s == YYSYMBOL_LOAD || s == YYSYMBOL_EVERY;
+}
+
+static bool is_comparison(yysymbol_kind_t s) {
+  return s == sym('<') || s == sym('>') || s == YYSYMBOL_LE || s == YYSYMBOL_GE ||
+         s == YYSYMBOL_EQ || s == YYSYMBOL_NE;
+}
+
+/* How a token reads in "expected ...". */
+static const char *expected_name(yysymbol_kind_t s) {
+  switch (s) {
+  case YYSYMBOL_NAME: return "a name";
+  case YYSYMBOL_NUMBER: return "a number";
+  case YYSYMBOL_STRING: return "a string";
+  default: return yysymbol_name(s);
+  }
+}
+
 static void describe_unexpected(const kd_parser *ps, yysymbol_kind_t s, char *buf,
                                 size_t len) {
   switch (s) {
@@ -522,6 +546,14 @@ static void describe_expected(const kd_parser *ps, yysymbol_kind_t s,
              open->loc.first_column);
     return;
   }
+  if (is_comparison(s) && !has(exp, n, YYSYMBOL_NUMBER)) {
+    snprintf(buf, len, "comparisons do not chain; use parentheses, as in (a < b) == c");
+    return;
+  }
+  if (is_keyword(s) && has(exp, n, YYSYMBOL_NAME)) {
+    snprintf(buf, len, "expected a name (%s is a reserved word)", yysymbol_name(s));
+    return;
+  }
   if (has(exp, n, YYSYMBOL_NUMBER)) {
     snprintf(buf, len, "expected an expression%s%s",
              has(exp, n, sym(')')) ? " or ')'" : "",
@@ -549,11 +581,15 @@ static void describe_expected(const kd_parser *ps, yysymbol_kind_t s,
   size_t at = 0;
   for (int i = 0; i < k && at < len; i++)
     at += (size_t)snprintf(buf + at, len - at, "%s%s", i == 0 ? "expected " :
-                           i == k - 1 ? " or " : ", ", yysymbol_name(keep[i]));
+                           i == k - 1 ? " or " : ", ", expected_name(keep[i]));
 }
 
 static int yyreport_syntax_error(const yypcontext_t *ctx, yyscan_t scanner, kd_parser *ps) {
   (void)scanner;
+  if (ps->made_up) {
+    ps->errors++; /* the scanner reported the missing bracket */
+    return 0;
+  }
   yysymbol_kind_t exp[YYNTOKENS];
   int n = yypcontext_expected_tokens(ctx, exp, YYNTOKENS);
   if (n < 0) n = 0;
