@@ -155,7 +155,7 @@ size_t kd_graph_nsyms(const kd_graph *g) { return g->nsyms; }
 
 /* ---- inference ---------------------------------------------------------- */
 
-static bool kd_is_float(kd_dtype t) { return t == KD_F32 || t == KD_BF16 || t == KD_F64; }
+bool kd_dtype_is_float(kd_dtype t) { return t == KD_F32 || t == KD_BF16 || t == KD_F64; }
 
 /* The rank in bool < i32 < i64 < f32 < f64 (bf16 computes as f32). */
 static int kd_dtype_rank(kd_dtype t) {
@@ -192,7 +192,7 @@ static kd_dtype kd_promote(const kd_node *a, const kd_node *b) {
   if (wa != wb) {
     const kd_node *weak = wa ? a : b, *strong = wa ? b : a;
     kd_dtype ts = kd_compute_dtype(strong->dtype);
-    if (kd_is_float(weak->dtype) == kd_is_float(ts) && ts != KD_BOOL) return ts;
+    if (kd_dtype_is_float(weak->dtype) == kd_dtype_is_float(ts) && ts != KD_BOOL) return ts;
   }
   return kd_dtype_rank(ta) >= kd_dtype_rank(tb) ? ta : tb;
 }
@@ -296,7 +296,7 @@ static bool kd_infer(const kd_graph *g, kd_node *n, size_t limit, char *err, siz
       snprintf(err, errlen, "%s of a bool tensor", opname);
       return false;
     } else {
-      n->dtype = kd_op_makes_float(n->op) && !kd_is_float(t) ? KD_F32 : t;
+      n->dtype = kd_op_makes_float(n->op) && !kd_dtype_is_float(t) ? KD_F32 : t;
     }
     n->rank = s[0]->rank;
     memcpy(n->shape, s[0]->shape, sizeof n->shape);
@@ -318,7 +318,7 @@ static bool kd_infer(const kd_graph *g, kd_node *n, size_t limit, char *err, siz
       snprintf(err, errlen, "%s of two bool tensors", opname);
       return false;
     }
-    if (kd_op_makes_float(n->op) && !kd_is_float(n->dtype)) n->dtype = KD_F32;
+    if (kd_op_makes_float(n->op) && !kd_dtype_is_float(n->dtype)) n->dtype = KD_F32;
     return true;
   case KD_CLASS_SELECT: {
     kd_node ab = *s[1];
@@ -347,7 +347,7 @@ static bool kd_infer(const kd_graph *g, kd_node *n, size_t limit, char *err, siz
       snprintf(err, errlen, "%s of a bool tensor", opname);
       return false;
     }
-    n->dtype = kd_op_makes_float(n->op) && !kd_is_float(t) ? KD_F32 : t;
+    n->dtype = kd_op_makes_float(n->op) && !kd_dtype_is_float(t) ? KD_F32 : t;
     n->rank = all ? 0 : s[0]->rank;
     memcpy(n->shape, s[0]->shape, sizeof n->shape);
     if (!all && kd_opcode_class(n->op) == KD_CLASS_REDUCE) n->shape[n->axis] = 1;
@@ -461,17 +461,15 @@ kd_node_id kd_iota(kd_graph *g, int rank, const kd_dim *shape, int axis) {
   return kd_push(g, &n);
 }
 
-static kd_node_id kd_op_of_class(kd_graph *g, kd_opcode op, kd_op_class cls,
-                                 const char *builder) {
-  if (kd_opcode_class(op) != cls || (unsigned)op >= KD_OPCODE_COUNT) {
-    kd_fail(g, "%s: %s is not a valid op here", builder, kd_opcode_name(op));
-    return KD_NONE;
-  }
-  return 0;
+/* Whether op belongs to the builder's class; records the error if not. */
+static bool kd_op_of_class(kd_graph *g, kd_opcode op, kd_op_class cls, const char *builder) {
+  if ((unsigned)op < KD_OPCODE_COUNT && kd_opcode_class(op) == cls) return true;
+  kd_fail(g, "%s: %s is not a valid op here", builder, kd_opcode_name(op));
+  return false;
 }
 
 kd_node_id kd_unary(kd_graph *g, kd_opcode op, kd_node_id a) {
-  if (kd_op_of_class(g, op, KD_CLASS_UNARY, "kd_unary") == KD_NONE) return KD_NONE;
+  if (!kd_op_of_class(g, op, KD_CLASS_UNARY, "kd_unary")) return KD_NONE;
   if (op == KD_IR_CAST) {
     kd_fail(g, "kd_unary: use kd_cast for cast");
     return KD_NONE;
@@ -489,7 +487,7 @@ kd_node_id kd_cast(kd_graph *g, kd_node_id a, kd_dtype to) {
 }
 
 kd_node_id kd_binary(kd_graph *g, kd_opcode op, kd_node_id a, kd_node_id b) {
-  if (kd_op_of_class(g, op, KD_CLASS_BINARY, "kd_binary") == KD_NONE) return KD_NONE;
+  if (!kd_op_of_class(g, op, KD_CLASS_BINARY, "kd_binary")) return KD_NONE;
   kd_node n = kd_proto(op, 2);
   n.src[0] = a;
   n.src[1] = b;
@@ -505,7 +503,7 @@ kd_node_id kd_select(kd_graph *g, kd_node_id cond, kd_node_id a, kd_node_id b) {
 }
 
 kd_node_id kd_reduce(kd_graph *g, kd_opcode op, kd_node_id a, int axis) {
-  if (kd_op_of_class(g, op, KD_CLASS_REDUCE, "kd_reduce") == KD_NONE) return KD_NONE;
+  if (!kd_op_of_class(g, op, KD_CLASS_REDUCE, "kd_reduce")) return KD_NONE;
   kd_node n = kd_proto(op, 1);
   n.src[0] = a;
   n.axis = axis;
@@ -513,7 +511,7 @@ kd_node_id kd_reduce(kd_graph *g, kd_opcode op, kd_node_id a, int axis) {
 }
 
 kd_node_id kd_row(kd_graph *g, kd_opcode op, kd_node_id a, int axis) {
-  if (kd_op_of_class(g, op, KD_CLASS_ROW, "kd_row") == KD_NONE) return KD_NONE;
+  if (!kd_op_of_class(g, op, KD_CLASS_ROW, "kd_row")) return KD_NONE;
   kd_node n = kd_proto(op, 1);
   n.src[0] = a;
   n.axis = axis;

@@ -55,6 +55,7 @@ typedef enum kd_op_class {
 } kd_op_class;
 
 const char *kd_opcode_name(kd_opcode op); /* "add", "logsumexp", ... */
+bool kd_dtype_is_float(kd_dtype t);        /* f32, bf16, f64 */
 int kd_opcode_nsrc(kd_opcode op);
 kd_op_class kd_opcode_class(kd_opcode op);
 

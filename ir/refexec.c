@@ -87,8 +87,6 @@ static size_t kd_ref_offset(const kd_ref_value *out, const int64_t *st, size_t l
 
 /* ---- inputs ------------------------------------------------------------- */
 
-static bool kd_ref_is_float(kd_dtype t) { return t == KD_F32 || t == KD_BF16 || t == KD_F64; }
-
 static double kd_ref_load(kd_dtype t, const void *data, size_t i) {
   switch (t) {
   case KD_F32: return ((const float *)data)[i];
@@ -108,7 +106,7 @@ static kd_status kd_ref_bind(kd_ref *r, kd_node_id id, const kd_node *n,
     if (in[i].name && !strcmp(in[i].name, n->name)) a = &in[i];
   if (!a) return kd_ref_fail(r, KD_ERR_INVALID, "input \"%s\" is not bound", n->name);
   if ((unsigned)a->dtype >= KD_DTYPE_COUNT ||
-      kd_ref_is_float(a->dtype) != kd_ref_is_float(n->dtype) ||
+      kd_dtype_is_float(a->dtype) != kd_dtype_is_float(n->dtype) ||
       (a->dtype == KD_BOOL) != (n->dtype == KD_BOOL))
     return kd_ref_fail(r, KD_ERR_INVALID, "input \"%s\": %s data for a %s input", n->name,
                        kd_dtype_name(a->dtype), kd_dtype_name(n->dtype));

@@ -28,8 +28,6 @@ typedef struct kd_ad {
   char msg[200];
 } kd_ad;
 
-static bool kd_ad_is_float(kd_dtype t) { return t == KD_F32 || t == KD_BF16 || t == KD_F64; }
-
 /* Sums g over the axes along which `target` was broadcast. */
 static kd_node_id kd_ad_unbroadcast(kd_ad *ad, kd_node_id g, kd_node_id target) {
   const kd_node *t = kd_rw_node(&ad->rw, target);
@@ -176,7 +174,7 @@ static kd_status kd_ad_run(kd_ad *ad, const char *of, const char *wrt, const cha
     const kd_node *nd = kd_graph_node(in, (kd_node_id)i);
     ad->adj[i] = KD_NONE;
     ad->dep[i] = (kd_node_id)i == x;
-    if (nd->op == KD_IR_STOPGRAD || !kd_ad_is_float(nd->dtype)) continue;
+    if (nd->op == KD_IR_STOPGRAD || !kd_dtype_is_float(nd->dtype)) continue;
     for (int k = 0; k < nd->nsrc; k++) ad->dep[i] = ad->dep[i] || ad->dep[nd->src[k]];
   }
   const kd_node *loss = kd_graph_node(in, lo);

@@ -49,7 +49,11 @@ kd_status kd_pass_dce(const kd_graph *in, kd_graph **out, char *err, size_t errl
  * naming it. Conventions where the derivative is not defined: abs'(0) = 0
  * (so TVD's gradient where p == q is 0); max/min send the gradient to the
  * first operand on ties; reduce_max sends it to the first maximal element;
- * MULZ(a, b) sends a * G to b, exactly 0 where a == 0. kd_pass_autodiff is
+ * MULZ(a, b) sends a * G to b, exactly 0 where a == 0; exp sends
+ * mulz(exp(x), G), so an underflowed probability stops an infinite adjoint.
+ * A row masked with SELECT gets a zero adjoint, so its gradient is exactly 0
+ * when its logits are finite (a nan or +inf in a masked row still gives nan
+ * there: 0 * nan; eval-loss rejects nan logits). kd_pass_autodiff is
  * kd_autodiff(in, "loss", "student", "grad", ...). */
 kd_status kd_autodiff(const kd_graph *in, const char *of, const char *wrt, const char *grad_name,
                       kd_graph **out, char *err, size_t errlen);

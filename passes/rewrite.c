@@ -126,7 +126,8 @@ kd_node_id kd_rw_emit(kd_rw *rw, const kd_node *proto) {
 
 /* ---- builders ----------------------------------------------------------- */
 
-kd_node kd_rw_proto(kd_opcode op, int nsrc, const kd_node_id *src, int axis) {
+/* A proto for op with sources and an axis (the rest zero). */
+static kd_node kd_rw_proto(kd_opcode op, int nsrc, const kd_node_id *src, int axis) {
   kd_node n;
   memset(&n, 0, sizeof n);
   n.op = op;

@@ -39,9 +39,6 @@ kd_node_id kd_rw_reduce(kd_rw *rw, kd_opcode op, kd_node_id a, int axis);
 kd_node_id kd_rw_expand(kd_rw *rw, kd_node_id a, int rank, const kd_dim *shape);
 kd_node_id kd_rw_iota(kd_rw *rw, int rank, const kd_dim *shape, int axis);
 
-/* A proto for op with sources and an axis (the rest zero). */
-kd_node kd_rw_proto(kd_opcode op, int nsrc, const kd_node_id *src, int axis);
-
 static inline const kd_node *kd_rw_node(const kd_rw *rw, kd_node_id id) {
   return kd_graph_node(rw->g, id);
 }
