@@ -134,6 +134,13 @@ static kd_node_id kd_labels_input(kd_lowering *L) {
   return L->labels;
 }
 
+/* Names a let's node after the let, for `kdc emit-ir` (an input keeps its
+ * name: that is how the graph's inputs are found). */
+static void kd_name_node(kd_lowering *L, kd_lval v, const char *name) {
+  const kd_node *n = v.kind == KD_LV_NODE ? kd_graph_node(L->g, v.id) : NULL;
+  if (n && n->op != KD_IR_INPUT) kd_set_name(L->g, v.id, name);
+}
+
 static bool kd_is_per_token(const kd_node *n) {
   return n && n->rank == 2 && n->shape[1] == 1;
 }
@@ -231,7 +238,16 @@ static kd_lval kd_lower_binary(kd_lowering *L, const kd_scope *scope, const kd_a
   if (b.kind != KD_LV_NUM && b.kind != KD_LV_NODE)
     return kd_fail_at(L, e->b->loc, "this operand of '%s' is not a value",
                       kd_ast_op_spelling(e->op));
-  return kd_nodev(kd_binary(L->g, kd_ir_binary(e->op), kd_as_node(L, a), kd_as_node(L, b)));
+  /* Identities with a number are exact in IEEE arithmetic, so they are
+   * dropped here: T = 1 makes softmax(x / T) plain softmax(x). */
+  kd_ast_op op = e->op;
+  if (b.kind == KD_LV_NUM &&
+      ((b.num == 1 && (op == KD_OP_MUL || op == KD_OP_DIV || op == KD_OP_POW)) ||
+       (b.num == 0 && (op == KD_OP_ADD || op == KD_OP_SUB))))
+    return a;
+  if (a.kind == KD_LV_NUM && ((a.num == 1 && op == KD_OP_MUL) || (a.num == 0 && op == KD_OP_ADD)))
+    return b;
+  return kd_nodev(kd_binary(L->g, kd_ir_binary(op), kd_as_node(L, a), kd_as_node(L, b)));
 }
 
 /* The call's positional argument i, or NULL. */
@@ -455,8 +471,8 @@ static int kd_pick(kd_lowering *L, const kd_ast *bind, kd_lval v, const char *al
 /* loss = reduce(per-token loss) over the rows (see lower.h). */
 static kd_node_id kd_reduce_loss(kd_lowering *L, kd_node_id tok, const kd_lower_info *info) {
   kd_graph *g = L->g;
-  kd_node_id zero = kd_const(g, 0, KD_F32);
   if (L->labels != KD_NONE) {
+    kd_node_id zero = kd_const(g, 0, KD_F32);
     kd_node_id valid = kd_binary(g, KD_IR_NE, L->labels,
                                  kd_const(g, (double)info->ignore_index, KD_I64)); /* [N, 1] */
     kd_node_id total = kd_reduce(g, KD_IR_SUM, kd_select(g, valid, tok, zero), KD_AXIS_ALL);
@@ -495,6 +511,7 @@ static kd_status kd_lower_objective(kd_lowering *L, const kd_ast *obj, kd_lower_
     }
     if (!L->failed && !kd_scope_push(&scope, bind->name, v))
       kd_fail_at(L, bind->loc, "out of memory");
+    kd_name_node(L, v, bind->name);
   }
   free(scope.v);
   if (L->failed) return KD_ERR_SEMANTIC;
@@ -518,8 +535,8 @@ static kd_status kd_lower_objective(kd_lowering *L, const kd_ast *obj, kd_lower_
     kd_fail_at(L, loss_bind->loc, "cannot lower this loss: %s", kd_graph_error(L->g));
     return KD_ERR_SEMANTIC;
   }
-  kd_set_name(L->g, loss.id, "per_token");
-  return kd_graph_add_output(L->g, "loss", kd_cast(L->g, out, KD_F32));
+  if (kd_graph_node(L->g, out)->dtype != KD_F32) out = kd_cast(L->g, out, KD_F32);
+  return kd_graph_add_output(L->g, "loss", out);
 }
 
 kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag *diag,
