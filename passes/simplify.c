@@ -13,6 +13,7 @@
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)
  *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c, mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
+ *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
  *
  * Each node is made first and then rewritten (kd_simp), so a rule sees its
  * operands' shapes and dtypes; a result that differs from the node in shape
@@ -159,6 +160,21 @@ static kd_node_id kd_simp_sum(kd_rw *rw, const kd_node *n) {
   return kd_simp_sum_product(rw, x, rank, n->axis);
 }
 
+/* op(expand(z), y) = op(z, y) where the other operands broadcast z anyway. */
+static kd_node_id kd_simp_unexpand(kd_rw *rw, const kd_node *n) {
+  for (int k = 0; k < n->nsrc; k++) {
+    const kd_node *e = kd_rw_node(rw, n->src[k]);
+    if (e->op != KD_IR_EXPAND) continue;
+    kd_node p = *n;
+    p.name = NULL;
+    p.src[k] = e->src[0];
+    kd_node_id id = kd_rw_emit(rw, &p);
+    const kd_node *m = kd_rw_node(rw, id);
+    if (m && m->dtype == n->dtype && kd_shape_eq(m, n)) return kd_simp(rw, id);
+  }
+  return KD_NONE;
+}
+
 /* One rewrite of node id; returns the node that replaces it, or KD_NONE. */
 static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
   kd_node_id a = n->nsrc > 0 ? n->src[0] : KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
@@ -170,6 +186,10 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     int k = 0;
     while (k < n->nsrc && kd_rw_const_value(rw, n->src[k], &x[k])) k++;
     if (k == n->nsrc) return kd_const_like(rw, kd_ref_scalar(n->op, n->dtype, x), n);
+  }
+  if (cls == KD_CLASS_BINARY || cls == KD_CLASS_SELECT) {
+    kd_node_id r = kd_simp_unexpand(rw, n);
+    if (r != KD_NONE) return r;
   }
   kd_opcode aop = a != KD_NONE ? kd_op(rw, a) : KD_IR_INPUT;
   kd_opcode bop = b != KD_NONE ? kd_op(rw, b) : KD_IR_INPUT;
