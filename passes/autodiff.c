@@ -185,12 +185,9 @@ static kd_status kd_ad_run(kd_ad *ad, const char *of, const char *wrt, const cha
   }
   /* The gradient has the input's shape (and a float dtype). */
   kd_node_id g = ad->adj[x];
-  const kd_node *xn = kd_rw_node(&ad->rw, ad->map[x]);
-  kd_dim shape[KD_MAX_RANK];
-  int rank = xn->rank;
-  for (int k = 0; k < rank; k++) shape[k] = xn->shape[k];
+  kd_node xn = *kd_rw_node(&ad->rw, ad->map[x]); /* a copy: the nodes move as g grows */
   if (g == KD_NONE) g = kd_rw_const(&ad->rw, 0, KD_F32);
-  if (!kd_shape_eq(kd_rw_node(&ad->rw, g), xn)) g = kd_rw_expand(&ad->rw, g, rank, shape);
+  if (!kd_shape_eq(kd_rw_node(&ad->rw, g), &xn)) g = kd_rw_expand(&ad->rw, g, xn.rank, xn.shape);
   kd_set_name(ad->rw.g, g, grad_name);
   for (size_t i = 0; i < kd_graph_noutputs(in) && g != KD_NONE; i++)
     kd_graph_add_output(ad->rw.g, kd_graph_output_name(in, i), ad->map[kd_graph_output(in, i)]);
