@@ -530,7 +530,7 @@ static kd_kind check_arg(checker *c, const kd_ast *arg, const param *ps, int i, 
 static kd_kind check_builtin_call(checker *c, const kd_ast *call, const kd_builtin *b) {
   char what[64];
   snprintf(what, sizeof what, "'%s'", b->name);
-  param ps[3 + KD_MAX_NAMED];
+  param ps[3 + KD_MAX_NAMED] = {0};
   int np = 0;
   for (int i = 0; i < b->npos; i++) ps[np++] = (param){NULL, b->pos[i], true, true, false};
   for (int i = 0; i < kd_builtin_nnamed(b); i++)
@@ -568,7 +568,7 @@ static kd_kind check_divergence_call(checker *c, const kd_ast *call, sym *d) {
   }
   check_divergence(c, d); /* its signature must be sound, and recursion is found here */
   const kd_ast *node = d->pub.node;
-  param ps[MAX_PARAMS];
+  param ps[MAX_PARAMS] = {0};
   int np = 0;
   for (size_t i = 0; i < node->params.n && np < MAX_PARAMS; i++)
     ps[np++] = (param){node->params.v[i]->name, KD_KM(KD_KIND_DIST), true, true, false};
@@ -594,7 +594,7 @@ static kd_kind check_model_call(checker *c, const kd_ast *call, sym *m, double *
     return KD_KIND_ERROR;
   }
   const kd_ast *node = m->pub.node;
-  param ps[MAX_PARAMS];
+  param ps[MAX_PARAMS] = {0};
   int np = 0;
   for (size_t i = 0; i < node->params.n && np < MAX_PARAMS; i++) {
     const kd_ast *fp = node->params.v[i];
@@ -908,7 +908,7 @@ static const kd_builtin *check_named_call(checker *c, const kd_ast *e, kd_builti
   int nn = kd_builtin_nnamed(b);
   for (int i = 0; i < nn; i++) args[i] = b->named[i].def;
   if (e->kind != KD_AST_CALL) return b;
-  param ps[KD_MAX_NAMED];
+  param ps[KD_MAX_NAMED] = {0};
   for (int i = 0; i < nn; i++) ps[i] = (param){b->named[i].name, b->named[i].kinds, false, false, true};
   char desc[64];
   snprintf(desc, sizeof desc, "%s '%s'", what, b->name);
