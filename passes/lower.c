@@ -483,10 +483,12 @@ static kd_node_id kd_reduce_loss(kd_lowering *L, kd_node_id tok, const kd_lower_
   }
   kd_node_id total = kd_reduce(g, KD_IR_SUM, tok, KD_AXIS_ALL);
   if (info->sum) return total;
+  /* N as a graph value: the sum of ones over the rows (at least 1, so an
+   * empty batch has loss 0 as an all-masked one does). */
   kd_dim rows[2] = {L->N, 1};
-  kd_node_id count = kd_reduce(g, KD_IR_SUM, kd_expand(g, kd_const(g, 1, KD_F32), 2, rows),
-                               KD_AXIS_ALL);
-  return kd_binary(g, KD_IR_DIV, total, count);
+  kd_node_id one = kd_const(g, 1, KD_F32);
+  kd_node_id count = kd_reduce(g, KD_IR_SUM, kd_expand(g, one, 2, rows), KD_AXIS_ALL);
+  return kd_binary(g, KD_IR_DIV, total, kd_binary(g, KD_IR_MAX, count, one));
 }
 
 static kd_status kd_lower_objective(kd_lowering *L, const kd_ast *obj, kd_lower_info *info) {

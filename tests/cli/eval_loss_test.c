@@ -1,6 +1,8 @@
 /* End-to-end tests of `kdc eval-loss`.
  *
- * Usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR
+ * Usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR PART
+ * PART (examples, semantics or errors) picks a third of the checks, so ctest
+ * can run them side by side; each part works in its own WORK_DIR.
  *
  * Writes small .npy inputs (with its own writer: no numpy, no kdc code), runs
  * the kdc binary, and checks:
@@ -42,6 +44,13 @@
 #define FD_ABS 3e-6
 #define FD_STEP (1.0 / 512)
 #define FD_PRINT(loss) (1e-8 * fabs(loss) / (2 * FD_STEP))
+/* KERNEL_REL, KERNEL_ABS: the compiled kernel computes in f32 (accumulating
+ * row sums in f32 lanes, exp and log to about 1e-7 relative); over rows of
+ * at most 64 logits its loss stays within a few 1e-7 of the double
+ * reference (1.4e-7 measured on jsd), and gradient elements below 1 within
+ * 1e-7. The kernel's own tests (tests/codegen) cover large V. */
+#define KERNEL_REL 2e-6
+#define KERNEL_ABS 1e-6
 
 static const char *kdc, *examples, *specs, *work;
 static int failures;
@@ -157,10 +166,11 @@ static int run_kdc(char **out, char **err, const char *fmt, ...) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* The loss eval-loss printed, or NAN. */
+/* The loss eval-loss printed, or NAN. extra holds --reference to run the
+ * reference executor rather than the compiled kernel. */
 static double eval_loss(const char *spec, const char *extra, bool labels) {
   char *out, *err;
-  int rc = run_kdc(&out, &err, "eval-loss '%s' --reference --teacher teacher.npy "
+  int rc = run_kdc(&out, &err, "eval-loss '%s' --teacher teacher.npy "
                    "--student student.npy %s %s", spec, labels ? "--labels labels.npy" : "",
                    extra);
   double loss = NAN;
@@ -211,7 +221,8 @@ static double d_jsd(const row_ctx *r, const double *prm) {
   double b = prm[0], a = 0;
   for (int i = 0; i < r->v; i++) {
     double lm = log(b * r->p[i] + (1 - b) * r->q[i]);
-    a += b * r->p[i] * (r->lp[i] - lm) + (1 - b) * r->q[i] * (r->lq[i] - lm);
+    if (r->p[i] > 0) a += b * r->p[i] * (r->lp[i] - lm);
+    a += (1 - b) * r->q[i] * (r->lq[i] - lm);
   }
   return a;
 }
@@ -322,6 +333,24 @@ static void student_double(const problem *pb, double *s) {
 }
 
 /* Checks eval-loss's loss and gradient file against the direct objective. */
+/* The compiled kernel (eval-loss without --reference, 2 threads) against
+ * the reference executor's loss and gradient on the same files. */
+static void check_kernel(const char *name, const char *spec, const problem *pb, double loss,
+                         const float *g) {
+  double got = eval_loss(spec, "--threads 2 --grad-out grad_jit.npy", pb->labels);
+  if (!(fabs(got - loss) <= KERNEL_REL * fmax(1.0, fabs(loss))))
+    fail("%s: compiled kernel's loss %.9g, reference %.9g", name, got, loss);
+  float *k = read_grad(path_in(work, "grad_jit.npy"), pb->n, pb->v);
+  for (int i = 0; k && i < pb->n * pb->v; i++)
+    if (!(fabs(k[i] - g[i]) <= KERNEL_ABS)) {
+      fail("%s: compiled kernel's gradient[%d, %d] = %.9g, reference %.9g", name, i / pb->v,
+           i % pb->v, k[i], g[i]);
+      break;
+    }
+  if (!k) fail("%s: the compiled kernel wrote no gradient", name);
+  free(k);
+}
+
 static void check_spec(const char *name, const char *spec_path, problem *pb, row_fn f,
                        const double *prm, int fd_elems) {
   char spec[1024];
@@ -330,7 +359,7 @@ static void check_spec(const char *name, const char *spec_path, problem *pb, row
   double s[8 * VMAX];
   student_double(pb, s);
   double want = objective(pb, s, f, prm);
-  double got = eval_loss(spec, "--grad-out grad.npy", pb->labels);
+  double got = eval_loss(spec, "--reference --grad-out grad.npy", pb->labels);
   if (!(fabs(got - want) <= LOSS_REL * fmax(1.0, fabs(want))))
     fail("%s: loss %.12g, direct computation %.12g", name, got, want);
   float *g = read_grad(path_in(work, "grad.npy"), pb->n, pb->v);
@@ -359,10 +388,10 @@ static void check_spec(const char *name, const char *spec_path, problem *pb, row
     float keep = pb->s[i];
     pb->s[i] = keep + (float)FD_STEP;
     write_problem(pb);
-    double up = eval_loss(spec, "", pb->labels);
+    double up = eval_loss(spec, "--reference", pb->labels);
     pb->s[i] = keep - (float)FD_STEP;
     write_problem(pb);
-    double down = eval_loss(spec, "", pb->labels);
+    double down = eval_loss(spec, "--reference", pb->labels);
     pb->s[i] = keep;
     double fd = (up - down) / (2 * FD_STEP);
     if (!(fabs(fd - g[i]) <= FD_ABS + FD_PRINT(want)))
@@ -370,6 +399,7 @@ static void check_spec(const char *name, const char *spec_path, problem *pb, row
            i / pb->v, i % pb->v, g[i], fd);
   }
   write_problem(pb);
+  check_kernel(name, spec, pb, got, g);
   free(g);
 }
 
@@ -424,8 +454,8 @@ static void test_jsd_endpoints(void) {
   write_problem(&pb);
   const char *pairs[2][2] = {{"jsd_beta0.kd", "fkl.kd"}, {"jsd_beta1.kd", "rkl.kd"}};
   for (int i = 0; i < 2; i++) {
-    double a = eval_loss(path_in(specs, pairs[i][0]), "", false);
-    double b = eval_loss(path_in(examples, pairs[i][1]), "", false);
+    double a = eval_loss(path_in(specs, pairs[i][0]), "--reference", false);
+    double b = eval_loss(path_in(examples, pairs[i][1]), "--reference", false);
     if (!(a == b)) fail("%s gives %.12g, %s %.12g", pairs[i][0], a, pairs[i][1], b);
   }
 }
@@ -466,9 +496,20 @@ static void test_bf16(void) {
   double sd[4 * 11];
   student_double(&pb, sd);
   double want = objective(&pb, sd, d_rkl, NULL);
-  double got = eval_loss(path_in(examples, "rkl.kd"), "", false);
+  double got = eval_loss(path_in(examples, "rkl.kd"), "--reference", false);
   if (!(fabs(got - want) <= LOSS_REL * fmax(1.0, fabs(want))))
     fail("bf16 inputs: loss %.12g, direct computation %.12g", got, want);
+}
+
+/* Teacher logits of -inf (tokens the teacher rules out: p = 0 exactly) give
+ * finite losses and gradients where the divergence is finite there. */
+static void test_minus_inf(void) {
+  problem pb;
+  make_problem(&pb, 4, 9, 1.0);
+  for (int i = 0; i < 4 * 9; i += 4) pb.t[i] = -INFINITY;
+  check_spec("fkl, -inf teacher logits", path_in(examples, "fkl.kd"), &pb, d_fkl, NULL, 1);
+  check_spec("jsd, -inf teacher logits", path_in(examples, "jsd.kd"), &pb, d_jsd,
+             (double[]){0.5}, 1);
 }
 
 /* vocab_align = "pad": a teacher with 5 fewer tokens than the student. */
@@ -538,6 +579,14 @@ static void test_bad_inputs(void) {
   expect("NaN in the logits", 1,
          "kdc eval-loss: nan.npy: teacher logits hold NaN at row 1, column 2\n",
          "%s --teacher nan.npy", base);
+
+  float dead[15];
+  memcpy(dead, pb.s, sizeof dead);
+  for (int i = 5; i < 10; i++) dead[i] = -INFINITY;
+  write_f32(path_in(work, "dead.npy"), 3, 5, dead);
+  expect("a row of -inf", 1,
+         "kdc eval-loss: dead.npy: student logits are -inf everywhere in row 1\n",
+         "eval-loss '%s' --teacher teacher.npy --student dead.npy", fkl);
 
   /* A file cut short, and one that is not .npy at all: the reader's own
    * messages, which start with the path. */
@@ -613,20 +662,30 @@ static void test_bad_inputs(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR\n");
+  if (argc != 6) {
+    fprintf(stderr, "usage: eval_loss_test KDC EXAMPLES_DIR SPECS_DIR WORK_DIR "
+                    "examples|semantics|errors\n");
     return 2;
   }
   kdc = argv[1], examples = argv[2], specs = argv[3], work = argv[4];
-  test_examples();
-  test_no_labels();
-  test_custom_and_mix();
-  test_jsd_endpoints();
-  test_all_masked();
-  test_bf16();
-  test_pad();
-  test_bad_inputs();
+  const char *part = argv[5];
+  if (!strcmp(part, "examples")) {
+    test_examples();
+  } else if (!strcmp(part, "semantics")) {
+    test_no_labels();
+    test_custom_and_mix();
+    test_jsd_endpoints();
+    test_all_masked();
+    test_bf16();
+    test_pad();
+    test_minus_inf();
+  } else if (!strcmp(part, "errors")) {
+    test_bad_inputs();
+  } else {
+    fprintf(stderr, "eval_loss_test: no part named '%s'\n", part);
+    return 2;
+  }
   if (failures) fprintf(stderr, "%d failure(s)\n", failures);
-  else printf("eval-loss: all checks passed\n");
+  else printf("eval-loss %s: all checks passed\n", part);
   return failures ? 1 : 0;
 }

@@ -8,15 +8,19 @@
  *
  * Legend: N = rows (tokens), V = vocabulary. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
+#include "loss.h"
 #include "loss_spec.h"
 #include "npy.h"
 #include "refexec.h"
+#include "safetensors.h"
+#include "threadpool.h"
 
 #define CMD "kdc eval-loss"
 
@@ -48,10 +52,16 @@ static void eval_usage(FILE *out) {
           "exit status: 0 success, 1 a bad spec or bad input data, 2 a usage error.\n");
 }
 
-static int usage_error(const char *fmt, const char *arg) {
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static int usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
   fprintf(stderr, CMD ": ");
-  fprintf(stderr, fmt, arg);
+  vfprintf(stderr, fmt, ap);
   fprintf(stderr, "\n(see 'kdc eval-loss --help')\n");
+  va_end(ap);
   return KDC_EXIT_USAGE;
 }
 
@@ -88,8 +98,8 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       a->spec = s;
     }
   }
-  if (!a->spec) return usage_error("no spec given%s", "");
-  if (!a->student) return usage_error("--student is required%s", "");
+  if (!a->spec) return usage_error("no spec given");
+  if (!a->student) return usage_error("--student is required");
   return KDC_EXIT_OK;
 }
 
@@ -100,9 +110,30 @@ static int input_error(const char *msg) {
   return KDC_EXIT_USER;
 }
 
-static int read_array(const char *path, kd_array *a) {
+/* FILE.safetensors:NAME: tensor NAME of a safetensors file. */
+static int read_safetensors(const char *spec, const char *colon, kd_array *a) {
+  char path[4096], err[512];
+  snprintf(path, sizeof path, "%.*s", (int)(colon - spec), spec);
+  kd_safetensors *st = NULL;
+  if (kd_st_open(path, &st, err, sizeof err) != KD_OK) return input_error(err);
+  const kd_st_tensor *t = kd_st_find(st, colon + 1);
+  int rc = KDC_EXIT_OK;
+  if (!t) {
+    fprintf(stderr, CMD ": %s: no tensor named '%s'\n", path, colon + 1);
+    rc = KDC_EXIT_USER;
+  } else if (kd_st_to_array(t, a, err, sizeof err) != KD_OK) {
+    rc = input_error(err);
+  }
+  kd_st_close(st);
+  return rc;
+}
+
+/* An .npy file, or FILE.safetensors:NAME. */
+static int read_array(const char *spec, kd_array *a) {
+  const char *ext = strstr(spec, ".safetensors:");
+  if (ext) return read_safetensors(spec, ext + strlen(".safetensors"), a);
   char err[512];
-  if (kd_npy_read(path, a, err, sizeof err) != KD_OK) return input_error(err);
+  if (kd_npy_read(spec, a, err, sizeof err) != KD_OK) return input_error(err);
   return KDC_EXIT_OK;
 }
 
@@ -111,8 +142,8 @@ static double logit_at(const kd_array *a, int64_t i) {
   return ((const float *)a->data)[i];
 }
 
-/* Logits: float32 or bf16, [N, V] with V > 0, no NaN and no +inf (-inf is a
- * token the model rules out, and is allowed). */
+/* Logits: float32 or bf16, [N, V] with V > 0, no NaN and no +inf; -inf is a
+ * token the model rules out, allowed unless it fills a row (no softmax). */
 static int check_logits(const char *what, const char *path, const kd_array *a) {
   char msg[512];
   if (a->dtype != KD_F32 && a->dtype != KD_BF16) {
@@ -129,13 +160,20 @@ static int check_logits(const char *what, const char *path, const kd_array *a) {
     snprintf(msg, sizeof msg, "%s: %s logits have an empty vocabulary", path, what);
     return input_error(msg);
   }
-  int64_t n = a->shape[0] * a->shape[1];
-  for (int64_t i = 0; i < n; i++) {
-    double x = logit_at(a, i);
-    if (isnan(x) || x == INFINITY) {
-      snprintf(msg, sizeof msg, "%s: %s logits hold %s at row %lld, column %lld", path, what,
-               isnan(x) ? "NaN" : "+inf", (long long)(i / a->shape[1]),
-               (long long)(i % a->shape[1]));
+  for (int64_t r = 0; r < a->shape[0]; r++) {
+    bool possible = false; /* some token of the row has a finite logit */
+    for (int64_t c = 0; c < a->shape[1]; c++) {
+      double x = logit_at(a, r * a->shape[1] + c);
+      if (isnan(x) || x == INFINITY) {
+        snprintf(msg, sizeof msg, "%s: %s logits hold %s at row %lld, column %lld", path, what,
+                 isnan(x) ? "NaN" : "+inf", (long long)r, (long long)c);
+        return input_error(msg);
+      }
+      possible |= x != -INFINITY;
+    }
+    if (!possible) {
+      snprintf(msg, sizeof msg, "%s: %s logits are -inf everywhere in row %lld", path, what,
+               (long long)r);
       return input_error(msg);
     }
   }
@@ -222,18 +260,37 @@ static int align_vocab(const eval_args *args, kd_vocab_align how, kd_array *t, k
   return rc ? rc : resize_vocab(s, v);
 }
 
+/* Labels as int64 [N], what both executors read. */
+static int widen_labels(kd_array *a) {
+  if (a->dtype == KD_I64) return KDC_EXIT_OK;
+  kd_array b;
+  int64_t n = a->shape[0];
+  if (kd_array_alloc_uninit(&b, KD_I64, 1, &n) != KD_OK) return input_error("out of memory");
+  for (int64_t i = 0; i < n; i++) ((int64_t *)b.data)[i] = label_at(a, i);
+  kd_array_free(a);
+  *a = b;
+  return KDC_EXIT_OK;
+}
+
 /* ---- running --------------------------------------------------------------- */
 
-/* The reference executor: loss and gradient in double. grad is [N, V]. */
-static int run_reference(const kd_graph *g, const kd_array *t, const kd_array *s,
-                         const kd_array *labels, double *loss, double **grad) {
+/* The arrays of one evaluation, aligned and checked. grad is [N, V]. */
+typedef struct eval_io {
+  const kd_array *t, *s, *labels; /* t and labels are empty when unused */
+  int64_t n, v;
+  float *grad;
+  double loss;
+} eval_io;
+
+/* The reference executor, in double. */
+static int run_reference(const kd_graph *g, eval_io *io) {
   kd_ref_input in[3];
   size_t nin = 0;
-  in[nin++] = (kd_ref_input){"student", s->dtype, 2, {s->shape[0], s->shape[1]}, s->data};
+  in[nin++] = (kd_ref_input){"student", io->s->dtype, 2, {io->n, io->v}, io->s->data};
   if (kd_graph_find_input(g, "teacher") != KD_NONE)
-    in[nin++] = (kd_ref_input){"teacher", t->dtype, 2, {t->shape[0], t->shape[1]}, t->data};
+    in[nin++] = (kd_ref_input){"teacher", io->t->dtype, 2, {io->n, io->v}, io->t->data};
   if (kd_graph_find_input(g, "labels") != KD_NONE)
-    in[nin++] = (kd_ref_input){"labels", labels->dtype, 2, {labels->shape[0], 1}, labels->data};
+    in[nin++] = (kd_ref_input){"labels", KD_I64, 2, {io->n, 1}, io->labels->data};
   size_t nout = kd_graph_noutputs(g);
   kd_ref_value *out = calloc(nout ? nout : 1, sizeof *out);
   if (!out) return input_error("out of memory");
@@ -243,30 +300,62 @@ static int run_reference(const kd_graph *g, const kd_array *t, const kd_array *s
     fprintf(stderr, CMD ": the reference executor failed: %s\n", err);
     return KDC_EXIT_USER;
   }
-  int rc = KDC_EXIT_OK;
   for (size_t i = 0; i < nout; i++) {
     const char *name = kd_graph_output_name(g, i);
-    if (!strcmp(name, "loss")) *loss = out[i].data[0];
-    if (!strcmp(name, "grad")) {
-      *grad = out[i].data; /* ownership moves to the caller */
-      out[i].data = NULL;
-    }
+    if (!strcmp(name, "loss")) io->loss = out[i].data[0];
+    if (!strcmp(name, "grad"))
+      for (size_t k = 0; k < out[i].size; k++) io->grad[k] = (float)out[i].data[k];
     kd_ref_value_free(&out[i]);
   }
   free(out);
-  return rc;
+  return KDC_EXIT_OK;
+}
+
+/* The fused kernel, JIT-compiled. A graph the scheduler cannot fuse yet
+ * runs on the reference executor, with a warning. */
+static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
+  char err[512];
+  kd_loss *l = NULL;
+  kd_status st = kd_loss_compile(g, NULL, &l, err, sizeof err);
+  if (st == KD_ERR_UNSUPPORTED) {
+    fprintf(stderr, CMD ": warning: no fused kernel for this loss (%s); running the reference "
+            "executor\n", err);
+    return run_reference(g, io);
+  }
+  if (st != KD_OK) {
+    fprintf(stderr, CMD ": cannot compile the loss: %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  kd_pool *pool = NULL;
+  st = kd_pool_new(threads, &pool);
+  if (st == KD_OK) {
+    kd_loss_io lio = {.teacher = io->t->data, .teacher_dtype = io->t->dtype,
+                      .student = io->s->data, .student_dtype = io->s->dtype,
+                      .labels = io->labels->data, .N = io->n, .V = io->v,
+                      .grad = io->grad, .loss = &io->loss};
+    st = kd_loss_eval(l, &lio, pool, err, sizeof err);
+    kd_pool_free(pool);
+  } else {
+    snprintf(err, sizeof err, "cannot start %d threads", threads);
+  }
+  kd_loss_free(l);
+  if (st != KD_OK) {
+    fprintf(stderr, CMD ": %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  return KDC_EXIT_OK;
 }
 
 /* Writes the gradient as float32 [N, vs]: the first columns of the [N, v]
  * gradient; columns the vocabulary alignment dropped get 0. */
-static int write_grad(const char *path, const double *grad, int64_t n, int64_t v, int64_t vs) {
+static int write_grad(const char *path, const eval_io *io, int64_t vs) {
   kd_array out;
-  int64_t shape[2] = {n, vs};
+  int64_t shape[2] = {io->n, vs};
   if (kd_array_alloc(&out, KD_F32, 2, shape) != KD_OK) return input_error("out of memory");
   float *o = out.data;
-  int64_t keep = v < vs ? v : vs;
-  for (int64_t r = 0; r < n; r++)
-    for (int64_t c = 0; c < keep; c++) o[r * vs + c] = (float)grad[r * v + c];
+  int64_t keep = io->v < vs ? io->v : vs;
+  for (int64_t r = 0; r < io->n; r++)
+    memcpy(o + r * vs, io->grad + r * io->v, (size_t)keep * sizeof *o);
   char err[512];
   kd_status st = kd_npy_write(path, &out, err, sizeof err);
   kd_array_free(&out);
@@ -278,9 +367,8 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   int rc = parse_args(argc, argv, &args);
   if (rc) return rc < 0 ? KDC_EXIT_OK : rc;
 
-  kd_array t = {0}, s = {0}, labels = {0};
+  kd_array t = {0}, s = {0}, labels = {0}, grad = {0};
   kd_graph *g = NULL;
-  double *grad = NULL;
   if ((rc = read_array(args.student, &s)) || (rc = check_logits("student", args.student, &s)))
     goto done;
   if (args.teacher &&
@@ -294,32 +382,37 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   kd_lower_info info;
   if ((rc = kdc_lower_spec(args.spec, &opt, &g, &info))) goto done;
   if (info.uses_teacher && !args.teacher) {
-    rc = usage_error("the objective reads the teacher's logits: --teacher is required%s", "");
+    rc = usage_error("the objective reads the teacher's logits: --teacher is required");
     goto done;
   }
   if (info.uses_labels && !args.labels) {
-    rc = usage_error("the objective reads labels: --labels is required%s", "");
+    rc = usage_error("the objective reads labels: --labels is required");
     goto done;
   }
   int64_t vs = s.shape[1];
   if (info.uses_teacher && (rc = align_vocab(&args, info.vocab_align, &t, &s))) goto done;
-  int64_t n = s.shape[0], v = s.shape[1];
-  if (args.labels && (rc = check_labels(args.labels, &labels, n, v, info.ignore_index)))
+  eval_io io = {.t = &t, .s = &s, .labels = &labels, .n = s.shape[0], .v = s.shape[1]};
+  if (args.labels && ((rc = check_labels(args.labels, &labels, io.n, io.v, info.ignore_index)) ||
+                      (rc = widen_labels(&labels))))
     goto done;
   if ((rc = kdc_run_pipeline(CMD, &g, NULL))) goto done;
-
-  double loss = NAN;
-  if ((rc = run_reference(g, &t, &s, &labels, &loss, &grad))) goto done;
-  printf("loss: %.9g\n", loss);
-  if (args.grad_out) {
-    if (!grad) rc = input_error("the pipeline produced no gradient");
-    else rc = write_grad(args.grad_out, grad, n, v, vs);
+  int64_t shape[2] = {io.n, io.v};
+  if (kd_array_alloc(&grad, KD_F32, 2, shape) != KD_OK) {
+    rc = input_error("out of memory");
+    goto done;
   }
+  io.grad = grad.data;
+  /* An empty batch has nothing to fuse: the reference gives its loss, 0. */
+  bool reference = args.reference || io.n == 0;
+  rc = reference ? run_reference(g, &io) : run_compiled(g, &io, args.threads);
+  if (rc) goto done;
+  printf("loss: %.9g\n", io.loss);
+  if (args.grad_out) rc = write_grad(args.grad_out, &io, vs);
 done:
-  free(grad);
   kd_graph_free(g);
   kd_array_free(&t);
   kd_array_free(&s);
   kd_array_free(&labels);
+  kd_array_free(&grad);
   return rc;
 }
