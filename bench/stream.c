@@ -128,8 +128,9 @@ kd_status kd_stream_measure(kd_pool *pool, size_t array_bytes, int repeats, kd_s
   kd_status st = KD_OK;
   if (!s.a || !s.b || !s.c) st = KD_ERR_NOMEM;
   int threads = kd_pool_size(pool);
-  /* One contiguous chunk per thread, the same split every call, so each
-     thread streams the pages it touched first. */
+  /* One contiguous chunk per thread, the same split for the first touch
+     and every run (the pool hands chunks out dynamically, so a thread may
+     not get the same chunk each time: on one NUMA node that costs nothing). */
   int64_t grain = n / threads > 0 ? n / threads : 1;
   double best_copy = INFINITY, best_copy_nt = INFINITY, best_triad = INFINITY;
   if (!st) {

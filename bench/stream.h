@@ -11,8 +11,8 @@
  * figure is the one a fused loss (read t, read s, write grad) compares with;
  * copy-nt is the ceiling for a kernel that streams its output past the cache.
  * Arrays of doubles, each at least 4 x the last-level cache, split across
- * the pool's threads; the pages are first touched by the threads that use
- * them. */
+ * the pool's threads, which also first-touch the pages (in parallel, as
+ * STREAM does). */
 #ifndef KD_BENCH_STREAM_H
 #define KD_BENCH_STREAM_H
 

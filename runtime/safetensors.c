@@ -2,6 +2,7 @@
  * the format's rules, maps the file, and writes new files. */
 #include "safetensors.h"
 
+#include <assert.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +33,7 @@ static const struct {
   [KD_ST_I64] = {"I64", 8, KD_I64},        [KD_ST_U64] = {"U64", 8, -1},
   [KD_ST_F64] = {"F64", 8, KD_F64},
 };
-_Static_assert(sizeof kd_st_dtypes / sizeof kd_st_dtypes[0] == KD_ST_DTYPE_COUNT,
+static_assert(sizeof kd_st_dtypes / sizeof kd_st_dtypes[0] == KD_ST_DTYPE_COUNT,
                "every kd_st_dtype needs an entry");
 
 const char *kd_st_dtype_name(kd_st_dtype t) {
