@@ -968,8 +968,13 @@ static size_t check_settings(checker *c, sym *s, kd_block block, setting_seen *s
       suggest sg = suggest_start(st->name);
       for (size_t j = 0; j < kd_nsettings; j++)
         if (kd_settings[j].block == block) suggest_add(&sg, kd_settings[j].key);
-      kd_error(c->diag, st->name_loc, "unknown %s setting '%s'%s", kd_block_name(block), st->name,
-               suggest_text(&sg));
+      kd_block other = block == KD_BLOCK_DATA ? KD_BLOCK_TRAIN : KD_BLOCK_DATA;
+      if (!sg.best && kd_setting_find(other, st->name))
+        kd_error(c->diag, st->name_loc, "'%s' is a %s setting, not a %s one", st->name,
+                 kd_block_name(other), kd_block_name(block));
+      else
+        kd_error(c->diag, st->name_loc, "unknown %s setting '%s'%s", kd_block_name(block),
+                 st->name, suggest_text(&sg));
       *unknown = true;
       continue;
     }
