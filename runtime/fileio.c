@@ -90,6 +90,7 @@ static void kd_sync_dir(const char *path) {
 }
 
 kd_status kd_atomic_commit(kd_atomic_file *af, char *err, size_t errlen) {
+  errno = 0;
   int failed = ferror(af->f) || fflush(af->f) != 0 || fsync(fileno(af->f)) != 0;
   int e = errno;
   if (fclose(af->f) != 0 && !failed) {
@@ -102,7 +103,9 @@ kd_status kd_atomic_commit(kd_atomic_file *af, char *err, size_t errlen) {
     e = errno;
   }
   if (failed) {
-    kd_status st = kd_errf(err, errlen, KD_ERR_IO, "%s: write failed: %s", af->path, strerror(e));
+    /* ferror alone leaves errno unset: then say what we know. */
+    kd_status st = kd_errf(err, errlen, KD_ERR_IO, "%s: write failed: %s", af->path,
+                           e ? strerror(e) : "short write");
     kd_atomic_abort(af);
     return st;
   }
