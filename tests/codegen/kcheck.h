@@ -1,0 +1,31 @@
+/* Runs a compiled loss and the reference executor on the same random inputs
+ * and compares loss and gradient under the tolerance table in kcheck.c.
+ * Shared by the kernel tests (hand-built graphs, the prelude's specs). */
+#ifndef KD_TEST_KCHECK_H
+#define KD_TEST_KCHECK_H
+
+#include <stdint.h>
+
+#include "ir.h"
+#include "threadpool.h"
+
+typedef struct kd_kc_case {
+  const kd_graph *g; /* loss and grad outputs; inputs teacher (optional), student, labels (optional) */
+  int64_t N, V;
+  double T;          /* the loss's temperature: scales the tolerance (1 when none) */
+  double mag;        /* logits uniform in [-mag, mag]; 0: normal with sigma 3 */
+  double ninf;       /* fraction of teacher logits set to -inf */
+  int masked;        /* 1: some labels -100; 2: all labels -100 */
+  kd_dtype dtype;    /* of teacher and student: KD_F32 or KD_BF16 */
+  int width;         /* f32 lanes of the kernel; 0: the host's */
+} kd_kc_case;
+
+/* Prints one line ("ok" or "FAIL", what, the errors and tolerances) and
+ * returns 1 on failure. Also checks that 1 and pool's threads agree bit for
+ * bit. */
+int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool);
+
+/* The worst error / tolerance ratios seen so far, printed at the end. */
+void kd_kc_report(void);
+
+#endif /* KD_TEST_KCHECK_H */
