@@ -401,15 +401,16 @@ static bool expect(checker *c, const kd_ast *e, kd_kind k, unsigned mask, const 
 /* The kind of `a op b` for value kinds a and b; KD_KIND_ERROR when they do
  * not combine (reported here). Distributions lose their status: p / q is
  * just a tensor. */
-static kd_kind join(checker *c, const kd_ast *e, kd_ast_op op, kd_kind a, kd_kind b) {
+static kd_kind join(checker *c, const kd_ast *e, kd_ast_op op, const char *where, kd_kind a,
+                     kd_kind b) {
   if (a == KD_KIND_ERROR || b == KD_KIND_ERROR) return KD_KIND_ERROR;
   if (a == KD_KIND_DIST) a = KD_KIND_TENSOR;
   if (b == KD_KIND_DIST) b = KD_KIND_TENSOR;
   bool num_a = KD_KM(a) & KD_KM_NUM, num_b = KD_KM(b) & KD_KM_NUM;
   if (a == KD_KIND_HIDDEN || b == KD_KIND_HIDDEN) {
     if ((a == KD_KIND_HIDDEN || num_a) && (b == KD_KIND_HIDDEN || num_b)) return KD_KIND_HIDDEN;
-    kd_error(c->diag, e->loc, "cannot combine %s and %s with '%s'", kd_kind_phrase(a),
-             kd_kind_phrase(b), kd_ast_op_spelling(op));
+    kd_error(c->diag, e->loc, "cannot combine %s and %s %s", kd_kind_phrase(a),
+             kd_kind_phrase(b), where);
     return KD_KIND_ERROR;
   }
   if (num_a && num_b) {
@@ -550,7 +551,9 @@ static kd_kind check_builtin_call(checker *c, const kd_ast *call, const kd_built
   case KD_RES_JOIN_TAIL: {
     int first = b->rule == KD_RES_JOIN ? 0 : 1;
     kd_kind k = kinds[first];
-    for (int i = first + 1; i < b->npos; i++) k = join(c, call, KD_OP_NONE, k, kinds[i]);
+    char where[64];
+    snprintf(where, sizeof where, "in '%s'", b->name);
+    for (int i = first + 1; i < b->npos; i++) k = join(c, call, KD_OP_NONE, where, k, kinds[i]);
     return k == KD_KIND_DIST ? KD_KIND_TENSOR : k;
   }
   }
@@ -629,6 +632,17 @@ static kd_kind check_model_call(checker *c, const kd_ast *call, sym *m, double *
   return KD_KIND_INSTANCE;
 }
 
+/* "inside a model", "in an objective or a divergence", ... */
+static const char *contexts_phrase(unsigned ctx) {
+  switch (ctx) {
+  case KD_CTX_MODEL: return "inside a model";
+  case KD_CTX_OBJECTIVE: return "in an objective";
+  case KD_CTX_TOP: return "at the top level (teacher = logits(\"f.npy\"))";
+  case KD_CTX_DIVERGENCE | KD_CTX_OBJECTIVE: return "in an objective or a divergence";
+  default: return "in a model, an objective or a divergence";
+  }
+}
+
 static kd_kind check_call(checker *c, const kd_ast *call) {
   const kd_ast *callee = call->a;
   kd_ref ref = {.kind = KD_KIND_ERROR};
@@ -656,11 +670,7 @@ static kd_kind check_call(checker *c, const kd_ast *call) {
     kd_error(c->diag, callee->loc, "'%s' is %s, not a function", name, kd_kind_phrase(b->result));
   } else if (b && !(b->contexts & c->ctx)) {
     kd_error(c->diag, callee->loc, "%s '%s' can only be used %s",
-             b->cls == KD_BI_LAYER ? "layer" : "function", name,
-             b->contexts == KD_CTX_MODEL        ? "inside a model"
-             : b->contexts == KD_CTX_TOP        ? "at the top level (teacher = logits(\"f.npy\"))"
-             : b->contexts == KD_CTX_OBJECTIVE ? "in an objective"
-                                                : "in an objective or a divergence");
+             b->cls == KD_BI_LAYER ? "layer" : "function", name, contexts_phrase(b->contexts));
   } else if (b) {
     ref = (kd_ref){check_builtin_call(c, call, b), KD_REF_BUILTIN, NULL, b, NULL};
   } else {
@@ -704,8 +714,7 @@ static kd_kind check_name(checker *c, const kd_ast *e) {
     return sym_kind(s);
   }
   if (b && b->cls == KD_BI_NAME && !(b->contexts & c->ctx)) {
-    kd_error(c->diag, e->loc, "'%s' can only be used %s", e->name,
-             b->contexts == KD_CTX_OBJECTIVE ? "in an objective" : "inside a model");
+    kd_error(c->diag, e->loc, "'%s' can only be used %s", e->name, contexts_phrase(b->contexts));
     return set_kind(c, e, KD_KIND_ERROR);
   }
   if (b) {
@@ -787,7 +796,8 @@ static kd_kind check_expr(checker *c, const kd_ast *e) {
     bool ok = expect(c, e->a, a, KD_KM_VALUE, what);
     snprintf(what, sizeof what, "the right operand of '%s'", kd_ast_op_spelling(e->op));
     ok = expect(c, e->b, b, KD_KM_VALUE, what) && ok;
-    return set_kind(c, e, ok ? join(c, e, e->op, a, b) : KD_KIND_ERROR);
+    snprintf(what, sizeof what, "with '%s'", kd_ast_op_spelling(e->op));
+    return set_kind(c, e, ok ? join(c, e, e->op, what, a, b) : KD_KIND_ERROR);
   }
   default:
     /* Statements never reach here; a parser that made one would be a bug. */
@@ -1178,6 +1188,16 @@ static void check_train(checker *c, sym *s) {
 
 /* ---- definitions ------------------------------------------------------------ */
 
+/* The first NAME in an expression, or NULL. */
+static const kd_ast *first_name(const kd_ast *e) {
+  if (!e) return NULL;
+  if (e->kind == KD_AST_NAME) return e;
+  const kd_ast *n = first_name(e->a);
+  if (!n) n = first_name(e->b);
+  for (size_t i = 0; !n && i < e->items.n; i++) n = first_name(e->items.v[i]);
+  return n;
+}
+
 /* Parameters: unique names, constant defaults. Distribution parameters (the
  * divergence's p, q) take no default. */
 static void declare_params(checker *c, const kd_ast_list *list, kd_kind kind, bool defaults_ok,
@@ -1199,9 +1219,13 @@ static void declare_params(checker *c, const kd_ast_list *list, kd_kind kind, bo
     char desc[160];
     snprintf(desc, sizeof desc, "the default of '%s'", prm->name);
     double v;
-    /* A default sees the parameters declared before it, which have no value: it
-     * must be a literal constant (or use top-level constants). */
-    if (const_num(c, prm->a, desc, &v)) {
+    /* A default is a number written out: were it to name another parameter,
+     * it would mean that parameter's value at each call, not its default. */
+    const kd_ast *name = first_name(prm->a);
+    if (name) {
+      kd_error(c->diag, name->loc, "the default of '%s' must be a constant number, not a name",
+               prm->name);
+    } else if (const_num(c, prm->a, desc, &v)) {
       l = lookup_local(c, prm->name); /* add_local may have moved the array */
       l->has_value = true;
       l->value = v;
