@@ -129,7 +129,7 @@ static float *read_grad(const char *path, int64_t n, int64_t v) {
     char want[64];
     snprintf(want, sizeof want, "(%lld, %lld)", (long long)n, (long long)v);
     if (hdr && fread(hdr, 1, hlen, f) == hlen && strstr(hdr, "'<f4'") && strstr(hdr, want)) {
-      g = malloc((size_t)(n * v) * sizeof *g);
+      g = malloc((size_t)(n * v) * sizeof *g + 1); /* + 1: an empty array is not NULL */
       if (g && fread(g, sizeof *g, (size_t)(n * v), f) != (size_t)(n * v)) {
         free(g);
         g = NULL;
@@ -422,7 +422,7 @@ static void test_examples(void) {
     pb.y[1] = -100; /* a masked row */
     char file[64];
     snprintf(file, sizeof file, "%s.kd", cases[i].name);
-    check_spec(cases[i].name, path_in(examples, file), &pb, cases[i].f, cases[i].prm, 2);
+    check_spec(cases[i].name, path_in(examples, file), &pb, cases[i].f, cases[i].prm, 1);
   }
 }
 
@@ -473,6 +473,19 @@ static void test_all_masked(void) {
       fail("all rows masked: gradient[%d] = %g, not 0", i, g[i]);
       break;
     }
+  free(g);
+}
+
+/* An empty batch ([0, V] logits): loss 0 and an empty [0, V] gradient. */
+static void test_empty(void) {
+  int64_t shape[2] = {0, 6};
+  float none[1] = {0};
+  write_npy(path_in(work, "teacher.npy"), "<f4", 2, shape, none, 0);
+  write_npy(path_in(work, "student.npy"), "<f4", 2, shape, none, 0);
+  double got = eval_loss(path_in(examples, "fkl.kd"), "--grad-out grad.npy", false);
+  if (got != 0) fail("empty batch: loss %.9g, not 0", got);
+  float *g = read_grad(path_in(work, "grad.npy"), 0, 6);
+  if (!g) fail("empty batch: no float32 [0, 6] gradient");
   free(g);
 }
 
@@ -679,6 +692,7 @@ int main(int argc, char **argv) {
     test_bf16();
     test_pad();
     test_minus_inf();
+    test_empty();
   } else if (!strcmp(part, "errors")) {
     test_bad_inputs();
   } else {

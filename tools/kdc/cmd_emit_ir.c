@@ -1,11 +1,13 @@
 /* kdc emit-ir SPEC.kd [--after PASS] [--labels]: prints the loss graph of a
  * spec's objective after a stage of the pipeline (lower, canonicalize,
- * autodiff, simplify, cse, dce), in the textual form of kd_graph_print. */
+ * autodiff, simplify, cse, dce), in the textual form of kd_graph_print; after
+ * `fuse`, the whole pipeline's graph and then its row schedule. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "commands.h"
+#include "fuse.h"
 #include "loss_spec.h"
 #include "passes.h"
 
@@ -18,6 +20,7 @@ static void emit_usage(FILE *out) {
           "Prints the loss graph of SPEC.kd's objective after the stage PASS (default: the\n"
           "whole pipeline), one node per line. The stages, in order:\n");
   kdc_print_stages(out, "  ");
+  fprintf(out, "  %-13s %s\n", "fuse", "the row schedule of the fused kernel (after dce)");
   fprintf(out,
           "\n"
           "options:\n"
@@ -34,6 +37,18 @@ static int emit_usage_error(const char *msg, const char *arg) {
   return KDC_EXIT_USAGE;
 }
 
+static int print_schedule(const kd_graph *g) {
+  char err[512];
+  kd_schedule *s = NULL;
+  if (kd_fuse(g, &s, err, sizeof err) != KD_OK) {
+    fprintf(stderr, CMD ": %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  kd_schedule_print(s, stdout);
+  kd_schedule_free(s);
+  return KDC_EXIT_OK;
+}
+
 int kdc_cmd_emit_ir(int argc, char **argv) {
   const char *spec = NULL, *after = NULL;
   kd_lower_options opt = {0};
@@ -42,7 +57,7 @@ int kdc_cmd_emit_ir(int argc, char **argv) {
     if (!strcmp(s, "--after")) {
       if (i + 1 >= argc) return emit_usage_error("--after needs a stage name", "");
       after = argv[++i];
-      if (strcmp(after, "lower") && !kd_pipeline_find(after))
+      if (strcmp(after, "lower") && strcmp(after, "fuse") && !kd_pipeline_find(after))
         return emit_usage_error("no stage named ", after);
     } else if (!strcmp(s, "--labels")) {
       opt.labels = true;
@@ -60,8 +75,10 @@ int kdc_cmd_emit_ir(int argc, char **argv) {
   if (!spec) return emit_usage_error("no spec given", "");
   kd_graph *g = NULL;
   int rc = kdc_lower_spec(spec, &opt, &g, NULL);
-  if (!rc) rc = kdc_run_pipeline(CMD, &g, after);
+  bool fuse = after && !strcmp(after, "fuse");
+  if (!rc) rc = kdc_run_pipeline(CMD, &g, fuse ? NULL : after);
   if (!rc) kd_graph_print(g, stdout);
+  if (!rc && fuse) rc = print_schedule(g);
   kd_graph_free(g);
   return rc;
 }
