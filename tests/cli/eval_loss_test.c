@@ -181,6 +181,8 @@ static double eval_loss(const char *spec, const char *extra, bool labels) {
   return loss;
 }
 
+static void expect(const char *what, int want_rc, const char *want_err, const char *fmt, ...);
+
 /* ---- the direct computation -------------------------------------------------- */
 
 #define VMAX 64
@@ -476,6 +478,62 @@ static void test_all_masked(void) {
   free(g);
 }
 
+/* The teacher as a tensor of a safetensors file (FILE.safetensors:NAME), as
+ * log-probabilities rather than logits (softmax is blind to a per-row
+ * shift, at any T), and the loss the same whatever the thread count. */
+static void test_teacher_forms(void) {
+  problem pb;
+  make_problem(&pb, 3, 5, 1.0);
+  write_problem(&pb);
+  char spec[1024];
+  snprintf(spec, sizeof spec, "%s", path_in(examples, "fkl.kd"));
+  double want = eval_loss(spec, "--reference", false);
+
+  /* safetensors: an 8-byte little-endian header length, JSON padded to 8 bytes, data. */
+  char hdr[256];
+  int n = snprintf(hdr, sizeof hdr,
+                   "{\"t\":{\"dtype\":\"F32\",\"shape\":[3,5],\"data_offsets\":[0,60]}}");
+  while (n % 8) hdr[n++] = ' ';
+  FILE *f = fopen(path_in(work, "teacher.safetensors"), "wb");
+  if (f) {
+    uint64_t len = (uint64_t)n;
+    for (int i = 0; i < 8; i++) fputc((int)(len >> (8 * i)) & 0xff, f);
+    fwrite(hdr, 1, (size_t)n, f);
+    fwrite(pb.t, sizeof(float), 15, f);
+    fclose(f);
+  }
+  char *out, *err;
+  int rc = run_kdc(&out, &err, "eval-loss '%s' --reference --teacher teacher.safetensors:t "
+                   "--student student.npy", spec);
+  double got = NAN;
+  if (rc != 0 || sscanf(out, "loss: %lf", &got) != 1 || got != want)
+    fail("safetensors teacher: exit %d, '%s' (npy gives %.9g) %s", rc, out, want, err);
+  free(out);
+  free(err);
+  expect("no such tensor", 1,
+         "kdc eval-loss: teacher.safetensors: no tensor named 'logits'\n",
+         "eval-loss '%s' --teacher teacher.safetensors:logits --student student.npy", spec);
+
+  /* log-probabilities, rounded to f32: 1e-6 relative covers that rounding. */
+  float lt[15];
+  for (int r = 0; r < 3; r++) {
+    double x[5], p[5], lp[5];
+    for (int i = 0; i < 5; i++) x[i] = pb.t[r * 5 + i];
+    softmax_row(x, 5, 1.0, p, lp);
+    for (int i = 0; i < 5; i++) lt[r * 5 + i] = (float)lp[i];
+  }
+  write_f32(path_in(work, "teacher.npy"), 3, 5, lt);
+  got = eval_loss(spec, "--reference", false);
+  if (!(fabs(got - want) <= 1e-6 * fabs(want)))
+    fail("teacher as log-probabilities: loss %.9g, as logits %.9g", got, want);
+
+  /* The compiled kernel's loss does not depend on the thread count. */
+  write_problem(&pb);
+  double one = eval_loss(spec, "--threads 1", false);
+  double two = eval_loss(spec, "--threads 2", false);
+  if (!(one == two)) fail("loss with 1 thread %.9g, with 2 threads %.9g", one, two);
+}
+
 /* An empty batch ([0, V] logits): loss 0 and an empty [0, V] gradient. */
 static void test_empty(void) {
   int64_t shape[2] = {0, 6};
@@ -693,6 +751,7 @@ int main(int argc, char **argv) {
     test_pad();
     test_minus_inf();
     test_empty();
+    test_teacher_forms();
   } else if (!strcmp(part, "errors")) {
     test_bad_inputs();
   } else {
