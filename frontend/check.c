@@ -11,7 +11,6 @@
 
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -824,21 +823,34 @@ static char *join_path(checker *c, const char *base, const char *rel) {
   return out;
 }
 
-/* A string argument naming an input file; warns when it does not exist.
- * Returns the joined path (owned) or NULL. */
-static char *input_file(checker *c, const kd_ast *e) {
-  if (e->kind != KD_AST_STRING) return NULL;
-  if (memchr(e->str, 0, e->str_len)) {
+/* The string literal an expression of kind string stands for: itself, or
+ * the literal a string constant was bound to. */
+static const kd_ast *string_literal(checker *c, const kd_ast *e) {
+  if (e->kind == KD_AST_STRING) return e;
+  if (e->kind != KD_AST_NAME) return NULL;
+  const kd_ref *r = kd_program_ref(c->p, e);
+  if (!r || !r->sym || r->sym->kind != KD_SYM_CONST || r->sym->value_kind != KD_KIND_STRING)
+    return NULL;
+  return string_literal(c, r->sym->node->a);
+}
+
+/* A string argument naming a file, joined to the folder of the .kd file;
+ * warns when an input file does not exist. Returns the path (owned) or NULL. */
+static char *file_path(checker *c, const kd_ast *e, bool input) {
+  const kd_ast *lit = string_literal(c, e);
+  if (!lit) return NULL;
+  if (memchr(lit->str, 0, lit->str_len)) {
     kd_error(c->diag, e->loc, "a file name cannot contain a NUL byte");
     return NULL;
   }
-  char *path = join_path(c, c->block->u->path, e->str);
+  char *path = join_path(c, c->block->u->path, lit->str);
+  if (!input) return path;
   struct stat st;
   if (path && stat(path, &st) != 0) {
-    if (strcmp(path, e->str))
-      kd_warning(c->diag, e->loc, "file '%s' does not exist (looked for '%s')", e->str, path);
+    if (strcmp(path, lit->str))
+      kd_warning(c->diag, e->loc, "file '%s' does not exist (looked for '%s')", lit->str, path);
     else
-      kd_warning(c->diag, e->loc, "file '%s' does not exist", e->str);
+      kd_warning(c->diag, e->loc, "file '%s' does not exist", lit->str);
   }
   return path;
 }
@@ -1054,7 +1066,7 @@ static void apply_data(checker *c, sym *s, const kd_setting_spec *spec, const kd
   const char *key = spec->key;
   if (spec->value == KD_SV_PATH) {
     free(d->path);
-    d->path = input_file(c, st->a);
+    d->path = file_path(c, st->a, true);
     d->is_tokens = !strcmp(key, "tokens");
   } else if (!strcmp(key, "vocab")) d->vocab = integer;
   else if (!strcmp(key, "split")) d->split = num;
@@ -1121,7 +1133,7 @@ static void apply_train(checker *c, sym *s, const kd_setting_spec *spec, const k
   if (!setting_value(c, spec, st->a, &num, &integer)) return;
   if (!strcmp(key, "save")) {
     free(t->save_path);
-    t->save_path = st->a->kind == KD_AST_STRING ? join_path(c, s->u->path, st->a->str) : NULL;
+    t->save_path = file_path(c, st->a, false);
     double v = 0;
     if (st->b && eval_const(c, st->b, &v)) t->save_every = (int64_t)v;
   } else if (!strcmp(key, "steps")) t->steps = integer;
@@ -1342,14 +1354,14 @@ static void check_binding(checker *c, sym *s) {
     record(c, rhs, (kd_ref){k, KD_REF_SYMBOL, &callee->pub, NULL, NULL});
     if (node->b && expect(c, node->b, check_expr(c, node->b), KD_KM(KD_KIND_STRING),
                           "the file after 'load'"))
-      pub->file = input_file(c, node->b);
+      pub->file = file_path(c, node->b, true);
     return;
   }
   kd_kind k = check_expr(c, rhs);
   const kd_ref *r = kd_program_ref(c->p, rhs);
   if (k == KD_KIND_INSTANCE && r && r->builtin && r->builtin->id == KD_BUILTIN_LOGITS) {
     pub->kind = KD_SYM_INSTANCE;
-    pub->file = input_file(c, rhs->items.v[0]->a);
+    pub->file = file_path(c, rhs->items.v[0]->a, true);
     if (node->b)
       kd_error(c->diag, node->b->loc, "'load' needs a model instance; logits(...) reads its own file");
     return;
@@ -1361,7 +1373,12 @@ static void check_binding(checker *c, sym *s) {
   }
   if (k == KD_KIND_ERROR) return;
   if (k == KD_KIND_STRING) {
+    const kd_ast *lit = string_literal(c, rhs);
     pub->value_kind = k;
+    pub->str = lit ? lit->str : NULL;
+  } else if (k == KD_KIND_INSTANCE) {
+    kd_error(c->diag, rhs->loc, "an instance cannot be bound to another name; instantiate the "
+                                "model again: %s = model(...)", pub->name);
   } else if (KD_KM(k) & KD_KM_NUM) {
     if (eval_const(c, rhs, &pub->value)) pub->value_kind = k;
     else kd_error(c->diag, rhs->loc, "a top-level binding must be a constant or a model instance");
@@ -1533,8 +1550,9 @@ static sym *declare(checker *c, unit *u, const kd_ast *item) {
 
 static void load_imports(checker *c, unit *u);
 
+/* Takes ownership of src, path and real (NULL only for the prelude). */
 static unit *add_unit(checker *c, kd_source *src, char *path, char *real, bool prelude) {
-  unit *u = calloc(1, sizeof *u);
+  unit *u = path && (real || prelude) ? calloc(1, sizeof *u) : NULL;
   if (!u) {
     kd_source_free(src);
     free(path);
@@ -1662,8 +1680,8 @@ static void check_all(checker *c) {
     for (size_t j = 0; j < u->ast->items.n; j++) declare(c, u, u->ast->items.v[j]);
   }
   /* Definitions first, then bindings in order (each sees the ones above it),
-   * then the blocks that use them. */
-  static const kd_sym_kind order[] = {KD_SYM_DATA, KD_SYM_MODEL, KD_SYM_DIVERGENCE, KD_SYM_CONST,
+   * then the blocks that use them (settings may name constants). */
+  static const kd_sym_kind order[] = {KD_SYM_MODEL, KD_SYM_DIVERGENCE, KD_SYM_CONST, KD_SYM_DATA,
                                       KD_SYM_OBJECTIVE, KD_SYM_TRAIN};
   for (size_t k = 0; k < sizeof order / sizeof order[0]; k++)
     for (size_t i = 0; i < c->p->nsyms; i++) {
@@ -1700,9 +1718,8 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   }
   char *display = dupstr(&c, path), *real = realpath(path, NULL);
   if (!real) real = dupstr(&c, path);
-  unit *root = display && real ? add_unit(&c, src, display, real, false) : NULL;
+  unit *root = add_unit(&c, src, display, real, false);
   if (root) parse_unit(&c, root);
-  else kd_source_free(src);
 
   kd_status st = KD_OK;
   bool parsed = !c.nomem;

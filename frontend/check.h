@@ -33,7 +33,7 @@ typedef enum kd_sym_kind {
   KD_SYM_MODEL,      /* node: MODEL */
   KD_SYM_DIVERGENCE, /* node: DIVERGENCE */
   KD_SYM_INSTANCE,   /* node: BIND; model, args, file */
-  KD_SYM_CONST,      /* node: BIND of a constant (`T = 2.0`); value or node->a->str */
+  KD_SYM_CONST,      /* node: BIND of a constant (`T = 2.0`); value_kind, value or str */
   KD_SYM_OBJECTIVE,  /* node: OBJECTIVE; objective */
   KD_SYM_TRAIN,      /* node: TRAIN; train */
 } kd_sym_kind;
@@ -80,9 +80,11 @@ struct kd_symbol {
   const kd_symbol *model; /* the model instantiated; NULL for logits("file") */
   double *args;           /* one value per model parameter (defaults filled in) */
   char *file;             /* the `load` or logits() file joined to the .kd file's folder, or NULL */
-  /* KD_SYM_CONST: the value when a number (value_kind INTEGER or NUMBER) */
+  /* KD_SYM_CONST: value_kind INTEGER or NUMBER: value; STRING: str (the
+   * bytes of a string literal, owned by the AST); KD_KIND_ERROR after an error */
   kd_kind value_kind;
   double value;
+  const char *str;
   /* blocks */
   kd_data_info data;
   kd_objective_info objective;
@@ -99,7 +101,8 @@ typedef enum kd_ref_kind {
 
 typedef struct kd_ref {
   kd_kind kind;             /* the expression's kind (for a CALL: its result's) */
-  kd_ref_kind ref;          /* NAME and CALL nodes (a CALL: its callee's) */
+  kd_ref_kind ref;          /* NAME and CALL nodes (a CALL: its callee's); a MEMBER
+                               (teacher.logits): KD_REF_SYMBOL, sym the instance */
   const kd_symbol *sym;
   const kd_builtin *builtin;
   const kd_ast *decl;

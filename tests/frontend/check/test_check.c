@@ -43,8 +43,9 @@ static void remove_file(const char *name) {
 
 static const char program[] =
     "import \"lib.kd\"\n"
+    "CORPUS = \"corpus.txt\"\n"
     "data shakespeare {\n"
-    "  text \"corpus.txt\"\n"
+    "  text CORPUS\n"
     "  split 0.8  seq 64  batch 4\n"
     "}\n"
     "model gpt(layers, dim, heads, vocab = 256, ctx = 128) {\n"
@@ -117,6 +118,8 @@ static void test_program(void) {
     CHECK(teacher->args[3] == 256 && teacher->args[4] == 128);
   }
   CHECK(teacher && teacher->file && strstr(teacher->file, "/teacher.safetensors"));
+  const kd_symbol *corpus = kd_program_lookup(p, "CORPUS");
+  CHECK(corpus && corpus->value_kind == KD_KIND_STRING && !strcmp(corpus->str, "corpus.txt"));
   const kd_symbol *n = kd_program_lookup(p, "N");
   CHECK(n && n->kind == KD_SYM_CONST && n->value_kind == KD_KIND_INTEGER && n->value == 100);
 
