@@ -1,8 +1,9 @@
 /* Lowering a checked objective to a loss graph (see lower.h).
  *
  * The lowering is an evaluator over the AST: every expression evaluates to a
- * value, which is a compile-time number, a string, a graph node, or a name
- * bound to something that is not a value yet (an instance, a divergence).
+ * value, which is a compile-time number, a string, a graph node, or a model
+ * instance (whose .logits is a graph input). Names resolve as the checker
+ * resolved them (kd_program_ref), so shadowing follows its rules.
  * Arithmetic on two numbers is folded here, so hyperparameters never reach
  * the graph except as the constants of the ops that use them. */
 #include "lower.h"
@@ -23,7 +24,6 @@ typedef enum kd_lval_kind {
   KD_LV_STR,      /* str (borrowed from the AST) */
   KD_LV_NODE,     /* id: a tensor in the graph */
   KD_LV_INSTANCE, /* ast: the top-level binding; teacher: its role */
-  KD_LV_DIV,      /* ast: the divergence definition */
 } kd_lval_kind;
 
 typedef struct kd_lval {
@@ -47,15 +47,14 @@ typedef struct kd_scope {
 } kd_scope;
 
 typedef struct kd_lowering {
-  const kd_ast **items; /* the program's definitions, prelude first */
-  size_t nitems;
+  const kd_program *prog; /* names resolve as the checker resolved them */
   const kd_lower_options *opt;
   kd_diag *diag;
   kd_graph *g;
   kd_dim N, V;
   kd_node_id teacher, student, labels; /* created on first use */
   const kd_ast *teacher_inst;          /* the one instance lowered as the teacher */
-  const char *student_name;            /* the instance trained (or "student") */
+  const kd_symbol *student_sym;        /* the instance trained, or NULL */
   bool uses_labels;
   int depth;
   bool failed;
@@ -101,13 +100,16 @@ static const kd_lval *kd_scope_find(const kd_scope *s, const char *name) {
   return NULL;
 }
 
-/* The last definition wins: the user's file shadows the prelude. */
-static const kd_ast *kd_find_item(const kd_lowering *L, kd_ast_kind kind, const char *name) {
-  for (size_t i = L->nitems; i-- > 0;) {
-    const kd_ast *it = L->items[i];
-    if (it->kind == kind && it->name && name && !strcmp(it->name, name)) return it;
-  }
-  return NULL;
+/* What the checker resolved a NAME or a CALL's callee to, or NULL. */
+static const kd_ref *kd_resolved(const kd_lowering *L, const kd_ast *e) {
+  const kd_ref *r = kd_program_ref(L->prog, e);
+  return r && r->ref != KD_REF_NONE ? r : NULL;
+}
+
+/* The student is the instance a train block trains, else the one named
+ * "student"; every other instance is a teacher. */
+static bool kd_is_teacher(const kd_lowering *L, const kd_symbol *inst) {
+  return L->student_sym ? inst != L->student_sym : strcmp(inst->name, "student") != 0;
 }
 
 /* ---- graph helpers ------------------------------------------------------ */
@@ -152,19 +154,19 @@ static kd_lval kd_lower_expr(kd_lowering *L, const kd_scope *scope, const kd_ast
 static kd_lval kd_lower_name(kd_lowering *L, const kd_scope *scope, const kd_ast *e) {
   const kd_lval *v = kd_scope_find(scope, e->name);
   if (v) return *v;
-  const kd_builtin *b = kd_builtin_find(e->name, KD_BI_NAME);
-  if (b && b->id == KD_BUILTIN_LABELS) {
+  const kd_ref *r = kd_resolved(L, e);
+  if (r && r->ref == KD_REF_BUILTIN && r->builtin->id == KD_BUILTIN_LABELS) {
     L->uses_labels = true;
     return kd_nodev(kd_labels_input(L));
   }
-  const kd_ast *it = kd_find_item(L, KD_AST_BIND, e->name);
-  if (it) {
-    kd_lval r = {.kind = KD_LV_INSTANCE, .ast = it, .id = KD_NONE};
-    r.teacher = strcmp(it->name, L->student_name) != 0;
-    return r;
+  const kd_symbol *sym = r && r->ref == KD_REF_SYMBOL ? r->sym : NULL;
+  if (sym && sym->kind == KD_SYM_INSTANCE) {
+    return (kd_lval){.kind = KD_LV_INSTANCE, .ast = sym->node, .id = KD_NONE,
+                     .teacher = kd_is_teacher(L, sym)};
   }
-  it = kd_find_item(L, KD_AST_DIVERGENCE, e->name);
-  if (it) return (kd_lval){.kind = KD_LV_DIV, .ast = it, .id = KD_NONE};
+  if (sym && sym->kind == KD_SYM_CONST && sym->value_kind == KD_KIND_STRING)
+    return (kd_lval){.kind = KD_LV_STR, .str = sym->node->a->str, .id = KD_NONE};
+  if (sym && sym->kind == KD_SYM_CONST) return kd_num(sym->value);
   return kd_fail_at(L, e->loc, "'%s' cannot be used in a loss", e->name);
 }
 
@@ -299,12 +301,12 @@ static kd_lval kd_lower_divergence_call(kd_lowering *L, const kd_scope *scope, c
 static kd_lval kd_lower_call(kd_lowering *L, const kd_scope *scope, const kd_ast *e) {
   if (e->a->kind != KD_AST_NAME) return kd_fail_at(L, e->a->loc, "this cannot be called");
   const char *name = e->a->name;
-  if (!kd_scope_find(scope, name)) {
-    const kd_ast *div = kd_find_item(L, KD_AST_DIVERGENCE, name);
-    if (div) return kd_lower_divergence_call(L, scope, e, div);
-  }
-  const kd_builtin *b = kd_builtin_find(name, KD_BI_FUNCTION);
-  if (!b) return kd_fail_at(L, e->a->loc, "'%s' cannot be called in a loss", name);
+  const kd_ref *r = kd_resolved(L, e);
+  if (r && r->ref == KD_REF_SYMBOL && r->sym->kind == KD_SYM_DIVERGENCE)
+    return kd_lower_divergence_call(L, scope, e, r->sym->node);
+  const kd_builtin *b = r && r->ref == KD_REF_BUILTIN ? r->builtin : NULL;
+  if (!b || b->cls != KD_BI_FUNCTION)
+    return kd_fail_at(L, e->a->loc, "'%s' cannot be called in a loss", name);
   if (b->id == KD_BUILTIN_WHERE) {
     /* A condition known now picks one branch; the other is never lowered. */
     kd_lval c = kd_lower_arg(L, scope, e, 0);
@@ -420,38 +422,30 @@ static kd_lval kd_lower_expr(kd_lowering *L, const kd_scope *scope, const kd_ast
 
 /* ---- the objective ------------------------------------------------------ */
 
-/* The objective to lower: the one named, or the only one, or the one the
- * (first) train block names with its `objective` setting. */
+/* The objective to lower: the one named in the options, else the one the
+ * (first) train block minimises, else the program's only objective. */
 static const kd_ast *kd_find_objective(kd_lowering *L) {
+  const kd_symbol *train = kd_program_ntrains(L->prog) ? kd_program_train(L->prog, 0) : NULL;
   const char *want = L->opt->objective;
-  const kd_ast *found = NULL;
-  int count = 0;
-  for (size_t i = 0; i < L->nitems; i++) {
-    const kd_ast *it = L->items[i];
-    if (it->kind == KD_AST_TRAIN && !want)
-      for (size_t j = 0; j < it->items.n; j++) {
-        const kd_ast *s = it->items.v[j];
-        if (!strcmp(s->name, "objective") && s->a && s->a->kind == KD_AST_NAME) want = s->a->name;
-      }
-  }
-  for (size_t i = 0; i < L->nitems; i++) {
-    const kd_ast *it = L->items[i];
-    if (it->kind != KD_AST_OBJECTIVE) continue;
-    count++;
-    if (want ? it->name && !strcmp(it->name, want) : !found) found = it;
-  }
+  const kd_symbol *found = NULL;
   kd_loc none = {0};
-  if (!found && want) kd_fail_at(L, none, "no objective named '%s'", want);
-  else if (!found) kd_fail_at(L, none, "the spec has no objective");
-  else if (!want && count > 1)
-    kd_fail_at(L, found->loc, "several objectives: name one (a train block's `objective`)");
-  return L->failed ? NULL : found;
-}
-
-static const char *kd_student_name(const kd_lowering *L) {
-  for (size_t i = 0; i < L->nitems; i++)
-    if (L->items[i]->kind == KD_AST_TRAIN && L->items[i]->name) return L->items[i]->name;
-  return "student";
+  if (want) {
+    found = kd_program_lookup(L->prog, want);
+    if (!found || found->kind != KD_SYM_OBJECTIVE)
+      kd_fail_at(L, none, "no objective named '%s'", want);
+  } else if (train && train->train.objective) {
+    found = train->train.objective;
+  } else {
+    for (size_t i = 0; i < kd_program_nsymbols(L->prog) && !L->failed; i++) {
+      const kd_symbol *s = kd_program_symbol(L->prog, i);
+      if (s->kind != KD_SYM_OBJECTIVE) continue;
+      if (found) kd_fail_at(L, s->node->loc, "several objectives: name the one to lower");
+      found = s;
+    }
+    if (!found) kd_fail_at(L, none, "the spec has no objective");
+  }
+  L->student_sym = train ? train->train.instance : NULL;
+  return L->failed ? NULL : found->node;
 }
 
 /* A reserved binding's string value ("mean", "pad"), checked against `allowed`
@@ -548,20 +542,12 @@ kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag 
   if (!info) info = &scratch;
   *info = (kd_lower_info){.ignore_index = -100};
   *out = NULL;
-  kd_lowering L = {.opt = opt ? opt : &defaults, .diag = diag,
-                .teacher = KD_NONE, .student = KD_NONE, .labels = KD_NONE};
-  L.nitems = kd_program_nsymbols(prog);
-  L.items = malloc((L.nitems + 1) * sizeof *L.items);
+  kd_lowering L = {.prog = prog, .opt = opt ? opt : &defaults, .diag = diag,
+                   .teacher = KD_NONE, .student = KD_NONE, .labels = KD_NONE};
   L.g = kd_graph_new();
-  if (!L.items || !L.g) {
-    free(L.items);
-    kd_graph_free(L.g);
-    return KD_ERR_NOMEM;
-  }
-  for (size_t i = 0; i < L.nitems; i++) L.items[i] = kd_program_symbol(prog, i)->node;
+  if (!L.g) return KD_ERR_NOMEM;
   L.N = kd_graph_sym(L.g, "N");
   L.V = kd_graph_sym(L.g, "V");
-  L.student_name = kd_student_name(&L);
   /* The gradient is taken with respect to the student, so it is always an
    * input, even for a loss that does not read it. */
   kd_logits_input(&L, false);
@@ -572,7 +558,6 @@ kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag 
     kd_fail_at(&L, obj->loc, "internal error: the lowered graph is invalid: %s", err);
     st = KD_ERR_SEMANTIC;
   }
-  free(L.items);
   if (st != KD_OK) {
     kd_graph_free(L.g);
     return st;
