@@ -575,6 +575,8 @@ static void describe_expected(const kd_parser *ps, yysymbol_kind_t s,
   int k = 0;
   for (int i = 0; i < n; i++) {
     if (is_operator(exp[i]) || exp[i] == sym(';')) continue;
+    /* After a name in arguments, `name = value` is possible but unlikely meant. */
+    if (exp[i] == sym('=') && has(exp, n, sym(','))) continue;
     if (k == 5) return;
     keep[k++] = exp[i];
   }
@@ -604,6 +606,34 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, yyscan_t scanner, kd_p
 
 /* ---- the entry point -------------------------------------------------------- */
 
+/* The text as the scanner reads it. flex takes a NUL for the end of its
+ * buffer and, on one inside it, rescans the token so far: a long token full
+ * of NULs would take quadratic time. So NUL bytes are reported here, one
+ * error per run, and become spaces; the scanner never sees one except the two
+ * that end its buffer. */
+static char *scanner_text(kd_parser *ps) {
+  const kd_source *src = ps->src;
+  char *text = malloc(src->len + 2);
+  if (!text) return NULL;
+  memcpy(text, src->text, src->len);
+  text[src->len] = text[src->len + 1] = '\0';
+  int line = 1;
+  size_t bol = 0;
+  for (size_t i = 0; i < src->len; i++) {
+    if (text[i] == '\n') {
+      line++;
+      bol = i + 1;
+    } else if (text[i] == '\0') {
+      size_t j = i;
+      while (j < src->len && text[j] == '\0') text[j++] = ' ';
+      kd_loc loc = {src, line, (int)(i - bol) + 1, line, (int)(j - bol) + 1};
+      kd_parser_error(ps, loc, "stray byte 0x00 in program");
+      i = j - 1;
+    }
+  }
+  return text;
+}
+
 kd_status kd_parse(const kd_source *src, kd_diag *diag, kd_ast **out) {
   *out = NULL;
   if (src->len > INT_MAX) return KD_ERR_INVALID; /* yy_scan_bytes takes an int */
@@ -616,9 +646,9 @@ kd_status kd_parse(const kd_source *src, kd_diag *diag, kd_ast **out) {
 
   yyscan_t scanner;
   kd_status st = KD_ERR_NOMEM;
-  if (kd_yylex_init_extra(ps, &scanner) == 0) {
-    /* Copies the text: flex needs two NULs at the end of its buffer. */
-    YY_BUFFER_STATE buf = kd_yy_scan_bytes(src->text, (int)src->len, scanner);
+  char *text = scanner_text(ps);
+  if (text && kd_yylex_init_extra(ps, &scanner) == 0) {
+    YY_BUFFER_STATE buf = kd_yy_scan_buffer(text, src->len + 2, scanner);
     int rc = buf ? kd_yyparse(scanner, ps) : 2;
     if (buf) kd_yy_delete_buffer(buf, scanner);
     kd_yylex_destroy(scanner);
@@ -635,6 +665,7 @@ kd_status kd_parse(const kd_source *src, kd_diag *diag, kd_ast **out) {
     for (size_t i = 0; i < ps->ncomments; i++) free(ps->comments[i].text);
     free(ps->comments);
   }
+  free(text);
   free(ps);
   return st;
 }
