@@ -4,17 +4,6 @@
 #include <assert.h>
 #include <string.h>
 
-static const char *const kind_names[KD_KIND_COUNT] = {
-  [KD_KIND_ERROR] = "error",         [KD_KIND_INTEGER] = "integer",
-  [KD_KIND_NUMBER] = "number",       [KD_KIND_STRING] = "string",
-  [KD_KIND_IDS] = "token ids",       [KD_KIND_SCALAR] = "per-token scalar",
-  [KD_KIND_TENSOR] = "tensor",       [KD_KIND_DIST] = "distribution",
-  [KD_KIND_HIDDEN] = "activations",  [KD_KIND_DATA] = "data block",
-  [KD_KIND_MODEL] = "model",         [KD_KIND_INSTANCE] = "model instance",
-  [KD_KIND_DIVERGENCE] = "divergence", [KD_KIND_OBJECTIVE] = "objective",
-  [KD_KIND_BUILTIN] = "builtin",
-};
-
 static const char *const kind_phrases[KD_KIND_COUNT] = {
   [KD_KIND_ERROR] = "an erroneous expression",
   [KD_KIND_INTEGER] = "an integer",
@@ -32,10 +21,6 @@ static const char *const kind_phrases[KD_KIND_COUNT] = {
   [KD_KIND_OBJECTIVE] = "an objective",
   [KD_KIND_BUILTIN] = "a builtin function",
 };
-
-const char *kd_kind_name(kd_kind k) {
-  return k >= 0 && k < KD_KIND_COUNT ? kind_names[k] : "?";
-}
 
 const char *kd_kind_phrase(kd_kind k) {
   return k >= 0 && k < KD_KIND_COUNT ? kind_phrases[k] : "?";
@@ -144,11 +129,6 @@ int kd_builtin_nnamed(const kd_builtin *b) {
   return n;
 }
 
-const kd_named_param *kd_builtin_param(const kd_builtin *b, const char *name) {
-  for (int i = 0; i < kd_builtin_nnamed(b); i++)
-    if (!strcmp(b->named[i].name, name)) return &b->named[i];
-  return NULL;
-}
 
 /* ---- settings ------------------------------------------------------------ */
 

@@ -42,8 +42,6 @@ typedef enum kd_kind {
 
 /* "a distribution", "a model definition", ... for messages. */
 const char *kd_kind_phrase(kd_kind k);
-/* "number", "distribution", ... */
-const char *kd_kind_name(kd_kind k);
 
 /* Where a builtin may be used. */
 enum {
@@ -117,8 +115,7 @@ extern const kd_builtin kd_builtins[KD_BUILTIN_COUNT];
 
 /* By name and class (KD_BI_CLASS_COUNT: any class); NULL when unknown. */
 const kd_builtin *kd_builtin_find(const char *name, kd_builtin_class cls);
-/* The named parameter `name` of b, or NULL. */
-const kd_named_param *kd_builtin_param(const kd_builtin *b, const char *name);
+/* How many named parameters b has. */
 int kd_builtin_nnamed(const kd_builtin *b);
 
 /* ---- block settings ---------------------------------------------------- */

@@ -222,7 +222,32 @@ static void test_statuses(void) {
   fclose(sink);
 }
 
-int main(void) {
+/* docs/language.md is the reference: every builtin and every setting of the
+ * table must appear in it, written as code (`name`, `name(` or `name =`). */
+static void test_docs(const char *path) {
+  FILE *f = fopen(path, "rb");
+  CHECK(f != NULL);
+  if (!f) return;
+  static char doc[1 << 17];
+  size_t n = fread(doc, 1, sizeof doc - 1, f);
+  fclose(f);
+  doc[n] = 0;
+  char want[3][64];
+  for (int i = 0; i < KD_BUILTIN_COUNT + (int)kd_nsettings; i++) {
+    const char *name = i < KD_BUILTIN_COUNT ? kd_builtins[i].name
+                                            : kd_settings[i - KD_BUILTIN_COUNT].key;
+    snprintf(want[0], sizeof want[0], "`%s`", name);
+    snprintf(want[1], sizeof want[1], "`%s(", name);
+    snprintf(want[2], sizeof want[2], "`%s ", name);
+    if (!strstr(doc, want[0]) && !strstr(doc, want[1]) && !strstr(doc, want[2])) {
+      fprintf(stderr, "FAIL: %s does not document '%s'\n", path, name);
+      failures++;
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1) test_docs(argv[1]);
   if (!mkdtemp(dir)) {
     perror("mkdtemp");
     return 1;
