@@ -263,6 +263,15 @@ static double d_hellinger(const row_ctx *r, const double *prm) {
   return 0.5 * a;
 }
 
+/* tests/cli/specs/clipped.kd: sum(p * min(c, log p - log q)) at c = 1.5 plus
+ * a quarter of the student's negative entropy. */
+static double d_clipped(const row_ctx *r, const double *prm) {
+  double a = 0;
+  for (int i = 0; i < r->v; i++)
+    a += r->p[i] * fmin(1.5, r->lp[i] - r->lq[i]) + 0.25 * r->q[i] * r->lq[i];
+  return a;
+}
+
 /* -log softmax(s)[label], at T = 1 */
 static double d_ce(const row_ctx *r, const double *prm) {
   double p[VMAX], lp[VMAX];
@@ -444,6 +453,9 @@ static void test_custom_and_mix(void) {
   pb.labels = true, pb.sum = true, pb.ignore = -1;
   pb.y[2] = -1, pb.y[4] = -1;
   check_spec("fkl + ce mix, sum", path_in(specs, "mix.kd"), &pb, d_mix, NULL, 2);
+  make_problem(&pb, 4, 10, 1.0);
+  check_spec("user divergence with a data-dependent where", path_in(specs, "clipped.kd"), &pb,
+             d_clipped, NULL, 1);
   make_problem(&pb, 3, 12, 1.0);
   check_spec("abkd at alpha = 1, beta = 0", path_in(specs, "abkd_limits.kd"), &pb, d_fkl, NULL,
              0);
@@ -583,12 +595,18 @@ static void test_minus_inf(void) {
              (double[]){0.5}, 1);
 }
 
-/* vocab_align = "pad": a teacher with 5 fewer tokens than the student. */
+/* vocab_align = "pad": a teacher with 5 fewer tokens than the student
+ * (padded with -inf logits: probability 0). */
 static void test_pad(void) {
   problem pb;
   make_problem(&pb, 3, 13, 1.0);
   pb.vt = 8;
   check_spec("vocab_align pad", path_in(specs, "pad.kd"), &pb, d_fkl, NULL, 1);
+  /* "truncate": a teacher with 4 more tokens, which the loss never sees. */
+  make_problem(&pb, 3, 9, 1.0);
+  pb.vt = 13;
+  check_spec("vocab_align truncate", path_in(specs, "truncate.kd"), &pb, d_jsd, (double[]){0.3},
+             1);
 }
 
 /* ---- bad inputs and usage ------------------------------------------------------ */
