@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "commands.h"
 #include "loss.h"
@@ -28,6 +29,7 @@ typedef struct eval_args {
   const char *spec, *teacher, *student, *labels, *grad_out;
   int threads;    /* 0: every CPU */
   bool reference; /* run the double-precision reference executor */
+  bool time;      /* print how long each phase took */
 } eval_args;
 
 static void eval_usage(FILE *out) {
@@ -47,6 +49,8 @@ static void eval_usage(FILE *out) {
           "  --grad-out FILE  write d loss / d student logits there, float32 [N, V]\n"
           "  --threads N      worker threads for the compiled kernel (default: every CPU)\n"
           "  --reference      run the double-precision reference executor instead\n"
+          "  --time           print the time of each phase to stderr, and the kernel's\n"
+          "                   effective bandwidth (3 x N x V x 4 bytes / time)\n"
           "  -h, --help       print this help\n"
           "\n"
           "exit status: 0 success, 1 a bad spec or bad input data, 2 a usage error.\n");
@@ -87,6 +91,8 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       a->threads = (int)n;
     } else if (!strcmp(s, "--reference")) {
       a->reference = true;
+    } else if (!strcmp(s, "--time")) {
+      a->time = true;
     } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
       eval_usage(stdout);
       return -1;
@@ -280,7 +286,14 @@ typedef struct eval_io {
   int64_t n, v;
   float *grad;
   double loss;
+  double t_compile, t_run; /* seconds */
 } eval_io;
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* The reference executor, in double. */
 static int run_reference(const kd_graph *g, eval_io *io) {
@@ -295,7 +308,10 @@ static int run_reference(const kd_graph *g, eval_io *io) {
   kd_ref_value *out = calloc(nout ? nout : 1, sizeof *out);
   if (!out) return input_error("out of memory");
   char err[512];
-  if (kd_ref_exec(g, in, nin, out, err, sizeof err) != KD_OK) {
+  double t0 = now();
+  kd_status st = kd_ref_exec(g, in, nin, out, err, sizeof err);
+  io->t_run = now() - t0;
+  if (st != KD_OK) {
     free(out);
     fprintf(stderr, CMD ": the reference executor failed: %s\n", err);
     return KDC_EXIT_USER;
@@ -316,7 +332,9 @@ static int run_reference(const kd_graph *g, eval_io *io) {
 static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
   char err[512];
   kd_loss *l = NULL;
+  double t0 = now();
   kd_status st = kd_loss_compile(g, NULL, &l, err, sizeof err);
+  io->t_compile = now() - t0;
   if (st == KD_ERR_UNSUPPORTED) {
     fprintf(stderr, CMD ": warning: no fused kernel for this loss (%s); running the reference "
             "executor\n", err);
@@ -333,7 +351,9 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
                       .student = io->s->data, .student_dtype = io->s->dtype,
                       .labels = io->labels->data, .N = io->n, .V = io->v,
                       .grad = io->grad, .loss = &io->loss};
+    t0 = now();
     st = kd_loss_eval(l, &lio, pool, err, sizeof err);
+    io->t_run = now() - t0;
     kd_pool_free(pool);
   } else {
     snprintf(err, sizeof err, "cannot start %d threads", threads);
@@ -369,12 +389,15 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
 
   kd_array t = {0}, s = {0}, labels = {0}, grad = {0};
   kd_graph *g = NULL;
+  double t_start = now(), t_read = 0, t_passes = 0, t_write = 0;
   if ((rc = read_array(args.student, &s)) || (rc = check_logits("student", args.student, &s)))
     goto done;
   if (args.teacher &&
       ((rc = read_array(args.teacher, &t)) || (rc = check_logits("teacher", args.teacher, &t))))
     goto done;
   if (args.labels && (rc = read_array(args.labels, &labels))) goto done;
+
+  t_read = now() - t_start;
 
   kd_lower_options opt = {.teacher_dtype = args.teacher ? t.dtype : KD_F32,
                           .student_dtype = s.dtype,
@@ -396,6 +419,7 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
                       (rc = widen_labels(&labels))))
     goto done;
   if ((rc = kdc_run_pipeline(CMD, &g, NULL))) goto done;
+  t_passes = now() - t_start - t_read;
   int64_t shape[2] = {io.n, io.v};
   if (kd_array_alloc(&grad, KD_F32, 2, shape) != KD_OK) {
     rc = input_error("out of memory");
@@ -407,7 +431,16 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   rc = reference ? run_reference(g, &io) : run_compiled(g, &io, args.threads);
   if (rc) goto done;
   printf("loss: %.9g\n", io.loss);
+  double t0 = now();
   if (args.grad_out) rc = write_grad(args.grad_out, &io, vs);
+  t_write = now() - t0;
+  if (args.time) {
+    double bytes = 3.0 * (double)io.n * (double)io.v * 4;
+    fprintf(stderr,
+            "time: read and check %.3f s, lower and passes %.3f s, compile %.3f s, "
+            "run %.4f s (%.1f GB/s), write %.3f s\n",
+            t_read, t_passes, io.t_compile, io.t_run, bytes / io.t_run * 1e-9, t_write);
+  }
 done:
   kd_graph_free(g);
   kd_array_free(&t);
