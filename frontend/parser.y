@@ -532,16 +532,15 @@ static const char *block_contents(const char *keyword) {
 static void describe_expected(const kd_parser *ps, yysymbol_kind_t s,
                               const yysymbol_kind_t *exp, int n, char *buf, size_t len) {
   const kd_open *open = ps->nopen > 0 ? &ps->open[ps->nopen - 1] : NULL;
-  /* The end of the file, a new top-level item or a '}' where a bracket is
-   * still open: the bracket was never closed. */
-  bool abrupt = s == YYSYMBOL_YYEOF || is_top_keyword(s) || s == sym('}');
-  if (open && open->bracket == '{' && has(exp, n, sym('}')) && abrupt && s != sym('}')) {
+  /* The end of the file with a bracket open. (A top-level keyword or a '}'
+   * inside brackets never gets here: the scanner reports those itself.) */
+  if (s == YYSYMBOL_YYEOF && open && open->bracket == '{' && has(exp, n, sym('}'))) {
     snprintf(buf, len, "expected '}' to close the %s%sblock opened at %d:%d",
              open->keyword ? open->keyword : "", open->keyword ? " " : "",
              open->loc.first_line, open->loc.first_column);
     return;
   }
-  if (open && open->bracket == '(' && has(exp, n, sym(')')) && abrupt) {
+  if (s == YYSYMBOL_YYEOF && open && open->bracket == '(' && has(exp, n, sym(')'))) {
     snprintf(buf, len, "expected ')' to close the '(' opened at %d:%d", open->loc.first_line,
              open->loc.first_column);
     return;
