@@ -358,8 +358,7 @@ static kd_lval kd_lower_call(kd_lowering *L, const kd_scope *scope, const kd_ast
     kd_lval y = kd_lower_arg(L, scope, e, 1);
     if (L->failed) return y;
     if (y.kind != KD_LV_NODE || y.id != L->labels)
-      return kd_fail_at(L, kd_arg(e, 1)->loc, "cross_entropy's second argument must be %s",
-                        "labels");
+      return kd_fail_at(L, kd_arg(e, 1)->loc, "cross_entropy's second argument must be labels");
     return kd_cross_entropy(L, a.id, y.id);
   }
   default:

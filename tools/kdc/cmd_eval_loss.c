@@ -111,8 +111,17 @@ static int parse_args(int argc, char **argv, eval_args *a) {
 
 /* ---- inputs ---------------------------------------------------------------- */
 
-static int input_error(const char *msg) {
-  fprintf(stderr, CMD ": %s\n", msg);
+/* A bad input: the message, and exit status 1. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static int input_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, CMD ": ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
   return KDC_EXIT_USER;
 }
 
@@ -121,14 +130,13 @@ static int read_safetensors(const char *spec, const char *colon, kd_array *a) {
   char path[4096], err[512];
   snprintf(path, sizeof path, "%.*s", (int)(colon - spec), spec);
   kd_safetensors *st = NULL;
-  if (kd_st_open(path, &st, err, sizeof err) != KD_OK) return input_error(err);
+  if (kd_st_open(path, &st, err, sizeof err) != KD_OK) return input_error("%s", err);
   const kd_st_tensor *t = kd_st_find(st, colon + 1);
   int rc = KDC_EXIT_OK;
   if (!t) {
-    fprintf(stderr, CMD ": %s: no tensor named '%s'\n", path, colon + 1);
-    rc = KDC_EXIT_USER;
+    rc = input_error("%s: no tensor named '%s'", path, colon + 1);
   } else if (kd_st_to_array(t, a, err, sizeof err) != KD_OK) {
-    rc = input_error(err);
+    rc = input_error("%s", err);
   }
   kd_st_close(st);
   return rc;
@@ -139,7 +147,7 @@ static int read_array(const char *spec, kd_array *a) {
   const char *ext = strstr(spec, ".safetensors:");
   if (ext) return read_safetensors(spec, ext + strlen(".safetensors"), a);
   char err[512];
-  if (kd_npy_read(spec, a, err, sizeof err) != KD_OK) return input_error(err);
+  if (kd_npy_read(spec, a, err, sizeof err) != KD_OK) return input_error("%s", err);
   return KDC_EXIT_OK;
 }
 
@@ -151,37 +159,23 @@ static double logit_at(const kd_array *a, int64_t i) {
 /* Logits: float32 or bf16, [N, V] with V > 0, no NaN and no +inf; -inf is a
  * token the model rules out, allowed unless it fills a row (no softmax). */
 static int check_logits(const char *what, const char *path, const kd_array *a) {
-  char msg[512];
-  if (a->dtype != KD_F32 && a->dtype != KD_BF16) {
-    snprintf(msg, sizeof msg, "%s: %s logits must be float32 or bfloat16 (as uint16), not %s",
-             path, what, kd_dtype_name(a->dtype));
-    return input_error(msg);
-  }
-  if (a->rank != 2) {
-    snprintf(msg, sizeof msg, "%s: %s logits must be a 2-d array [N, V], not %d-d", path, what,
-             a->rank);
-    return input_error(msg);
-  }
-  if (a->shape[1] == 0) {
-    snprintf(msg, sizeof msg, "%s: %s logits have an empty vocabulary", path, what);
-    return input_error(msg);
-  }
+  if (a->dtype != KD_F32 && a->dtype != KD_BF16)
+    return input_error("%s: %s logits must be float32 or bfloat16 (as uint16), not %s", path, what,
+                       kd_dtype_name(a->dtype));
+  if (a->rank != 2)
+    return input_error("%s: %s logits must be a 2-d array [N, V], not %d-d", path, what, a->rank);
+  if (a->shape[1] == 0) return input_error("%s: %s logits have an empty vocabulary", path, what);
   for (int64_t r = 0; r < a->shape[0]; r++) {
     bool possible = false; /* some token of the row has a finite logit */
     for (int64_t c = 0; c < a->shape[1]; c++) {
       double x = logit_at(a, r * a->shape[1] + c);
-      if (isnan(x) || x == INFINITY) {
-        snprintf(msg, sizeof msg, "%s: %s logits hold %s at row %lld, column %lld", path, what,
-                 isnan(x) ? "NaN" : "+inf", (long long)r, (long long)c);
-        return input_error(msg);
-      }
+      if (isnan(x) || x == INFINITY)
+        return input_error("%s: %s logits hold %s at row %lld, column %lld", path, what,
+                           isnan(x) ? "NaN" : "+inf", (long long)r, (long long)c);
       possible |= x != -INFINITY;
     }
-    if (!possible) {
-      snprintf(msg, sizeof msg, "%s: %s logits are -inf everywhere in row %lld", path, what,
-               (long long)r);
-      return input_error(msg);
-    }
+    if (!possible)
+      return input_error("%s: %s logits are -inf everywhere in row %lld", path, what, (long long)r);
   }
   return KDC_EXIT_OK;
 }
@@ -193,27 +187,19 @@ static int64_t label_at(const kd_array *a, int64_t i) {
 /* Labels: int32 or int64, [N] (or [N, 1]), each in [0, V) or ignore_index. */
 static int check_labels(const char *path, const kd_array *a, int64_t n, int64_t v,
                         long long ignore) {
-  char msg[512];
-  if (a->dtype != KD_I32 && a->dtype != KD_I64) {
-    snprintf(msg, sizeof msg, "%s: labels must be int32 or int64, not %s", path,
-             kd_dtype_name(a->dtype));
-    return input_error(msg);
-  }
+  if (a->dtype != KD_I32 && a->dtype != KD_I64)
+    return input_error("%s: labels must be int32 or int64, not %s", path, kd_dtype_name(a->dtype));
   bool ok = (a->rank == 1 || (a->rank == 2 && a->shape[1] == 1)) && a->shape[0] == n;
-  if (!ok) {
-    snprintf(msg, sizeof msg, "%s: labels must be a 1-d array of %lld entries (one per row)",
-             path, (long long)n);
-    return input_error(msg);
-  }
+  if (!ok)
+    return input_error("%s: labels must be a 1-d array of %lld entries (one per row)", path,
+                       (long long)n);
   for (int64_t i = 0; i < n; i++) {
     int64_t y = label_at(a, i);
-    if (y != ignore && (y < 0 || y >= v)) {
-      snprintf(msg, sizeof msg,
-               "%s: label %lld at row %lld is outside the vocabulary [0, %lld) and is not "
-               "ignore_index (%lld)",
-               path, (long long)y, (long long)i, (long long)v, ignore);
-      return input_error(msg);
-    }
+    if (y != ignore && (y < 0 || y >= v))
+      return input_error(
+          "%s: label %lld at row %lld is outside the vocabulary [0, %lld) and is not "
+          "ignore_index (%lld)",
+          path, (long long)y, (long long)i, (long long)v, ignore);
   }
   return KDC_EXIT_OK;
 }
@@ -224,16 +210,17 @@ static int resize_vocab(kd_array *a, int64_t v) {
   if (a->shape[1] == v) return KDC_EXIT_OK;
   kd_array b;
   int64_t shape[2] = {a->shape[0], v};
-  if (kd_array_alloc_uninit(&b, a->dtype, 2, shape) != KD_OK)
-    return input_error("out of memory");
+  if (kd_array_alloc_uninit(&b, a->dtype, 2, shape) != KD_OK) return input_error("out of memory");
   size_t es = kd_dtype_size(a->dtype);
   int64_t keep = a->shape[1] < v ? a->shape[1] : v;
   for (int64_t r = 0; r < a->shape[0]; r++) {
     char *dst = (char *)b.data + (size_t)(r * v) * es;
     memcpy(dst, (char *)a->data + (size_t)(r * a->shape[1]) * es, (size_t)keep * es);
     for (int64_t c = keep; c < v; c++) {
-      if (a->dtype == KD_BF16) ((uint16_t *)dst)[c] = kd_f32_to_bf16(-INFINITY);
-      else ((float *)dst)[c] = -INFINITY;
+      if (a->dtype == KD_BF16)
+        ((uint16_t *)dst)[c] = kd_f32_to_bf16(-INFINITY);
+      else
+        ((float *)dst)[c] = -INFINITY;
     }
   }
   kd_array_free(a);
@@ -244,23 +231,17 @@ static int resize_vocab(kd_array *a, int64_t v) {
 /* Makes teacher and student agree on V as the objective's vocab_align says. */
 static int align_vocab(const eval_args *args, kd_vocab_align how, kd_array *t, kd_array *s) {
   int64_t vt = t->shape[1], vs = s->shape[1];
-  if (t->shape[0] != s->shape[0]) {
-    char msg[512];
-    snprintf(msg, sizeof msg,
-             "teacher and student disagree on the number of rows: %lld (%s) and %lld (%s)",
-             (long long)t->shape[0], args->teacher, (long long)s->shape[0], args->student);
-    return input_error(msg);
-  }
+  if (t->shape[0] != s->shape[0])
+    return input_error(
+        "teacher and student disagree on the number of rows: %lld (%s) and %lld (%s)",
+        (long long)t->shape[0], args->teacher, (long long)s->shape[0], args->student);
   if (vt == vs) return KDC_EXIT_OK;
-  if (how == KD_ALIGN_ERROR) {
-    char msg[512];
-    snprintf(msg, sizeof msg,
-             "vocabulary mismatch: the teacher's logits have %lld entries per row, the "
-             "student's %lld (to align them, set vocab_align = \"pad\" or \"truncate\" in "
-             "the objective)",
-             (long long)vt, (long long)vs);
-    return input_error(msg);
-  }
+  if (how == KD_ALIGN_ERROR)
+    return input_error(
+        "vocabulary mismatch: the teacher's logits have %lld entries per row, the "
+        "student's %lld (to align them, set vocab_align = \"pad\" or \"truncate\" in "
+        "the objective)",
+        (long long)vt, (long long)vs);
   int64_t v = how == KD_ALIGN_PAD ? (vt > vs ? vt : vs) : (vt < vs ? vt : vs);
   int rc = resize_vocab(t, v);
   return rc ? rc : resize_vocab(s, v);
@@ -379,7 +360,7 @@ static int write_grad(const char *path, const eval_io *io, int64_t vs) {
   char err[512];
   kd_status st = kd_npy_write(path, &out, err, sizeof err);
   kd_array_free(&out);
-  return st == KD_OK ? KDC_EXIT_OK : input_error(err);
+  return st == KD_OK ? KDC_EXIT_OK : input_error("%s", err);
 }
 
 int kdc_cmd_eval_loss(int argc, char **argv) {
