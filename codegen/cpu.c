@@ -39,7 +39,8 @@ typedef struct emitter {
   const kd_graph *g;
   size_t n;
   int W;
-  int nontemporal;
+  int nontemporal; /* gradient stores bypass the caches */
+  int aligned;     /* in a main loop whose gradient stores are vector-aligned */
   const char *name;
   kd_status st;
   char *err;
@@ -385,6 +386,16 @@ static LLVMValueRef shift_by_scalar(emitter *e, kd_node_id id) {
   return LLVMBuildFSub(e->b, LLVMBuildFSub(e->b, vh, x, ""), vl, ""); /* c - x */
 }
 
+/* exp(a - lse(a)) or exp(a - max(a)): the argument is <= 0 up to rounding,
+ * so the cheaper exp applies. */
+static int is_softmax_exp(const emitter *e, const kd_node *n) {
+  if (n->op != KD_IR_EXP || class_of(n->dtype) != CL_F) return 0;
+  const kd_node *d = gnode(e, n->src[0]);
+  if (d->op != KD_IR_SUB || fnode(e, d->src[1])->role != KD_ROLE_ROWRED) return 0;
+  const kd_node *r = gnode(e, d->src[1]);
+  return (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == d->src[0];
+}
+
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->vval[id]) return e->vval[id];
   const kd_fuse_node *f = fnode(e, id);
@@ -399,6 +410,8 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
     return e->vval[id] = load_logits(e, id);
   }
   if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
+  if (is_softmax_exp(e, n))
+    return e->vval[id] = kd_emit_exp_nonpos(e->b, elem_value(e, n->src[0]));
   LLVMValueRef shifted = shift_by_scalar(e, id);
   if (shifted) return e->vval[id] = shifted;
   LLVMValueRef v[KD_MAX_SRC] = {0};
@@ -507,7 +520,7 @@ static void rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef m, LLV
   LLVMBuildCondBr(e->b, any, bscale, bjoin);
   LLVMPositionBuilderAtEnd(e->b, bscale);
   /* lanes that did not grow get exp(0) = 1 */
-  LLVMValueRef sc = kd_emit_exp(e->b, LLVMBuildFSub(e->b, m, m_new, ""));
+  LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, m, m_new, ""));
   LLVMValueRef scaled[MAX_STATE];
   for (int r = 0; r < pl->nr; r++)
     if (pl->rgroup[r] == gi) scaled[r] = LLVMBuildFMul(e->b, acc[r], sc, "");
@@ -533,8 +546,8 @@ static void store_output(emitter *e, kd_node_id id) {
     return;
   }
   LLVMValueRef st = LLVMBuildStore(e->b, v, p);
-  LLVMSetAlignment(st, 4);
-  if (e->nontemporal) {
+  LLVMSetAlignment(st, e->aligned ? (unsigned)e->W * 4 : 4);
+  if (e->aligned) {
     LLVMMetadataRef one = LLVMValueAsMetadata(LLVMConstInt(e->i32, 1, 0));
     LLVMSetMetadata(st, LLVMGetMDKindIDInContext(e->C, "nontemporal", 11),
                     LLVMMetadataAsValue(e->C, LLVMMDNodeInContext2(e->C, &one, 1)));
@@ -550,12 +563,13 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int gi = 0; gi < pl->ng; gi++) {
     LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
                                        class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
-    LLVMValueRef m_new = minmax(e, "llvm.maxnum", m[gi], x);
+    /* x > m ? x : m: one max instruction (maxnum's NaN rule costs three) */
+    LLVMValueRef m_new = LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, x, m[gi], ""), x, m[gi], "");
     if (pl->gexp[gi]) rescale(e, pl, gi, m[gi], m_new, acc);
     m[gi] = m_new;
     if (!pl->gexp[gi]) continue;
-    /* x = -inf (masked lanes, -inf logits) gives exactly 0 */
-    LLVMValueRef w = kd_emit_exp(e->b, LLVMBuildFSub(e->b, x, m_new, ""));
+    /* x - m_new <= 0; x = -inf (masked lanes, -inf logits) gives exactly 0 */
+    LLVMValueRef w = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, x, m_new, ""));
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi || gnode(e, pl->red[r])->op == KD_IR_RMAX) continue;
       LLVMValueRef c = fnode(e, pl->red[r])->role == KD_ROLE_FOLDED ? fold_contrib(e, pl->red[r], w) : w;
@@ -597,7 +611,7 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
       LLVMValueRef empty = LLVMBuildFCmp(e->b, LLVMRealOLE, gmaxd[gi], LLVMConstReal(e->f64, -FLT_MAX), "");
       v = LLVMBuildSelect(e->b, empty, LLVMConstReal(e->f64, -INFINITY), gmaxd[gi], "");
     } else {
-      LLVMValueRef sc = kd_emit_exp(e->b, LLVMBuildFSub(e->b, m[gi], splat(e, gmax[gi]), ""));
+      LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, m[gi], splat(e, gmax[gi]), ""));
       LLVMValueRef total = hsum(e, LLVMBuildFMul(e->b, acc[r], sc, ""));
       if (n->op == KD_IR_LSE) {
         v = LLVMBuildFAdd(e->b, gmaxd[gi], intrinsic1(e, "llvm.log", total), "");
@@ -623,11 +637,33 @@ static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlo
   return p;
 }
 
-/*   pre:   br nmain > 0, body, after
- *   body:  j, state = phi; emit_body; br j + W < nmain, body, after
- *   after: state = phi; br nmain < V, tail, fin
- *   tail:  emit_body under mask; br fin
- *   fin:   state = phi; finalize */
+/* The columns [j, limit), fewer than W, as one vector under a mask, when
+ * there are any; the state flows through phis either way. */
+static void masked_step(emitter *e, const pass_plan *pl, LLVMValueRef *st, LLVMValueRef j,
+                        LLVMValueRef limit) {
+  int ns = pl->ng + pl->nr;
+  LLVMBasicBlockRef from = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef bb = block(e, "masked"), join = block(e, "masked.done");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, j, limit, ""), bb, join);
+  LLVMPositionBuilderAtEnd(e->b, bb);
+  LLVMValueRef in[MAX_STATE];
+  memcpy(in, st, (size_t)ns * sizeof *st);
+  e->j = j;
+  e->mask = LLVMBuildICmp(e->b, LLVMIntSLT, lane_index(e), splat(e, limit), "mask");
+  emit_body(e, pl, st);
+  e->mask = NULL;
+  LLVMBasicBlockRef end = LLVMGetInsertBlock(e->b);
+  LLVMBuildBr(e->b, join);
+  LLVMPositionBuilderAtEnd(e->b, join);
+  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, in[i], from, st[i], end);
+}
+
+/* One pass over the row:
+ *   [head:  masked vector up to the gradient row's alignment (non-temporal only)]
+ *   body:   j, state = phi; emit_body; br j + W < jend, body, after
+ *   after:  state = phi
+ *   tail:   masked vector for the last V mod W columns
+ *   then the lanes are finalised into row scalars. */
 static void emit_pass(emitter *e, int pass) {
   pass_plan pl;
   plan_pass(e, pass, &pl);
@@ -648,48 +684,53 @@ static void emit_pass(emitter *e, int pass) {
   free(seen);
 
   int ns = pl.ng + pl.nr;
-  LLVMValueRef init[MAX_STATE], st[MAX_STATE], after[MAX_STATE], phis[MAX_STATE];
+  LLVMValueRef st[MAX_STATE], phis[MAX_STATE];
   for (int i = 0; i < ns; i++)
-    init[i] = i < pl.ng ? kd_ir_fconst(e->vf, -FLT_MAX) : LLVMConstNull(e->vf);
+    st[i] = i < pl.ng ? kd_ir_fconst(e->vf, -FLT_MAX) : LLVMConstNull(e->vf);
 
-  LLVMValueRef Wc = i64c(e, e->W);
-  LLVMValueRef nmain = LLVMBuildAnd(e->b, e->V, i64c(e, -(long long)e->W), "nmain");
+  /* With non-temporal gradient stores the main loop starts where the
+   * gradient row is aligned to a whole vector (W * 4 bytes): an unaligned
+   * non-temporal store would be split into 8-byte pieces. */
+  LLVMValueRef j0 = i64c(e, 0);
+  e->aligned = e->nontemporal && pl.nstore > 0;
+  if (e->aligned) {
+    LLVMValueRef off = LLVMBuildMul(e->b, e->row, e->V, "");
+    LLVMValueRef addr = LLVMBuildPtrToInt(e->b, LLVMBuildGEP2(e->b, e->f32, e->ptr_grad, &off, 1, ""), e->i64, "");
+    LLVMValueRef mis = LLVMBuildAnd(e->b, LLVMBuildLShr(e->b, addr, i64c(e, 2), ""), i64c(e, e->W - 1), "");
+    LLVMValueRef head = LLVMBuildAnd(e->b, LLVMBuildSub(e->b, i64c(e, e->W), mis, ""), i64c(e, e->W - 1), "");
+    j0 = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, head, e->V, ""), head, e->V, "j0");
+    masked_step(e, &pl, st, i64c(e, 0), j0);
+  }
+  LLVMValueRef jend = LLVMBuildAdd(e->b, j0,
+                                   LLVMBuildAnd(e->b, LLVMBuildSub(e->b, e->V, j0, ""),
+                                                i64c(e, -(long long)e->W), ""), "jend");
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
-  LLVMBasicBlockRef body = block(e, "body"), bafter = block(e, "after"), tail = block(e, "tail"),
-                    fin = block(e, "fin");
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, nmain, i64c(e, 0), ""), body, bafter);
+  LLVMBasicBlockRef body = block(e, "body"), bafter = block(e, "after");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, j0, jend, ""), body, bafter);
 
   LLVMPositionBuilderAtEnd(e->b, body);
   LLVMValueRef j = LLVMBuildPhi(e->b, e->i64, "j");
-  for (int i = 0; i < ns; i++) st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
+  LLVMValueRef init[MAX_STATE];
+  for (int i = 0; i < ns; i++) {
+    init[i] = st[i];
+    st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
+  }
   e->j = j;
   e->mask = NULL;
   emit_body(e, &pl, st);
-  LLVMValueRef jn = LLVMBuildAdd(e->b, j, Wc, "");
+  LLVMValueRef jn = LLVMBuildAdd(e->b, j, i64c(e, e->W), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, nmain, ""), body, bafter);
-  LLVMValueRef z = i64c(e, 0);
-  LLVMAddIncoming(j, &z, &pre, 1);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, jend, ""), body, bafter);
+  LLVMAddIncoming(j, &j0, &pre, 1);
   LLVMAddIncoming(j, &jn, &latch, 1);
   for (int i = 0; i < ns; i++) {
     LLVMAddIncoming(phis[i], &init[i], &pre, 1);
     LLVMAddIncoming(phis[i], &st[i], &latch, 1);
   }
-
   LLVMPositionBuilderAtEnd(e->b, bafter);
-  for (int i = 0; i < ns; i++) after[i] = st[i] = phi(e, e->vf, init[i], pre, st[i], latch);
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, nmain, e->V, ""), tail, fin);
-
-  LLVMPositionBuilderAtEnd(e->b, tail);
-  e->j = nmain;
-  e->mask = LLVMBuildICmp(e->b, LLVMIntSLT, lane_index(e), splat(e, e->V), "mask");
-  emit_body(e, &pl, st);
-  LLVMBasicBlockRef tail_end = LLVMGetInsertBlock(e->b);
-  LLVMBuildBr(e->b, fin);
-  e->mask = NULL;
-
-  LLVMPositionBuilderAtEnd(e->b, fin);
-  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, after[i], bafter, st[i], tail_end);
+  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, init[i], pre, st[i], latch);
+  e->aligned = 0;
+  masked_step(e, &pl, st, jend, e->V);
   finalize(e, &pl, st);
 }
 

@@ -1,6 +1,7 @@
-/* exp and log in LLVM IR (see mathlib.h). The constants are Cephes'
- * (expf.c, logf.c by Stephen L. Moshier), whose polynomials are minimax fits
- * on the reduced ranges used here. */
+/* exp and log in LLVM IR (see mathlib.h). log's constants and both range
+ * reductions are Cephes' (expf.c, logf.c by Stephen L. Moshier); exp's
+ * polynomial is a least-relative-error fit (Lawson iterations over Chebyshev
+ * nodes, coefficients rounded to f32), one FMA shorter than Cephes' form. */
 #include "mathlib.h"
 
 #include <math.h>
@@ -66,38 +67,48 @@ static LLVMValueRef horner(LLVMBuilderRef b, LLVMValueRef x, const double *c, in
 #define EXP_LO (-87.33654) /* just above ln(FLT_MIN) = -126 ln2: the result stays normal */
 #define EXP_HI 88.7228317 /* just below ln(FLT_MAX) = 88.7228391: rint(x log2 e) = 128 with e^r < 1 */
 
-/* exp(x) = 2^n e^r, n = rint(x log2 e), |r| <= ln2 / 2; e^r by a degree-7
- * polynomial; 2^n added straight into the exponent bits, which cannot
- * overflow or go subnormal because x is clamped to [EXP_LO, EXP_HI]. */
-LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
-  static const double p[] = {1.9875691500E-4, 1.3981999507E-3, 8.3334519073E-3,
-                             4.1665795894E-2, 1.6666665459E-1, 5.0000001201E-1};
-  LLVMTypeRef ty = LLVMTypeOf(x);
+/* exp(x) = 2^n e^r, n = rint(x log2 e), |r| <= ln2 / 2, for x already in
+ * [EXP_LO, EXP_HI]. n comes from the "magic number" rounding: t = x log2 e +
+ * 1.5 * 2^23 holds n in its low mantissa bits, so t - 1.5 * 2^23 is n as a
+ * float and bits(t) << 23 is n << 23 (the magic's own bits shift out). e^r
+ * is a degree-6 polynomial fitted for relative error on the reduced range
+ * (1.7e-8 before rounding); 2^n is added straight into the exponent bits,
+ * which cannot overflow or go subnormal in this range. 15 instructions. */
+static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc) {
+  static const double p[] = {1.3836845755577087e-3, 8.374815806746483e-3, 4.166822507977486e-2,
+                             1.6666419804096222e-1, 4.9999991059303284e-1, 1.0, 1.0};
+  LLVMTypeRef ty = LLVMTypeOf(xc);
   LLVMTypeRef ity = kd_ir_int_like(ty, 32);
-  LLVMValueRef lo = kd_ir_fconst(ty, EXP_LO), hi = kd_ir_fconst(ty, EXP_HI);
-  /* minnum/maxnum return the other operand for a NaN: xc is never NaN, so
-   * fptosi below never sees one (it would be poison). */
-  LLVMValueRef xc = minmax(b, "llvm.maxnum", minmax(b, "llvm.minnum", x, hi), lo);
-
-  LLVMValueRef t = LLVMBuildFMul(b, xc, kd_ir_fconst(ty, 1.44269504088896341), "");
-  LLVMValueRef fn = kd_ir_intrinsic(b, "llvm.rint", ty, &t, 1);
+  LLVMValueRef magic = kd_ir_fconst(ty, 12582912.0);
+  LLVMValueRef t = kd_ir_fma(b, xc, kd_ir_fconst(ty, 1.44269504088896341), magic);
+  LLVMValueRef fn = LLVMBuildFSub(b, t, magic, "");
   /* r = x - n ln2 in two steps (ln2 = C1 + C2, C1 exact in 9 bits) */
   LLVMValueRef r = kd_ir_fma(b, fn, kd_ir_fconst(ty, -0.693359375), xc);
   r = kd_ir_fma(b, fn, kd_ir_fconst(ty, 2.12194440e-4), r);
-  LLVMValueRef z = LLVMBuildFMul(b, r, r, "");
-  LLVMValueRef y = horner(b, r, p, 6);
-  y = kd_ir_fma(b, y, z, r);
-  y = LLVMBuildFAdd(b, y, kd_ir_fconst(ty, 1.0), "");
+  LLVMValueRef y = horner(b, r, p, 7);
+  LLVMValueRef n23 = LLVMBuildShl(b, LLVMBuildBitCast(b, t, ity, ""), kd_ir_iconst(ity, 23), "");
+  LLVMValueRef bits = LLVMBuildAdd(b, LLVMBuildBitCast(b, y, ity, ""), n23, "");
+  return LLVMBuildBitCast(b, bits, ty, "");
+}
 
-  LLVMValueRef n = LLVMBuildFPToSI(b, fn, ity, "");
-  LLVMValueRef bits = LLVMBuildAdd(b, LLVMBuildBitCast(b, y, ity, ""),
-                                   LLVMBuildShl(b, n, kd_ir_iconst(ity, 23), ""), "");
-  LLVMValueRef res = LLVMBuildBitCast(b, bits, ty, "");
-
+LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
+  LLVMTypeRef ty = LLVMTypeOf(x);
+  LLVMValueRef lo = kd_ir_fconst(ty, EXP_LO), hi = kd_ir_fconst(ty, EXP_HI);
+  /* minnum/maxnum return the other operand for a NaN: xc is never NaN */
+  LLVMValueRef xc = minmax(b, "llvm.maxnum", minmax(b, "llvm.minnum", x, hi), lo);
+  LLVMValueRef res = exp_core(b, xc);
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, lo, ""), kd_ir_fconst(ty, 0.0), res, "");
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, hi, ""), kd_ir_fconst(ty, INFINITY),
                         res, "");
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, res, "exp");
+}
+
+LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x) {
+  LLVMTypeRef ty = LLVMTypeOf(x);
+  LLVMValueRef lo = kd_ir_fconst(ty, EXP_LO);
+  LLVMValueRef small = LLVMBuildFCmp(b, LLVMRealOLT, x, lo, "");
+  LLVMValueRef xc = LLVMBuildSelect(b, small, lo, x, "");
+  return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, xc), "exp");
 }
 
 /* log(x) = e ln2 + log(m), x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f)

@@ -1,8 +1,9 @@
 /* exp and log built in LLVM IR, for f32 scalars and f32 vectors of any width.
  *
  * `llvm.exp` on a vector is usually expanded into one libm call per lane;
- * these are range reduction + polynomial (Cephes' expf/logf coefficients)
- * in plain IR, so they vectorise on every CPU and lower to NVPTX as well.
+ * these are range reduction + polynomial (exp: a degree-6 fit of our own;
+ * log: Cephes' logf coefficients) in plain IR, so they vectorise on every
+ * CPU and lower to NVPTX as well.
  *
  * Accuracy (tests/codegen/test_mathlib.c measures it against libm):
  * about 1 ulp over the normal range. Special values:
@@ -20,6 +21,12 @@
 /* x: float or <W x float>. */
 LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x);
 LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x);
+/* exp for x <= 88.7 (x - max or x - logsumexp of a row, a shift by the
+ * running max): no overflow handling and no NaN select, so 5 instructions
+ * fewer; exp(-inf) is still exactly 0. A NaN x gives NaN when its payload is
+ * the default one (what arithmetic on NaN produces), else an unspecified
+ * value; larger x an unspecified value. */
+LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x);
 
 /* A constant of type ty (a scalar or a vector, splatted). */
 LLVMValueRef kd_ir_fconst(LLVMTypeRef ty, double v);

@@ -103,7 +103,7 @@ static void free_inputs(arrays *a) {
 int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
   char err[512];
   int bad = 1;
-  kd_loss_options lo = {NULL, c->width, 0};
+  kd_loss_options lo = {NULL, c->width, c->nontemporal};
   kd_loss *l = NULL;
   arrays a = {0};
   kd_ref_value out[8];

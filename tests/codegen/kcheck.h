@@ -18,6 +18,7 @@ typedef struct kd_kc_case {
   int masked;        /* 1: some labels -100; 2: all labels -100 */
   kd_dtype dtype;    /* of teacher and student: KD_F32 or KD_BF16 */
   int width;         /* f32 lanes of the kernel; 0: the host's */
+  int nontemporal;   /* kd_loss_options.nontemporal */
 } kd_kc_case;
 
 /* Prints one line ("ok" or "FAIL", what, the errors and tolerances) and

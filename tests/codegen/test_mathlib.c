@@ -23,7 +23,10 @@ static int failures;
 typedef void (*apply_fn)(const float *x, float *y, int64_t n);
 
 /* void NAME(const float *x, float *y, i64 n): y = f(x), n a multiple of w */
-static void build_apply(kd_module *m, const char *name, int w, int is_log) {
+enum { EXP, LOG, EXPN }; /* exp, log, exp for x <= 0 */
+static const char *fname[] = {"exp", "log", "exp_nonpos"};
+
+static void build_apply(kd_module *m, const char *name, int w, int kind) {
   LLVMContextRef c = m->ctx;
   LLVMTypeRef f32 = LLVMFloatTypeInContext(c), i64 = LLVMInt64TypeInContext(c);
   LLVMTypeRef ptr = LLVMPointerTypeInContext(c, 0);
@@ -43,7 +46,7 @@ static void build_apply(kd_module *m, const char *name, int w, int is_log) {
   LLVMValueRef py = LLVMBuildGEP2(b, f32, LLVMGetParam(fn, 1), &i, 1, "");
   LLVMValueRef x = LLVMBuildLoad2(b, vt, px, "");
   LLVMSetAlignment(x, 4);
-  LLVMValueRef y = is_log ? kd_emit_log(b, x) : kd_emit_exp(b, x);
+  LLVMValueRef y = kind == LOG ? kd_emit_log(b, x) : kind == EXP ? kd_emit_exp(b, x) : kd_emit_exp_nonpos(b, x);
   LLVMSetAlignment(LLVMBuildStore(b, y, py), 4);
   LLVMValueRef next = LLVMBuildAdd(b, i, LLVMConstInt(i64, (unsigned)w, 0), "");
   LLVMValueRef zero = LLVMConstInt(i64, 0, 0);
@@ -109,10 +112,11 @@ static void expect_exact(const char *what, float got, float want) {
 
 enum { NSPECIAL = 16 };
 
-/* exp: [-104, 89] densely (2^22 points), then the special values. */
-static size_t exp_inputs(float *x, size_t cap) {
+/* exp: [lo, hi] densely (2^22 points): [-104, 89], or [-104, 0] for the
+ * non-positive variant. */
+static size_t exp_inputs(float *x, size_t cap, double hi) {
   size_t n = cap - NSPECIAL;
-  for (size_t i = 0; i < n; i++) x[i] = (float)(-104.0 + 193.0 * (double)i / (double)n);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(-104.0 + (hi + 104.0) * (double)i / (double)n);
   return n;
 }
 
@@ -137,10 +141,10 @@ int main(void) {
   kd_module m;
   kd_session_module_new(s, "test_mathlib", &m);
   for (int k = 0; k < 3; k++)
-    for (int is_log = 0; is_log < 2; is_log++) {
+    for (int kind = EXP; kind <= EXPN; kind++) {
       char name[32];
-      snprintf(name, sizeof name, "%s_%d", is_log ? "log" : "exp", widths[k]);
-      build_apply(&m, name, widths[k], is_log);
+      snprintf(name, sizeof name, "%s_%d", fname[kind], widths[k]);
+      build_apply(&m, name, widths[k], kind);
     }
   if (kd_session_optimize(s, &m, err, sizeof err)) {
     printf("FAIL optimize: %s\n", err);
@@ -170,26 +174,31 @@ int main(void) {
 
   size_t cap = (size_t)1 << 22;
   float *x = malloc(cap * sizeof *x), *y = malloc(cap * sizeof *y);
-  for (int is_log = 0; is_log < 2; is_log++) {
-    size_t n = is_log ? log_inputs(x, cap) : exp_inputs(x, cap);
+  for (int kind = EXP; kind <= EXPN; kind++) {
+    int is_log = kind == LOG;
+    size_t n = is_log ? log_inputs(x, cap) : exp_inputs(x, cap, kind == EXP ? 89.0 : 0.0);
     n -= n % 16;
     for (int k = 0; k < 3; k++) {
       char name[32];
-      snprintf(name, sizeof name, "%s_%d", is_log ? "log" : "exp", widths[k]);
+      snprintf(name, sizeof name, "%s_%d", fname[kind], widths[k]);
       apply_fn f;
       if (kd_session_lookup(s, name, (void **)&f, err, sizeof err)) {
         printf("FAIL lookup %s: %s\n", name, err);
         return 1;
       }
       f(x, y, (int64_t)n);
-      check(is_log ? "log" : "exp", widths[k], x, y, n, is_log);
+      check(fname[kind], widths[k], x, y, n, is_log);
 
       /* special values, one vector of 16 */
       float sx[16] = {-INFINITY, INFINITY, NAN, 0.0f, -0.0f, 1.0f, -1.0f, 200.0f, -200.0f,
                       FLT_MIN, FLT_TRUE_MIN, FLT_MAX, 88.0f, -87.0f, 1e-30f, 2.0f};
       float sy[16];
       f(sx, sy, 16);
-      if (!is_log) {
+      if (kind == EXPN) {
+        expect_exact("exp_nonpos(-inf)", sy[0], 0.0f);
+        expect_exact("exp_nonpos(0)", sy[3], 1.0f);
+        expect_exact("exp_nonpos(-200)", sy[8], 0.0f);
+      } else if (!is_log) {
         expect_exact("exp(-inf)", sy[0], 0.0f);
         expect_exact("exp(inf)", sy[1], INFINITY);
         expect_exact("exp(nan)", sy[2], NAN);
