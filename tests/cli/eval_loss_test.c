@@ -31,9 +31,10 @@
  * LOSS_REL: the reference executor computes in double from the same f32
  *   values this test reads, so the only difference is the 9 significant
  *   digits printed: 5e-9 relative; 2e-8 leaves room for summation order.
- * GRAD_ABS: the gradient file is float32: elements here are below 1, so
- *   rounding is under 6e-8; the double central difference (step 1e-5) is
- *   good to about 1e-10. 2e-7 fails a wrong term of any real size.
+ * GRAD_ABS: the gradient file is float32: rounding is under 6e-8 of an
+ *   element's size; the double central difference (step 1e-5) is good to
+ *   about 1e-10. 2e-7, relative for elements above 1, fails a wrong term of
+ *   any real size.
  * FD_ABS: central differences through eval-loss use a step h of 1/512
  *   (exact in f32 for logits on a 1/256 grid): truncation h^2/6 |f'''| is
  *   under 1e-6 for these softmax losses with |f'''| < 1; 3e-6 covers it.
@@ -47,8 +48,8 @@
 /* KERNEL_REL, KERNEL_ABS: the compiled kernel computes in f32 (accumulating
  * row sums in f32 lanes, exp and log to about 1e-7 relative); over rows of
  * at most 64 logits its loss stays within a few 1e-7 of the double
- * reference (1.4e-7 measured on jsd), and gradient elements below 1 within
- * 1e-7. The kernel's own tests (tests/codegen) cover large V. */
+ * reference (1.4e-7 measured on jsd), and gradient elements within 1e-7
+ * (relative above 1). The kernel's own tests (tests/codegen) cover large V. */
 #define KERNEL_REL 2e-6
 #define KERNEL_ABS 1e-6
 
@@ -248,13 +249,25 @@ static double d_skew_rkl(const row_ctx *r, const double *prm) {
   return skew(r->q, r->lq, r->p, r->v, prm[0]);
 }
 
-/* Cichocki's alpha-beta divergence, alpha, beta, alpha + beta all nonzero. */
+/* Cichocki's alpha-beta divergence (Entropy 13, 2011, eq. 5) with its
+ * cases where alpha, beta or alpha + beta is 0, term by term with pow. */
 static double d_abkd(const row_ctx *r, const double *prm) {
   double al = prm[0], be = prm[1], a = 0;
-  for (int i = 0; i < r->v; i++)
-    a += pow(r->p[i], al) * pow(r->q[i], be) - al / (al + be) * pow(r->p[i], al + be) -
-         be / (al + be) * pow(r->q[i], al + be);
-  return -a / (al * be);
+  for (int i = 0; i < r->v; i++) {
+    double p = r->p[i], q = r->q[i], lpq = r->lp[i] - r->lq[i];
+    if (al != 0 && be != 0 && al + be != 0)
+      a += -(pow(p, al) * pow(q, be) - al / (al + be) * pow(p, al + be) -
+             be / (al + be) * pow(q, al + be)) / (al * be);
+    else if (al != 0 && be == 0)
+      a += (pow(p, al) * al * lpq - pow(p, al) + pow(q, al)) / (al * al);
+    else if (al == 0 && be != 0)
+      a += (pow(q, be) * be * -lpq - pow(q, be) + pow(p, be)) / (be * be);
+    else if (al != 0)
+      a += (-al * lpq + pow(p / q, al) - 1) / (al * al);
+    else
+      a += 0.5 * lpq * lpq;
+  }
+  return a;
 }
 
 static double d_hellinger(const row_ctx *r, const double *prm) {
@@ -353,7 +366,7 @@ static void check_kernel(const char *name, const char *spec, const problem *pb, 
     fail("%s: compiled kernel's loss %.9g, reference %.9g", name, got, loss);
   float *k = read_grad(path_in(work, "grad_jit.npy"), pb->n, pb->v);
   for (int i = 0; k && i < pb->n * pb->v; i++)
-    if (!(fabs(k[i] - g[i]) <= KERNEL_ABS)) {
+    if (!(fabs(k[i] - g[i]) <= KERNEL_ABS * fmax(1.0, fabs(g[i])))) {
       fail("%s: compiled kernel's gradient[%d, %d] = %.9g, reference %.9g", name, i / pb->v,
            i % pb->v, k[i], g[i]);
       break;
@@ -387,11 +400,12 @@ static void check_spec(const char *name, const char *spec_path, problem *pb, row
     s[i] = keep - h;
     double down = objective(pb, s, f, prm);
     s[i] = keep;
-    double err = fabs(g[i] - (up - down) / (2 * h));
+    double err = fabs(g[i] - (up - down) / (2 * h)) / fmax(1.0, fabs(g[i]));
     if (!(err <= worst)) worst = err, at = i;
   }
   if (!(worst <= GRAD_ABS))
-    fail("%s: gradient[%d, %d] = %.9g is %.3g from the direct central difference", name,
+    fail("%s: gradient[%d, %d] = %.9g is off by %.3g (relative above 1) from the direct "
+         "central difference", name,
          at / pb->v, at % pb->v, g[at], worst);
   /* Central differences of eval-loss's own loss, at elements spread over the rows. */
   for (int k = 0; k < fd_elems; k++) {
@@ -459,6 +473,32 @@ static void test_custom_and_mix(void) {
   make_problem(&pb, 3, 12, 1.0);
   check_spec("abkd at alpha = 1, beta = 0", path_in(specs, "abkd_limits.kd"), &pb, d_fkl, NULL,
              0);
+}
+
+/* abkd in each of its five cases: alpha, beta, alpha + beta nonzero; beta = 0;
+ * alpha = 0; alpha = -beta; both 0. The specs are written here. */
+static void test_abkd_cases(void) {
+  static const double cases[][2] = {{0.3, 0.9}, {0.5, 0}, {0, 0.7}, {0.5, -0.5}, {0, 0}, {0, 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char name[64], spec[1024];
+    snprintf(name, sizeof name, "abkd_%zu.kd", i);
+    snprintf(spec, sizeof spec, "%s", path_in(work, name));
+    FILE *f = fopen(spec, "w");
+    if (!f) {
+      fail("cannot write %s", spec);
+      continue;
+    }
+    fprintf(f,
+            "teacher = logits(\"teacher.npy\")\nstudent = logits(\"student.npy\")\n"
+            "objective {\n  loss = abkd(softmax(teacher.logits), softmax(student.logits), "
+            "alpha = %g, beta = %g)\n}\n",
+            cases[i][0], cases[i][1]);
+    fclose(f);
+    problem pb;
+    make_problem(&pb, 3, 8, 1.0);
+    snprintf(name, sizeof name, "abkd(alpha = %g, beta = %g)", cases[i][0], cases[i][1]);
+    check_spec(name, spec, &pb, d_abkd, cases[i], 0);
+  }
 }
 
 /* jsd at beta = 0 and 1 prints exactly what fkl and rkl print. */
@@ -582,6 +622,9 @@ static void test_bf16(void) {
   double got = eval_loss(path_in(examples, "rkl.kd"), "--reference", false);
   if (!(fabs(got - want) <= LOSS_REL * fmax(1.0, fabs(want))))
     fail("bf16 inputs: loss %.12g, direct computation %.12g", got, want);
+  double kernel = eval_loss(path_in(examples, "rkl.kd"), "", false);
+  if (!(fabs(kernel - want) <= KERNEL_REL * fmax(1.0, fabs(want))))
+    fail("bf16 inputs: the compiled kernel's loss %.12g, direct computation %.12g", kernel, want);
 }
 
 /* Teacher logits of -inf (tokens the teacher rules out: p = 0 exactly) give
@@ -764,6 +807,7 @@ int main(int argc, char **argv) {
     test_no_labels();
     test_custom_and_mix();
     test_jsd_endpoints();
+    test_abkd_cases();
     test_all_masked();
     test_bf16();
     test_pad();
