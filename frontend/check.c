@@ -43,11 +43,26 @@ typedef struct ref_slot {
   kd_ref ref;
 } ref_slot;
 
+/* A map from names to indexes (open addressing), so that lookups stay O(1)
+ * in a file of 100,000 definitions. The keys are owned by the AST. */
+typedef struct name_slot {
+  const char *key;
+  size_t val;
+} name_slot;
+
+typedef struct name_map {
+  name_slot *v;
+  size_t n, cap;
+} name_map;
+
+#define KD_NO_NAME SIZE_MAX
+
 struct kd_program {
   unit **units; /* in post-order: a file after the files it imports; prelude first */
   size_t nunits, capunits;
   sym **syms;
   size_t nsyms, capsyms;
+  name_map names[2]; /* top-level names -> index in syms: [0] the user's, [1] the prelude's */
   ref_slot *refs; /* open addressing on the node's address */
   size_t nrefs, caprefs;
   const kd_symbol *data;
@@ -85,6 +100,43 @@ static bool grow(void **v, size_t *cap, size_t need, size_t elem) {
   if (!nv) return false;
   *v = nv;
   *cap = ncap;
+  return true;
+}
+
+static size_t name_hash(const char *s, size_t cap) {
+  uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return (size_t)h & (cap - 1);
+}
+
+static size_t name_get(const name_map *m, const char *key) {
+  if (!m->cap) return KD_NO_NAME;
+  for (size_t i = name_hash(key, m->cap);; i = (i + 1) & (m->cap - 1)) {
+    if (!m->v[i].key) return KD_NO_NAME;
+    if (!strcmp(m->v[i].key, key)) return m->v[i].val;
+  }
+}
+
+/* Inserts or replaces; false when out of memory. */
+static bool name_put(name_map *m, const char *key, size_t val) {
+  if ((m->n + 1) * 2 > m->cap) {
+    size_t ncap = m->cap ? m->cap * 2 : 16;
+    name_slot *nv = calloc(ncap, sizeof *nv);
+    if (!nv) return false;
+    for (size_t i = 0; i < m->cap; i++) {
+      if (!m->v[i].key) continue;
+      size_t j = name_hash(m->v[i].key, ncap);
+      while (nv[j].key) j = (j + 1) & (ncap - 1);
+      nv[j] = m->v[i];
+    }
+    free(m->v);
+    m->v = nv;
+    m->cap = ncap;
+  }
+  size_t i = name_hash(key, m->cap);
+  while (m->v[i].key && strcmp(m->v[i].key, key)) i = (i + 1) & (m->cap - 1);
+  if (!m->v[i].key) m->n++;
+  m->v[i] = (name_slot){key, val};
   return true;
 }
 
@@ -131,6 +183,8 @@ void kd_program_free(kd_program *p) {
   }
   free(p->units);
   free(p->syms);
+  free(p->names[0].v);
+  free(p->names[1].v);
   free(p->refs);
   free(p->trains);
   free(p);
@@ -150,6 +204,7 @@ typedef struct local {
 typedef struct scope {
   local *v;
   size_t n, cap;
+  name_map index; /* name -> index in v; names are unique in a scope */
 } scope;
 
 typedef struct checker {
@@ -159,6 +214,11 @@ typedef struct checker {
   unsigned ctx;        /* KD_CTX_* of the expressions being checked */
   sym *block;          /* the definition being checked */
   scope *sc;           /* its locals, or NULL */
+  int nsuggest;        /* did-you-mean searches so far (each scans every name) */
+  name_map trained;    /* instance name -> index in syms of its train block */
+  const sym *unnamed_objective[2]; /* [0] the user's, [1] the prelude's */
+  size_t nobjectives;  /* the user's objectives */
+  const sym *last_objective;
   sym **divstack;      /* divergences being checked, for recursion */
   size_t ndiv, capdiv;
   unit **stack;        /* the import stack */
@@ -241,17 +301,9 @@ static bool is_value_symbol(const sym *s) {
 /* A top-level name as seen from a file: the prelude sees only itself; the
  * user's files see their own definitions first, then the prelude's. */
 static sym *lookup_global(const kd_program *p, const char *name, bool from_prelude) {
-  sym *found = NULL;
-  for (size_t i = 0; i < p->nsyms; i++) {
-    sym *s = p->syms[i];
-    if (!is_value_symbol(s) || strcmp(s->pub.name, name)) continue;
-    if (s->u->prelude) {
-      if (!found) found = s;
-    } else if (!from_prelude) {
-      return s;
-    }
-  }
-  return found;
+  size_t i = from_prelude ? KD_NO_NAME : name_get(&p->names[0], name);
+  if (i == KD_NO_NAME) i = name_get(&p->names[1], name);
+  return i == KD_NO_NAME ? NULL : p->syms[i];
 }
 
 const kd_symbol *kd_program_lookup(const kd_program *p, const char *name) {
@@ -262,20 +314,25 @@ const kd_symbol *kd_program_lookup(const kd_program *p, const char *name) {
 static bool in_prelude(const checker *c) { return c->block && c->block->u->prelude; }
 
 static local *lookup_local(checker *c, const char *name) {
-  if (!c->sc) return NULL;
-  for (size_t i = c->sc->n; i-- > 0;)
-    if (!strcmp(c->sc->v[i].name, name)) return &c->sc->v[i];
-  return NULL;
+  size_t i = c->sc ? name_get(&c->sc->index, name) : KD_NO_NAME;
+  return i == KD_NO_NAME ? NULL : &c->sc->v[i];
 }
 
+/* Adds a name the scope does not hold yet. */
 static local *add_local(checker *c, const char *name, const kd_ast *decl, kd_kind kind) {
-  if (!grow((void **)&c->sc->v, &c->sc->cap, c->sc->n + 1, sizeof(local))) {
+  if (!grow((void **)&c->sc->v, &c->sc->cap, c->sc->n + 1, sizeof(local)) ||
+      !name_put(&c->sc->index, name, c->sc->n)) {
     c->nomem = true;
     return NULL;
   }
   local *l = &c->sc->v[c->sc->n++];
   *l = (local){name, decl, kind, false, 0};
   return l;
+}
+
+static void free_scope(scope *sc) {
+  free(sc->v);
+  free(sc->index.v);
 }
 
 /* Builtins usable in expressions: functions, layers, names. */
@@ -299,8 +356,11 @@ static kd_kind sym_kind(const sym *s) {
   return KD_KIND_ERROR;
 }
 
-/* Every name visible from the current block, for suggestions. */
+/* Every name visible from the current block, for suggestions. Each search
+ * scans every name, so only the first 100 errors of a run get one: a file
+ * of 100,000 undefined names must not take 10^10 steps. */
 static void suggest_visible(checker *c, suggest *s) {
+  if (++c->nsuggest > 100) return;
   if (c->sc)
     for (size_t i = 0; i < c->sc->n; i++) suggest_add(s, c->sc->v[i].name);
   if (!(c->ctx & (KD_CTX_MODEL | KD_CTX_DIVERGENCE)))
@@ -1182,20 +1242,14 @@ static void check_train(checker *c, sym *s) {
   if (!t->data)
     kd_error(c->diag, head_loc(node->loc, 5), "nothing to train on: the program has no data block");
   if (find_setting(seen, n, "objective")) return;
-  const kd_symbol *only = NULL;
-  size_t nobj = 0;
-  for (size_t i = 0; i < c->p->nsyms; i++)
-    if (c->p->syms[i]->pub.kind == KD_SYM_OBJECTIVE && !c->p->syms[i]->u->prelude) {
-      only = &c->p->syms[i]->pub;
-      nobj++;
-    }
-  if (nobj == 0)
+  if (c->nobjectives == 0)
     kd_error(c->diag, head_loc(node->loc, 5), "nothing to minimise: the program has no objective");
-  else if (nobj > 1)
+  else if (c->nobjectives > 1)
     kd_error(c->diag, head_loc(node->loc, 5),
-             "the program has %zu objectives; name the one to minimise with 'objective NAME'", nobj);
+             "the program has %zu objectives; name the one to minimise with 'objective NAME'",
+             c->nobjectives);
   else
-    t->objective = only;
+    t->objective = &c->last_objective->pub;
 }
 
 /* ---- definitions ------------------------------------------------------------ */
@@ -1270,8 +1324,16 @@ static void check_statements(checker *c, const kd_ast_list *items) {
   }
 }
 
+/* Calls match at most MAX_PARAMS parameters (match_args). */
+static void check_param_count(checker *c, const sym *s, size_t n) {
+  if (n > MAX_PARAMS)
+    kd_error(c->diag, s->pub.node->name_loc, "'%s' has %zu parameters; at most %d are allowed",
+             s->pub.name, n, MAX_PARAMS);
+}
+
 static void check_model(checker *c, sym *s) {
   const kd_ast *node = s->pub.node;
+  check_param_count(c, s, node->params.n);
   declare_params(c, &node->params, KD_KIND_NUMBER, true, "model");
   check_statements(c, &node->items);
   if (!assigns(&node->items, "logits"))
@@ -1281,6 +1343,7 @@ static void check_model(checker *c, sym *s) {
 
 static void check_divergence_body(checker *c, sym *s) {
   const kd_ast *node = s->pub.node;
+  check_param_count(c, s, node->params.n + node->items.n);
   declare_params(c, &node->params, KD_KIND_DIST, false, "distribution");
   declare_params(c, &node->items, KD_KIND_NUMBER, true, "hyperparameter");
   if (!node->params.n)
@@ -1331,7 +1394,7 @@ static void check_divergence(checker *c, sym *s) {
   check_divergence_body(c, s);
   c->ndiv--;
   s->state = 2;
-  free(sc.v);
+  free_scope(&sc);
   c->block = saved.block;
   c->sc = saved.sc;
   c->ctx = saved.ctx;
@@ -1464,7 +1527,7 @@ static void check_symbol(checker *c, sym *s) {
   case KD_SYM_TRAIN: c->ctx = KD_CTX_TOP; check_train(c, s); break;
   }
   s->state = 2;
-  free(sc.v);
+  free_scope(&sc);
   c->sc = NULL;
   c->block = NULL;
 }
@@ -1499,8 +1562,9 @@ static sym *declare(checker *c, unit *u, const kd_ast *item) {
                builtin_class_phrase(b->cls));
       return NULL;
     }
-    sym *prev = lookup_global(c->p, name, u->prelude);
-    if (prev && prev->u->prelude == u->prelude) {
+    size_t prev_i = name_get(&c->p->names[u->prelude], name);
+    sym *prev = prev_i == KD_NO_NAME ? NULL : c->p->syms[prev_i];
+    if (prev) {
       kd_error(c->diag, item->name_loc, "redefinition of '%s'", name);
       kd_note(c->diag, prev->pub.node->name_loc, "'%s' was first defined here", name);
       return NULL;
@@ -1511,25 +1575,19 @@ static sym *declare(checker *c, unit *u, const kd_ast *item) {
     kd_note(c->diag, c->p->data->node->name_loc, "the first one is here");
     return NULL;
   }
-  if (kind == KD_SYM_OBJECTIVE && !name)
-    for (size_t i = 0; i < c->p->nsyms; i++) {
-      const kd_symbol *o = &c->p->syms[i]->pub;
-      if (o->kind == KD_SYM_OBJECTIVE && !o->name && c->p->syms[i]->u->prelude == u->prelude) {
-        kd_error(c->diag, head_loc(item->loc, 9),
-                 "a second unnamed objective; name them (objective NAME { ... })");
-        kd_note(c->diag, head_loc(o->node->loc, 9), "the first one is here");
-        return NULL;
-      }
-    }
-  if (kind == KD_SYM_TRAIN)
-    for (size_t i = 0; i < c->p->nsyms; i++) {
-      const kd_symbol *t = &c->p->syms[i]->pub;
-      if (t->kind == KD_SYM_TRAIN && !strcmp(t->name, name)) {
-        kd_error(c->diag, item->name_loc, "'%s' is trained twice", name);
-        kd_note(c->diag, t->node->name_loc, "the first train block is here");
-        return NULL;
-      }
-    }
+  const sym *first = kind == KD_SYM_OBJECTIVE && !name ? c->unnamed_objective[u->prelude] : NULL;
+  if (first) {
+    kd_error(c->diag, head_loc(item->loc, 9),
+             "a second unnamed objective; name them (objective NAME { ... })");
+    kd_note(c->diag, head_loc(first->pub.node->loc, 9), "the first one is here");
+    return NULL;
+  }
+  size_t trained = kind == KD_SYM_TRAIN ? name_get(&c->trained, name) : KD_NO_NAME;
+  if (trained != KD_NO_NAME) {
+    kd_error(c->diag, item->name_loc, "'%s' is trained twice", name);
+    kd_note(c->diag, c->p->syms[trained]->pub.node->name_loc, "the first train block is here");
+    return NULL;
+  }
   sym *s = calloc(1, sizeof *s);
   if (!s || !grow((void **)&c->p->syms, &c->p->capsyms, c->p->nsyms + 1, sizeof(sym *))) {
     free(s);
@@ -1541,8 +1599,18 @@ static sym *declare(checker *c, unit *u, const kd_ast *item) {
   s->pub.node = item;
   s->pub.in_prelude = u->prelude;
   s->u = u;
-  c->p->syms[c->p->nsyms++] = s;
+  size_t index = c->p->nsyms++;
+  c->p->syms[index] = s;
+  bool ok = true;
+  if (kind == KD_SYM_TRAIN) ok = name_put(&c->trained, name, index);
+  else if (name) ok = name_put(&c->p->names[u->prelude], name, index);
+  if (!ok) c->nomem = true;
   if (kind == KD_SYM_DATA) c->p->data = &s->pub;
+  if (kind == KD_SYM_OBJECTIVE && !name) c->unnamed_objective[u->prelude] = s;
+  if (kind == KD_SYM_OBJECTIVE && !u->prelude) {
+    c->nobjectives++;
+    c->last_objective = s;
+  }
   return s;
 }
 
@@ -1713,7 +1781,6 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   if (kd_source_load(path, &src, errbuf, sizeof errbuf) != KD_OK) {
     kd_error(diag, (kd_loc){0}, "%s", errbuf);
     kd_program_free(p);
-    free(c.stack);
     return KD_ERR_IO;
   }
   char *display = dupstr(&c, path), *real = realpath(path, NULL);
@@ -1729,6 +1796,7 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   else st = KD_ERR_SYNTAX;
   free(c.stack);
   free(c.divstack);
+  free(c.trained.v);
   if (c.nomem) st = KD_ERR_NOMEM;
   else if (st == KD_OK && kd_diag_error_count(diag) > errors_before) st = KD_ERR_SEMANTIC;
   if (st != KD_OK) {
