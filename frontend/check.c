@@ -199,6 +199,7 @@ typedef struct local {
   kd_kind kind;
   bool has_value;     /* a constant whose value is known (objective lets) */
   double value;
+  bool used;          /* named by an expression: unused ones are warned about */
 } local;
 
 typedef struct scope {
@@ -326,8 +327,30 @@ static local *add_local(checker *c, const char *name, const kd_ast *decl, kd_kin
     return NULL;
   }
   local *l = &c->sc->v[c->sc->n++];
-  *l = (local){name, decl, kind, false, 0};
+  *l = (local){name, decl, kind, false, 0, false};
   return l;
+}
+
+/* Warns about the parameters (and, in an objective, the lets) of the block
+ * just checked that nothing uses: a divergence that ignores q is a typo more
+ * often than a choice. The objective's reserved bindings are used by kdc.
+ * Only a block without errors gets these (after an error they are noise). */
+static void warn_unused(checker *c, const char *what, int errors_before) {
+  static const char *const reserved[] = {"loss", "reduction", "ignore_index", "vocab_align"};
+  if (kd_diag_error_count(c->diag) > errors_before) return;
+  for (size_t i = 0; i < c->sc->n; i++) {
+    const local *l = &c->sc->v[i];
+    if (l->used || (l->decl->kind != KD_AST_PARAM && strcmp(what, "objective"))) continue;
+    bool skip = false;
+    for (size_t j = 0; j < sizeof reserved / sizeof reserved[0]; j++)
+      skip |= l->decl->kind == KD_AST_ASSIGN && !strcmp(l->name, reserved[j]);
+    if (skip) continue;
+    if (l->decl->kind == KD_AST_PARAM)
+      kd_warning(c->diag, l->decl->name_loc, "parameter '%s' of %s '%s' is never used", l->name,
+                 what, c->block->pub.name);
+    else
+      kd_warning(c->diag, l->decl->name_loc, "'%s' is bound but never used", l->name);
+  }
 }
 
 static void free_scope(scope *sc) {
@@ -749,6 +772,7 @@ static kd_kind check_call(checker *c, const kd_ast *call) {
 static kd_kind check_name(checker *c, const kd_ast *e) {
   local *l = lookup_local(c, e->name);
   if (l) {
+    l->used = true;
     record(c, e, (kd_ref){l->kind, KD_REF_LOCAL, NULL, NULL, l->decl});
     return l->kind;
   }
@@ -1333,16 +1357,19 @@ static void check_param_count(checker *c, const sym *s, size_t n) {
 
 static void check_model(checker *c, sym *s) {
   const kd_ast *node = s->pub.node;
+  int errors_before = kd_diag_error_count(c->diag);
   check_param_count(c, s, node->params.n);
   declare_params(c, &node->params, KD_KIND_NUMBER, true, "model");
   check_statements(c, &node->items);
   if (!assigns(&node->items, "logits"))
     kd_error(c->diag, node->name_loc, "model '%s' never assigns 'logits', its output",
              s->pub.name);
+  warn_unused(c, "model", errors_before);
 }
 
 static void check_divergence_body(checker *c, sym *s) {
   const kd_ast *node = s->pub.node;
+  int errors_before = kd_diag_error_count(c->diag);
   check_param_count(c, s, node->params.n + node->items.n);
   declare_params(c, &node->params, KD_KIND_DIST, false, "distribution");
   declare_params(c, &node->items, KD_KIND_NUMBER, true, "hyperparameter");
@@ -1358,6 +1385,7 @@ static void check_divergence_body(checker *c, sym *s) {
   else if (k != KD_KIND_SCALAR && k != KD_KIND_ERROR)
     kd_error(c->diag, node->a->loc, "divergence '%s' must be a per-token scalar, but its body is %s",
              s->pub.name, kd_kind_phrase(k));
+  warn_unused(c, "divergence", errors_before);
 }
 
 /* Checks a divergence once, in its own context; reports recursion. Called
@@ -1454,6 +1482,7 @@ static void check_binding(checker *c, sym *s) {
 
 static void check_objective(checker *c, sym *s) {
   const kd_ast *node = s->pub.node;
+  int errors_before = kd_diag_error_count(c->diag);
   kd_objective_info *o = &s->pub.objective;
   o->ignore_index = -100;
   for (size_t i = 0; i < node->items.n; i++) {
@@ -1511,6 +1540,7 @@ static void check_objective(checker *c, sym *s) {
     kd_error(c->diag, s->pub.name ? node->name_loc : head_loc(node->loc, 9),
              "objective%s%s%s has no 'loss' binding", s->pub.name ? " '" : "",
              s->pub.name ? s->pub.name : "", s->pub.name ? "'" : "");
+  warn_unused(c, "objective", errors_before);
 }
 
 static void check_symbol(checker *c, sym *s) {
