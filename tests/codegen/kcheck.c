@@ -100,15 +100,37 @@ static void free_inputs(arrays *a) {
   free(a->t), free(a->s), free(a->grad), free(a->grad1), free(a->th), free(a->sh), free(a->labels);
 }
 
+/* The last compiled loss, reused while the graph and the options stay the
+ * same (compiling is most of a case's time). */
+static struct {
+  const kd_graph *g;
+  int width, nontemporal;
+  kd_loss *l;
+} cache;
+
+static kd_loss *compiled(const kd_kc_case *c, char *err, size_t errlen) {
+  if (cache.l && cache.g == c->g && cache.width == c->width && cache.nontemporal == c->nontemporal)
+    return cache.l;
+  kd_kc_done();
+  kd_loss_options lo = {NULL, c->width, c->nontemporal};
+  if (kd_loss_compile(c->g, &lo, &cache.l, err, errlen)) return NULL;
+  cache.g = c->g, cache.width = c->width, cache.nontemporal = c->nontemporal;
+  return cache.l;
+}
+
+void kd_kc_done(void) {
+  kd_loss_free(cache.l);
+  memset(&cache, 0, sizeof cache);
+}
+
 int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
   char err[512];
   int bad = 1;
-  kd_loss_options lo = {NULL, c->width, c->nontemporal};
-  kd_loss *l = NULL;
   arrays a = {0};
   kd_ref_value out[8];
   size_t nout = kd_graph_noutputs(c->g);
-  if (kd_loss_compile(c->g, &lo, &l, err, sizeof err)) {
+  kd_loss *l = compiled(c, err, sizeof err);
+  if (!l) {
     printf("FAIL %s: %s\n", what, err);
     return 1;
   }
@@ -172,7 +194,6 @@ free_out:
   for (size_t i = 0; i < nout; i++) kd_ref_value_free(&out[i]);
 done:
   free_inputs(&a);
-  kd_loss_free(l);
   return bad;
 }
 

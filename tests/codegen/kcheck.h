@@ -26,6 +26,10 @@ typedef struct kd_kc_case {
  * bit. */
 int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool);
 
+/* Frees the compiled loss kd_kc_run keeps for the next case with the same
+ * graph and options; call before freeing that graph, and at the end. */
+void kd_kc_done(void);
+
 /* The worst error / tolerance ratios seen so far, printed at the end. */
 void kd_kc_report(void);
 

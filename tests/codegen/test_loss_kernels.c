@@ -91,6 +91,7 @@ int main(void) {
     kd_kc_case kc = {g, c->N, c->V, c->kind == TL_CE ? 1 : c->T, c->mag, c->ninf, c->masked,
                      c->dtype, c->width, c->nontemporal};
     failures += kd_kc_run(what, &kc, pool);
+    kd_kc_done();
     kd_graph_free(g);
   }
   kd_pool_free(pool);
