@@ -1,8 +1,8 @@
 /* Semantic checks (see check.h for the result, docs/language.md for the rules).
  *
  * The pipeline: load the prelude and the user's file with its imports
- * (load_unit, depth first, import cycles found on the way), declare every
- * top-level name (declare_all), then check each definition (check_symbol):
+ * (parse_unit, depth first, import cycles found on the way), declare every
+ * top-level name (declare), then check each definition (check_symbol):
  * expressions get a kind and a resolution (check_expr), blocks get their
  * settings checked and evaluated. Errors are reported and checking goes on,
  * with KD_KIND_ERROR silencing the follow-on errors of a bad expression. */
