@@ -2,9 +2,11 @@
  * threads (or the counts given), the figure kdc's loss benchmarks are
  * measured against.
  *
- *   kdc_stream [--threads 1,2,...] [--mb MiB per array] [--repeats R] [--json]
+ *   kdc_stream [--threads 1,2,...] [--mb MiB per array] [--repeats R] [--json] [--cuda]
  *
- * --json prints one object per thread count, for harnesses in Python. */
+ * --json prints one object per thread count, for harnesses in Python;
+ * --cuda adds GPU 0's device-to-device copy bandwidth (1 GiB arrays), or
+ * says why there is none. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +14,38 @@
 #include "stream.h"
 
 static int usage(void) {
-  fprintf(stderr, "usage: kdc_stream [--threads 1,2,...] [--mb MIB] [--repeats R] [--json]\n");
+  fprintf(stderr, "usage: kdc_stream [--threads 1,2,...] [--mb MIB] [--repeats R] [--json] [--cuda]\n");
   return 2;
 }
 
+/* GPU 0's device-to-device copy bandwidth; no GPU is not an error. */
+static int cuda_copy(int json, int repeats) {
+  enum { BYTES = 1 << 30 };
+  char err[512] = "";
+  kd_cuda *cu = NULL;
+  kd_cuda_device_info info;
+  double gbs = 0;
+  kd_status st = kd_cuda_open(&cu, err, sizeof err);
+  if (st == KD_ERR_UNSUPPORTED) {
+    if (json) printf("{\"cuda\": null, \"why\": \"%s\"}\n", err);
+    else printf("cuda: none (%s)\n", err);
+    return 0;
+  }
+  if (!st) st = kd_cuda_device_info_get(cu, 0, &info, err, sizeof err);
+  if (!st) st = kd_cuda_use_device(cu, 0, err, sizeof err);
+  if (!st) st = kd_stream_cuda_copy(cu, BYTES, repeats, &gbs, err, sizeof err);
+  kd_cuda_close(cu);
+  if (st) {
+    fprintf(stderr, "kdc_stream: cuda: %s\n", err);
+    return 1;
+  }
+  if (json) printf("{\"cuda\": \"%s\", \"array_bytes\": %d, \"copy_gbs\": %.3f}\n", info.name, BYTES, gbs);
+  else printf("cuda %s: device-to-device copy %.1f GB/s (1024 MiB arrays, best of %d)\n", info.name, gbs, repeats);
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  int threads[16] = {1, 2}, nthreads = 2, repeats = 10, json = 0;
+  int threads[16] = {1, 2}, nthreads = 2, repeats = 10, json = 0, cuda = 0;
   size_t bytes = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
@@ -39,6 +67,8 @@ int main(int argc, char **argv) {
       if (repeats < 1) return usage();
     } else if (strcmp(argv[i], "--json") == 0) {
       json = 1;
+    } else if (strcmp(argv[i], "--cuda") == 0) {
+      cuda = 1;
     } else {
       return usage();
     }
@@ -66,5 +96,5 @@ int main(int argc, char **argv) {
       printf("%7d  %9.1f  %10.1f  %12.1f  %7.2f  %8.2f\n", r.threads, r.copy_gbs, r.triad_gbs, r.copy_nt_gbs,
              r.copy_ms, r.triad_ms);
   }
-  return 0;
+  return cuda ? cuda_copy(json, repeats) : 0;
 }

@@ -174,3 +174,33 @@ kd_status kd_stream_report(FILE *f, kd_pool *pool, kd_stream_result *out) {
   if (out) *out = r;
   return KD_OK;
 }
+
+kd_status kd_stream_cuda_copy(kd_cuda *cu, size_t array_bytes, int repeats, double *gbs, char *err,
+                              size_t errlen) {
+  *gbs = 0;
+  if (repeats < 1) repeats = 1;
+  kd_cu_devptr src = 0, dst = 0;
+  kd_cu_event e0 = NULL, e1 = NULL;
+  float best = INFINITY;
+  kd_status st = kd_cuda_malloc(cu, array_bytes, &src, err, errlen);
+  if (!st) st = kd_cuda_malloc(cu, array_bytes, &dst, err, errlen);
+  if (!st) st = kd_cuda_memset(cu, src, 1, array_bytes, err, errlen);
+  if (!st) st = kd_cuda_event_new(cu, &e0, err, errlen);
+  if (!st) st = kd_cuda_event_new(cu, &e1, err, errlen);
+  /* Run 0 warms up, as on the CPU. The copy goes on the default stream,
+     where the events are recorded too. */
+  for (int r = 0; !st && r <= repeats; r++) {
+    float ms = 0;
+    st = kd_cuda_event_record(cu, e0, NULL, err, errlen);
+    if (!st) st = kd_cuda_dtod(cu, dst, src, array_bytes, err, errlen);
+    if (!st) st = kd_cuda_event_record(cu, e1, NULL, err, errlen);
+    if (!st) st = kd_cuda_event_elapsed(cu, e0, e1, &ms, err, errlen);
+    if (!st && r > 0 && ms < best) best = ms;
+  }
+  kd_cuda_event_free(cu, e0);
+  kd_cuda_event_free(cu, e1);
+  kd_cuda_free(cu, src);
+  kd_cuda_free(cu, dst);
+  if (!st && best > 0) *gbs = 2.0 * (double)array_bytes / (1e-3 * (double)best) / 1e9;
+  return st;
+}

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "cuda.h"
 #include "threadpool.h"
 
 typedef struct kd_stream_result {
@@ -46,5 +47,12 @@ kd_status kd_stream_measure(kd_pool *pool, size_t array_bytes, int repeats, kd_s
    non-temporal stores 51.8 GB/s (2 threads, 128 MiB arrays, best of 10)", so each run shows the machine's bandwidth next to
    its own figures. out may be NULL. */
 kd_status kd_stream_report(FILE *f, kd_pool *pool, kd_stream_result *out);
+
+/* The GPU's copy bandwidth: a device-to-device cuMemcpy of array_bytes,
+   timed with events, best of repeats after one warm-up, GB/s counting read
+   + write bytes (2 x array_bytes), like copy above. Needs a device made
+   current with kd_cuda_use_device. */
+kd_status kd_stream_cuda_copy(kd_cuda *cu, size_t array_bytes, int repeats, double *gbs, char *err,
+                              size_t errlen);
 
 #endif /* KD_BENCH_STREAM_H */
