@@ -23,7 +23,10 @@ typedef struct kd_loss kd_loss;
 typedef struct kd_loss_options {
   const char *name;   /* symbol prefix ("kd_loss" when NULL): <name>_program, ... */
   int vector_width;   /* f32 lanes; 0: the host's widest */
-  int nontemporal;    /* 1: gradient stores bypass the caches; 0: normal stores; -1: auto */
+  int nontemporal;    /* 1: gradient stores bypass the caches (aligned non-temporal
+                         stores: less traffic when N x V is far beyond the last-level
+                         cache, slower when the caller reads the gradient right back
+                         from cache); 0: ordinary stores */
 } kd_loss_options;
 
 /* Schedules g (kd_fuse), emits the kernels and JIT-compiles them. g must
