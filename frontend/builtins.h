@@ -48,7 +48,7 @@ enum {
   KD_CTX_MODEL = 1u << 0,      /* a model body */
   KD_CTX_DIVERGENCE = 1u << 1, /* a divergence body */
   KD_CTX_OBJECTIVE = 1u << 2,  /* an objective's bindings */
-  KD_CTX_TOP = 1u << 3,        /* the right side of a top-level binding */
+  KD_CTX_TOP = 1u << 3,        /* a top-level binding's right side, a block setting */
   KD_CTX_EXPR = KD_CTX_MODEL | KD_CTX_DIVERGENCE | KD_CTX_OBJECTIVE,
 };
 
