@@ -479,29 +479,55 @@ static void test_custom_and_mix(void) {
              0);
 }
 
+/* Writes WORK_DIR/file: a spec whose objective is `loss = LOSS`, with the
+ * given temperature T; returns its path (path_in's rules). */
+static const char *write_spec(const char *file, double T, const char *loss) {
+  const char *path = path_in(work, file);
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fail("cannot write %s", path);
+    return path;
+  }
+  fprintf(f,
+          "teacher = logits(\"teacher.npy\")\nstudent = logits(\"student.npy\")\n"
+          "objective {\n  T = %.17g\n  loss = %s\n}\n",
+          T, loss);
+  fclose(f);
+  return path;
+}
+
 /* abkd in each of its five cases: alpha, beta, alpha + beta nonzero; beta = 0;
- * alpha = 0; alpha = -beta; both 0. The specs are written here. */
+ * alpha = 0; alpha = -beta; both 0. */
 static void test_abkd_cases(void) {
   static const double cases[][2] = {{0.3, 0.9}, {0.5, 0}, {0, 0.7}, {0.5, -0.5}, {0, 0}, {0, 1}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    char name[64], spec[1024];
-    snprintf(name, sizeof name, "abkd_%zu.kd", i);
-    snprintf(spec, sizeof spec, "%s", path_in(work, name));
-    FILE *f = fopen(spec, "w");
-    if (!f) {
-      fail("cannot write %s", spec);
-      continue;
-    }
-    fprintf(f,
-            "teacher = logits(\"teacher.npy\")\nstudent = logits(\"student.npy\")\n"
-            "objective {\n  loss = abkd(softmax(teacher.logits), softmax(student.logits), "
-            "alpha = %g, beta = %g)\n}\n",
-            cases[i][0], cases[i][1]);
-    fclose(f);
+    char name[64], loss[256];
+    snprintf(loss, sizeof loss,
+             "abkd(softmax(teacher.logits), softmax(student.logits), alpha = %g, beta = %g)",
+             cases[i][0], cases[i][1]);
+    snprintf(name, sizeof name, "abkd(alpha = %g, beta = %g)", cases[i][0], cases[i][1]);
     problem pb;
     make_problem(&pb, 3, 8, 1.0);
-    snprintf(name, sizeof name, "abkd(alpha = %g, beta = %g)", cases[i][0], cases[i][1]);
-    check_spec(name, spec, &pb, d_abkd, cases[i], 0);
+    check_spec(name, write_spec("abkd.kd", 1, loss), &pb, d_abkd, cases[i], 0);
+  }
+}
+
+/* T^2 fkl at extreme temperatures: logits / 0.05 reach 120, so the softmax
+ * is nearly one-hot; at T = 20 it is nearly flat. prm[0] is T^2. */
+static double d_fkl_scaled(const row_ctx *r, const double *prm) { return prm[0] * d_fkl(r, prm); }
+
+static void test_temperatures(void) {
+  static const double temps[] = {0.05, 20};
+  for (size_t i = 0; i < 2; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "T^2 fkl at T = %g", temps[i]);
+    problem pb;
+    make_problem(&pb, 3, 10, temps[i]);
+    double t2 = temps[i] * temps[i];
+    check_spec(name,
+               write_spec("temperature.kd", temps[i],
+                          "T^2 * fkl(softmax(teacher.logits / T), softmax(student.logits / T))"),
+               &pb, d_fkl_scaled, &t2, 0);
   }
 }
 
@@ -812,6 +838,7 @@ int main(int argc, char **argv) {
     test_custom_and_mix();
     test_jsd_endpoints();
     test_abkd_cases();
+    test_temperatures();
     test_all_masked();
     test_bf16();
     test_pad();
