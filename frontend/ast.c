@@ -146,7 +146,9 @@ static void dump_node(const kd_ast *n, const char *role, int depth, FILE *out) {
   fputs(kd_ast_kind_name(n->kind), out);
   if (n->op != KD_OP_NONE) fprintf(out, " %s", kd_ast_op_spelling(n->op));
   if (n->name) fprintf(out, " %s", n->name);
-  if (n->kind == KD_AST_NUMBER) fprintf(out, " %s", n->str ? n->str : "?");
+  /* A number built by a pass rather than the parser has no spelling. */
+  if (n->kind == KD_AST_NUMBER && n->str) fprintf(out, " %s", n->str);
+  else if (n->kind == KD_AST_NUMBER) fprintf(out, " %.17g", n->num);
   if ((n->kind == KD_AST_STRING || n->kind == KD_AST_IMPORT) && n->str) {
     fputc(' ', out);
     dump_string(n->str, n->str_len, out);

@@ -164,7 +164,6 @@ static void print_excerpt(FILE *out, int width, int lineno, const unsigned char 
   if (len > KD_DIAG_MAX_LINE) {
     from = c0 > KD_DIAG_WINDOW_BEFORE ? c0 - KD_DIAG_WINDOW_BEFORE : 0;
     to = from + KD_DIAG_MAX_LINE;
-    if (to < c0 + 1) to = c0 + 1;
     if (to > len) to = len;
   }
   /* Keep the window on character boundaries so no sequence is split. */
