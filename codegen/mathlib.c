@@ -51,11 +51,6 @@ LLVMValueRef kd_ir_fma(LLVMBuilderRef b, LLVMValueRef a, LLVMValueRef x, LLVMVal
   return kd_ir_intrinsic(b, "llvm.fmuladd", LLVMTypeOf(a), args, 3);
 }
 
-static LLVMValueRef minmax(LLVMBuilderRef b, const char *name, LLVMValueRef x, LLVMValueRef y) {
-  LLVMValueRef args[2] = {x, y};
-  return kd_ir_intrinsic(b, name, LLVMTypeOf(x), args, 2);
-}
-
 /* Horner: c[0] x^(n-1) + ... + c[n-1] */
 static LLVMValueRef horner(LLVMBuilderRef b, LLVMValueRef x, const double *c, int n) {
   LLVMTypeRef ty = LLVMTypeOf(x);
@@ -67,7 +62,7 @@ static LLVMValueRef horner(LLVMBuilderRef b, LLVMValueRef x, const double *c, in
 #define EXP_LO (-87.33654) /* just above ln(FLT_MIN) = -126 ln2: the result stays normal */
 #define EXP_HI 88.7228317 /* just below ln(FLT_MAX) = 88.7228391: rint(x log2 e) = 128 with e^r < 1 */
 
-/* exp(x) = 2^n e^r, n = rint(x log2 e), |r| <= ln2 / 2, for x already in
+/* exp(x) = 2^n e^r, n = rint(x log2 e), |r| <= ln2 / 2, for x in
  * [EXP_LO, EXP_HI]. n comes from the "magic number" rounding: t = x log2 e +
  * 1.5 * 2^23 holds n in its low mantissa bits, so t - 1.5 * 2^23 is n as a
  * float and bits(t) << 23 is n << 23 (the magic's own bits shift out). e^r
@@ -91,24 +86,22 @@ static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc) {
   return LLVMBuildBitCast(b, bits, ty, "");
 }
 
+/* Outside [EXP_LO, EXP_HI] (and for NaN) exp_core computes garbage (no
+ * poison: it has no float-to-int conversion); the selects replace it. */
 LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
   LLVMTypeRef ty = LLVMTypeOf(x);
-  LLVMValueRef lo = kd_ir_fconst(ty, EXP_LO), hi = kd_ir_fconst(ty, EXP_HI);
-  /* minnum/maxnum return the other operand for a NaN: xc is never NaN */
-  LLVMValueRef xc = minmax(b, "llvm.maxnum", minmax(b, "llvm.minnum", x, hi), lo);
-  LLVMValueRef res = exp_core(b, xc);
-  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, lo, ""), kd_ir_fconst(ty, 0.0), res, "");
-  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, hi, ""), kd_ir_fconst(ty, INFINITY),
-                        res, "");
+  LLVMValueRef res = exp_core(b, x);
+  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, EXP_LO), ""),
+                        kd_ir_fconst(ty, 0.0), res, "");
+  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, kd_ir_fconst(ty, EXP_HI), ""),
+                        kd_ir_fconst(ty, INFINITY), res, "");
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, res, "exp");
 }
 
 LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x) {
   LLVMTypeRef ty = LLVMTypeOf(x);
-  LLVMValueRef lo = kd_ir_fconst(ty, EXP_LO);
-  LLVMValueRef small = LLVMBuildFCmp(b, LLVMRealOLT, x, lo, "");
-  LLVMValueRef xc = LLVMBuildSelect(b, small, lo, x, "");
-  return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, xc), "exp");
+  LLVMValueRef small = LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, EXP_LO), "");
+  return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, x), "exp");
 }
 
 /* log(x) = e ln2 + log(m), x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f)

@@ -22,10 +22,9 @@
 LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x);
 LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x);
 /* exp for x <= 88.7 (x - max or x - logsumexp of a row, a shift by the
- * running max): no overflow handling and no NaN select, so 5 instructions
- * fewer; exp(-inf) is still exactly 0. A NaN x gives NaN when its payload is
- * the default one (what arithmetic on NaN produces), else an unspecified
- * value; larger x an unspecified value. */
+ * running max): no overflow handling and no NaN select, so 4 instructions
+ * fewer; exp(-inf) is still exactly 0. A NaN or a larger x gives an
+ * unspecified value. */
 LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x);
 
 /* A constant of type ty (a scalar or a vector, splatted). */
