@@ -182,8 +182,8 @@ static bool is_named_arg(const kd_ast *arg) { return arg->name != NULL; }
 %token LE "'<='" GE "'>='" EQ "'=='" NE "'!='"
 
 %type <node> file item import data model divergence objective train bind
-%type <node> settings train_settings setting stmts stmt lets let params param params_opt args arg
-%type <expr> expr sum term unary pow postfix primary
+%type <node> settings train_settings setting stmts stmt lets let params param params_opt args
+%type <expr> expr sum term unary pow postfix primary arg
 %type <node> args_opt hypers
 
 %destructor { free($$); } <id>
@@ -387,7 +387,7 @@ pow:
 postfix:
     primary
   | postfix '(' args_opt ')' {
-      $$ = node2(ps, KD_AST_CALL, KD_OP_NONE, @$, $1, (kd_expr){0});
+      $$ = node2(ps, KD_AST_CALL, KD_OP_NONE, @$, $1, (kd_expr){NULL, (int)$3->num});
       if ($$.node && $$.node->kind == KD_AST_CALL) {
         $$.node->items = $3->items; $3->items = (kd_ast_list){0};
       }
@@ -412,7 +412,9 @@ primary:
   | '(' expr ')'      { $$ = $2; }
   ;
 
-/* Arguments go in a holder's items; named ones come after positional ones. */
+/* Arguments go in a holder's items; named ones come after positional ones.
+ * The holder's num is the height of the deepest argument, so that a call
+ * counts its arguments in the height of its tree. */
 args_opt:
     %empty            { $$ = kd_ast_new(KD_AST_CALL, @$); NOMEM_IF(!$$); }
   | args
@@ -420,22 +422,30 @@ args_opt:
 
 args:
     arg {
-      $$ = kd_ast_new(KD_AST_CALL, @$); NOMEM_IF(!$$ || !kd_ast_list_push(&$$->items, $1));
+      $$ = kd_ast_new(KD_AST_CALL, @$);
+      NOMEM_IF(!$$ || !kd_ast_list_push(&$$->items, $1.node));
+      $$->num = $1.depth;
     }
   | args ',' arg {
       $$ = $1;
-      if (!is_named_arg($3) && $$->items.n > 0 && is_named_arg($$->items.v[$$->items.n - 1]))
+      const kd_ast_list *l = &$$->items;
+      if (!is_named_arg($3.node) && l->n > 0 && is_named_arg(l->v[l->n - 1]))
         kd_parser_error(ps, @3, "positional argument after a named argument");
-      NOMEM_IF(!kd_ast_list_push(&$$->items, $3));
+      NOMEM_IF(!kd_ast_list_push(&$$->items, $3.node));
+      if ($3.depth > $$->num) $$->num = $3.depth;
     }
   ;
 
 arg:
     expr {
-      $$ = kd_ast_new(KD_AST_ARG, @$); NOMEM_IF(!$$); $$->a = $1.node;
+      kd_ast *n = kd_ast_new(KD_AST_ARG, @$);
+      if (n) n->a = $1.node; else kd_ast_free($1.node);
+      $$ = (kd_expr){n, $1.depth + 1}; NOMEM_IF(!n);
     }
   | NAME '=' expr {
-      $$ = named(KD_AST_ARG, @$, $1, @1); NOMEM_IF(!$$); $$->a = $3.node;
+      kd_ast *n = named(KD_AST_ARG, @$, $1, @1);
+      if (n) n->a = $3.node; else kd_ast_free($3.node);
+      $$ = (kd_expr){n, $3.depth + 1}; NOMEM_IF(!n);
     }
   ;
 

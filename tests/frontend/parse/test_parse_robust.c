@@ -132,6 +132,22 @@ static void test_nesting(void) {
   if (s) expect_error("100,000 calls", s, len, "expression nested too deeply");
   free(s);
 
+  /* Arguments count in a call's height: 150 nested calls, each with an
+   * argument 150 operators deep, make a tree far deeper than 200 within the
+   * bracket limit. Without the count, every pass would recurse 22,500 deep. */
+  char unit[2 + 2 * 150 + 1] = "f(";
+  for (int i = 0; i < 150; i++) strcat(unit, "1+");
+  s = repeat("x = ", unit, 150, "1", &len);
+  char *closed = s ? malloc(len + 151) : NULL;
+  if (closed) {
+    memcpy(closed, s, len);
+    memset(closed + len, ')', 150);
+    closed[len + 150] = '\0';
+    expect_error("150 calls, 150 deep each", closed, len + 150, "expression nested too deeply");
+  }
+  free(closed);
+  free(s);
+
   /* The limit is exact: 200 levels of brackets parse, 201 do not. */
   char text[1024];
   for (int depth = 200; depth <= 201; depth++) {
