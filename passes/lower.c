@@ -422,7 +422,7 @@ static kd_lval kd_lower_expr(kd_lowering *L, const kd_scope *scope, const kd_ast
 /* ---- the objective ------------------------------------------------------ */
 
 /* The objective to lower: the one named in the options, else the one the
- * (first) train block minimises, else the program's only objective. */
+ * (first) train block minimises, else the unnamed one, else the only one. */
 static const kd_ast *kd_find_objective(kd_lowering *L) {
   const kd_symbol *train = kd_program_ntrains(L->prog) ? kd_program_train(L->prog, 0) : NULL;
   const char *want = L->opt->objective;
@@ -435,13 +435,16 @@ static const kd_ast *kd_find_objective(kd_lowering *L) {
   } else if (train && train->train.objective) {
     found = train->train.objective;
   } else {
-    for (size_t i = 0; i < kd_program_nsymbols(L->prog) && !L->failed; i++) {
+    int count = 0;
+    for (size_t i = 0; i < kd_program_nsymbols(L->prog); i++) {
       const kd_symbol *s = kd_program_symbol(L->prog, i);
       if (s->kind != KD_SYM_OBJECTIVE) continue;
-      if (found) kd_fail_at(L, s->node->loc, "several objectives: name the one to lower");
-      found = s;
+      count++;
+      if (!found || !s->name) found = s;
     }
     if (!found) kd_fail_at(L, none, "the spec has no objective");
+    else if (count > 1 && found->name)
+      kd_fail_at(L, found->node->loc, "several named objectives: say which one to lower");
   }
   L->student_sym = train ? train->train.instance : NULL;
   return L->failed ? NULL : found->node;

@@ -817,6 +817,17 @@ static void test_bad_inputs(void) {
            "      |                      ^~~~~~~~~\n",
            two);
   expect("two teachers", 1, want, "emit-ir '%s'", two);
+  snprintf(two, sizeof two, "%s", path_in(specs, "two_objectives.kd"));
+  snprintf(want, sizeof want,
+           "%s:5:1: error: several named objectives: say which one to lower\n"
+           "    5 | objective soft {\n"
+           "      | ^~~~~~~~~~~~~~~~\n",
+           two);
+  expect("two named objectives", 1, want, "emit-ir '%s'", two);
+  expect("--objective picks one", 0, "",
+         "eval-loss '%s' --objective hard --student student.npy --labels labels.npy", two);
+  expect("--objective names none", 1, "kdc: error: no objective named 'nope'\n",
+         "eval-loss '%s' --objective nope --student student.npy --teacher teacher.npy", two);
   expect("emit-ir unknown stage", 2, "kdc emit-ir: no stage named bogus\n(see 'kdc emit-ir --help')\n",
          "emit-ir '%s' --after bogus", fkl);
   expect("emit-ir without a spec", 2, "kdc emit-ir: no spec given\n(see 'kdc emit-ir --help')\n",

@@ -15,7 +15,7 @@
 
 static void emit_usage(FILE *out) {
   fprintf(out,
-          "usage: kdc emit-ir SPEC.kd [--after PASS] [--labels]\n"
+          "usage: kdc emit-ir SPEC.kd [--after PASS] [--labels] [--objective NAME]\n"
           "\n"
           "Prints the loss graph of SPEC.kd's objective after the stage PASS (default: the\n"
           "whole pipeline), one node per line. The stages, in order:\n");
@@ -25,6 +25,9 @@ static void emit_usage(FILE *out) {
           "\n"
           "options:\n"
           "  --after PASS  stop after this stage\n"
+          "  --objective NAME\n"
+          "                the objective to lower (default: the one a train block\n"
+          "                minimises, else the unnamed one)\n"
           "  --labels      mask rows by labels even if the objective reads none (as\n"
           "                eval-loss does when given --labels)\n"
           "  -h, --help    print this help\n"
@@ -59,6 +62,9 @@ int kdc_cmd_emit_ir(int argc, char **argv) {
       after = argv[++i];
       if (strcmp(after, "lower") && strcmp(after, "fuse") && !kd_pipeline_find(after))
         return emit_usage_error("no stage named ", after);
+    } else if (!strcmp(s, "--objective")) {
+      if (i + 1 >= argc) return emit_usage_error("--objective needs a name", "");
+      opt.objective = argv[++i];
     } else if (!strcmp(s, "--labels")) {
       opt.labels = true;
     } else if (!strcmp(s, "-h") || !strcmp(s, "--help")) {

@@ -26,7 +26,7 @@
 #define CMD "kdc eval-loss"
 
 typedef struct eval_args {
-  const char *spec, *teacher, *student, *labels, *grad_out;
+  const char *spec, *teacher, *student, *labels, *grad_out, *objective;
   int threads;    /* 0: every CPU */
   bool reference; /* run the double-precision reference executor */
   bool time;      /* print how long each phase took */
@@ -36,6 +36,7 @@ static void eval_usage(FILE *out) {
   fprintf(out,
           "usage: kdc eval-loss SPEC.kd --teacher T.npy --student S.npy [--labels L.npy]\n"
           "                     [--grad-out G.npy] [--threads N] [--reference]\n"
+          "                     [--objective NAME] [--time]\n"
           "\n"
           "Evaluates the objective of SPEC.kd on teacher and student logits and prints\n"
           "`loss: VALUE` (9 significant digits).\n"
@@ -47,6 +48,8 @@ static void eval_usage(FILE *out) {
           "  --labels FILE    int32 or int64 labels [N]; rows whose label is the objective's\n"
           "                   ignore_index (-100 by default) count in no mean\n"
           "  --grad-out FILE  write d loss / d student logits there, float32 [N, V]\n"
+          "  --objective NAME the objective to evaluate (default: the one a train block\n"
+          "                   minimises, else the unnamed one)\n"
           "  --threads N      worker threads for the compiled kernel (default: every CPU)\n"
           "  --reference      run the double-precision reference executor instead\n"
           "  --time           print the time of each phase to stderr, and the kernel's\n"
@@ -72,11 +75,12 @@ static int usage_error(const char *fmt, ...) {
 static int parse_args(int argc, char **argv, eval_args *a) {
   for (int i = 1; i < argc; i++) {
     const char *s = argv[i];
-    const char **slot = !strcmp(s, "--teacher")    ? &a->teacher
-                        : !strcmp(s, "--student")  ? &a->student
-                        : !strcmp(s, "--labels")   ? &a->labels
-                        : !strcmp(s, "--grad-out") ? &a->grad_out
-                                                   : NULL;
+    const char **slot = !strcmp(s, "--teacher")     ? &a->teacher
+                        : !strcmp(s, "--student")   ? &a->student
+                        : !strcmp(s, "--labels")    ? &a->labels
+                        : !strcmp(s, "--grad-out")  ? &a->grad_out
+                        : !strcmp(s, "--objective") ? &a->objective
+                                                    : NULL;
     if (slot || !strcmp(s, "--threads")) {
       if (i + 1 >= argc) return usage_error("option '%s' needs a value", s);
       const char *v = argv[++i];
@@ -382,7 +386,8 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
 
   kd_lower_options opt = {.teacher_dtype = args.teacher ? t.dtype : KD_F32,
                           .student_dtype = s.dtype,
-                          .labels = args.labels != NULL};
+                          .labels = args.labels != NULL,
+                          .objective = args.objective};
   kd_lower_info info;
   if ((rc = kdc_lower_spec(args.spec, &opt, &g, &info))) goto done;
   if (info.uses_teacher && !args.teacher) {
