@@ -175,7 +175,6 @@ static int expr_prec(const kd_ast *e) {
   case KD_AST_BINARY: return binary_prec(e->op);
   case KD_AST_UNARY: return PREC_UNARY;
   case KD_AST_CALL: case KD_AST_MEMBER: return PREC_POSTFIX;
-  case KD_AST_NUMBER: return e->str && e->str[0] == '-' ? PREC_UNARY : PREC_PRIMARY;
   default: return PREC_PRIMARY;
   }
 }
@@ -204,16 +203,6 @@ static void put_string(printer *f, const char *s, size_t n) {
     }
   }
   putc_(f, '"');
-}
-
-static void put_number(printer *f, const kd_ast *e) {
-  if (e->str) {
-    puts_(f, e->str);
-    return;
-  }
-  char buf[32];
-  snprintf(buf, sizeof buf, e->is_int ? "%.0f" : "%.17g", e->num);
-  puts_(f, buf);
 }
 
 static void put_expr(printer *f, const kd_ast *e, int min_prec);
@@ -335,7 +324,7 @@ static void put_expr(printer *f, const kd_ast *e, int min_prec) {
   bool paren = expr_prec(e) < min_prec;
   if (paren) putc_(f, '(');
   switch (e->kind) {
-  case KD_AST_NUMBER: put_number(f, e); break;
+  case KD_AST_NUMBER: puts_(f, e->str ? e->str : "0"); break; /* as written */
   case KD_AST_STRING: put_string(f, e->str ? e->str : "", e->str_len); break;
   case KD_AST_NAME: puts_(f, e->name); break;
   case KD_AST_UNARY:

@@ -68,6 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   free(text2);
   kd_ast_free(ast);
   kd_ast_free(ast1);
+  kd_diag_flush(quiet_diag()); /* it may still point into the sources */
   kd_source_free(src);
   kd_source_free(src1);
   return 0;

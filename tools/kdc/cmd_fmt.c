@@ -160,6 +160,7 @@ static int fmt_file(const char *path, bool check, kd_diag *diag) {
     fprintf(stderr, "kdc: fmt: %s: %s\n", path, kd_status_str(st));
   }
   free(text);
+  kd_diag_flush(diag); /* it may still point into src */
   kd_source_free(src);
   return result;
 }

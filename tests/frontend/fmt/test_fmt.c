@@ -106,6 +106,7 @@ done:
   free(text2);
   kd_ast_free(ast);
   kd_ast_free(ast1);
+  kd_diag_flush(quiet); /* it may still point into the sources */
   kd_source_free(src);
   kd_source_free(src1);
 }
@@ -171,6 +172,7 @@ static void golden_file(const char *path) {
     nparsed++;
   }
   free(text);
+  kd_diag_flush(quiet); /* it may still point into the sources */
   kd_source_free(src);
   kd_source_free(want);
 }
@@ -191,6 +193,7 @@ static void canonical_file(const char *path) {
     nparsed++;
   }
   free(text);
+  kd_diag_flush(quiet); /* it may still point into the sources */
   kd_source_free(src);
 }
 
