@@ -1,6 +1,6 @@
 /* Lowering: a checked program's objective becomes a loss graph.
  *
- * The graph follows the loss-graph contract (docs/architecture.md):
+ * The graph follows the loss-graph contract (codegen/loss.h, passes/passes.h):
  *   inputs   "student" f32|bf16 [N, V]   always present
  *            "teacher" f32|bf16 [N, V]   when the objective reads the teacher
  *            "labels"  i64 [N, 1]        when the objective reads labels, or
@@ -19,7 +19,7 @@
  * per-token loss is replaced by 0 with SELECT (a NaN in a masked row cannot
  * leak, and the row's gradient is 0); "mean" divides the sum by
  * max(number of valid rows, 1), so an all-masked batch gives loss 0 and
- * gradient 0; "sum" does not divide.
+ * gradient 0; "sum" does not divide. Without labels every row is valid.
  *
  * The objective's reserved bindings: loss (required), reduction ("mean" or
  * "sum"), ignore_index (an integer, -100 by default), vocab_align ("error",
@@ -41,7 +41,8 @@ typedef enum kd_vocab_align {
 } kd_vocab_align;
 
 typedef struct kd_lower_options {
-  const char *objective;  /* the objective's name; NULL: the program's objective */
+  const char *objective;  /* the objective's name; NULL: the one the first train block
+                             minimises, else the unnamed one, else the only one */
   kd_dtype teacher_dtype; /* KD_F32 or KD_BF16 (zero-initialised: KD_F32) */
   kd_dtype student_dtype;
   bool labels;            /* add "labels" and mask rows even if the objective reads no labels */
@@ -57,9 +58,12 @@ typedef struct kd_lower_info {
 } kd_lower_info;
 
 /* Lowers the objective. Errors (an objective that is missing, a loss that is
- * not a per-token scalar, a construct the loss compiler cannot lower yet) go
- * to diag with the offending source location, and return KD_ERR_SEMANTIC.
- * info may be NULL. */
+ * not a per-token scalar, a construct the loss compiler cannot lower yet,
+ * such as a second teacher) go to diag with the offending source location,
+ * and return KD_ERR_SEMANTIC. The instance a train block trains is the
+ * student (without a train block, the instance named `student`); the other
+ * instance whose .logits the objective reads is the teacher. info may be
+ * NULL. */
 kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag *diag,
                    kd_graph **out, kd_lower_info *info);
 
