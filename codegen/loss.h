@@ -11,6 +11,7 @@
 #define KD_LOSS_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "../ir/ir.h"
 #include "../passes/fuse.h"
@@ -46,5 +47,10 @@ const kd_loss_program *kd_loss_program_of(const kd_loss *l);
  * assembly) for the host, exporting <name>_program (a kd_loss_program). */
 kd_status kd_loss_emit_file(const kd_graph *g, const kd_loss_options *o, const char *path,
                             int asm_text, char *err, size_t errlen);
+
+/* AOT: the C header for that object: the program's declaration and a
+ * wrapper `kd_status NAME(teacher, student, labels, N, V, grad, loss, pool,
+ * err, errlen)` taking only the inputs the loss has, in its dtypes. */
+kd_status kd_loss_write_header(const kd_graph *g, const kd_loss_options *o, FILE *out);
 
 #endif /* KD_LOSS_H */

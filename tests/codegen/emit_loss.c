@@ -1,6 +1,6 @@
 /* Build-time helper for test_aot: compiles forward KL (T = 2, masked) to an
- * object file exporting kd_aot_fkl_program (kd_loss_emit_file), the way
- * `kdc compile-loss` does. usage: emit_loss OUT.o */
+ * object file exporting kd_aot_fkl_program (kd_loss_emit_file) and writes
+ * its header, the way `kdc compile-loss` does. usage: emit_loss OUT.o OUT.h */
 #include <stdio.h>
 
 #include "loss.h"
@@ -8,8 +8,8 @@
 
 int main(int argc, char **argv) {
   char err[512];
-  if (argc != 2) {
-    fprintf(stderr, "usage: emit_loss OUT.o\n");
+  if (argc != 3) {
+    fprintf(stderr, "usage: emit_loss OUT.o OUT.h\n");
     return 2;
   }
   kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32};
@@ -20,6 +20,10 @@ int main(int argc, char **argv) {
     kd_graph_free(g);
     return 1;
   }
+  FILE *h = fopen(argv[2], "w");
+  kd_status st = h ? kd_loss_write_header(g, &o, h) : KD_ERR_IO;
+  if (h && fclose(h)) st = KD_ERR_IO;
   kd_graph_free(g);
-  return 0;
+  if (st) fprintf(stderr, "emit_loss: cannot write %s\n", argv[2]);
+  return st != KD_OK;
 }

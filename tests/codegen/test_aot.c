@@ -1,7 +1,8 @@
 /* An ahead-of-time compiled loss, linked as an object file into a program
  * that links the runtime but not LLVM (this test), runs through kd_loss_run
- * and agrees with the reference executor. The object is emitted at build
- * time by emit_loss.c. Tolerances: the table in kcheck.c, through the same
+ * and agrees with the reference executor. The object and its header are
+ * emitted at build time by emit_loss.c; the call goes through the header's
+ * typed wrapper. Tolerances: the table in kcheck.c, through the same
  * graph kd_kc_run would use; here the kernel is the linked one. */
 #include <float.h>
 #include <math.h>
@@ -9,11 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aot_fkl.h" /* generated next to the object */
 #include "losses.h"
-#include "lossrun.h"
 #include "refexec.h"
-
-extern const kd_loss_program kd_aot_fkl_program;
 
 int main(void) {
   enum { N = 6, V = 77 };
@@ -28,8 +27,7 @@ int main(void) {
   }
   char err[512];
   double loss = NAN;
-  kd_loss_io io = {t, KD_F32, s, KD_F32, labels, N, V, grad, &loss};
-  if (kd_loss_run(&kd_aot_fkl_program, &io, NULL, err, sizeof err)) {
+  if (kd_aot_fkl(t, s, labels, N, V, grad, &loss, NULL, err, sizeof err)) {
     printf("FAIL run: %s\n", err);
     return 1;
   }
