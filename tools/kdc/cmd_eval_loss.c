@@ -1,10 +1,12 @@
 /* kdc eval-loss SPEC.kd --teacher T.npy --student S.npy [--labels L.npy]
- *               [--grad-out G.npy] [--threads N] [--reference]
+ *               [--grad-out G.npy] [--threads N] [--reference] [--objective NAME]
+ *               [--time]
  *
  * Evaluates the spec's objective on logits read from files: prints
  * `loss: <9 significant digits>` and writes d loss / d student logits as
  * float32 [N, V]. Every input is validated before anything runs: a bad file
- * is a message naming it and exit status 1, never a crash.
+ * is a message naming it and exit status 1, never a crash. docs/losses.md
+ * describes the command for users.
  *
  * Legend: N = rows (tokens), V = vocabulary. */
 #include <math.h>
@@ -298,8 +300,7 @@ static int run_reference(const kd_graph *g, eval_io *io) {
   io->t_run = now() - t0;
   if (st != KD_OK) {
     free(out);
-    fprintf(stderr, CMD ": the reference executor failed: %s\n", err);
-    return KDC_EXIT_USER;
+    return input_error("the reference executor failed: %s", err);
   }
   for (size_t i = 0; i < nout; i++) {
     const char *name = kd_graph_output_name(g, i);
@@ -325,10 +326,7 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
             "executor\n", err);
     return run_reference(g, io);
   }
-  if (st != KD_OK) {
-    fprintf(stderr, CMD ": cannot compile the loss: %s\n", err);
-    return KDC_EXIT_USER;
-  }
+  if (st != KD_OK) return input_error("cannot compile the loss: %s", err);
   kd_pool *pool = NULL;
   st = kd_pool_new(threads, &pool);
   if (st == KD_OK) {
@@ -344,11 +342,7 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
     snprintf(err, sizeof err, "cannot start %d threads", threads);
   }
   kd_loss_free(l);
-  if (st != KD_OK) {
-    fprintf(stderr, CMD ": %s\n", err);
-    return KDC_EXIT_USER;
-  }
-  return KDC_EXIT_OK;
+  return st == KD_OK ? KDC_EXIT_OK : input_error("%s", err);
 }
 
 /* Writes the gradient as float32 [N, vs]: the first columns of the [N, v]
