@@ -31,6 +31,21 @@
 #include "session.h"
 
 #define MAX_STATE 64 /* online groups + reductions in one pass */
+#define MAX_CACHE 8  /* row-cache slots: [MAX_CACHE, V] floats per thread at most */
+
+/* The row cache of a stage: element values that a pass computes and a later
+ * pass needs again are written to a per-thread scratch row (L2-resident, V
+ * floats a value) instead of being recomputed, when they cost an exp or a
+ * log. The later pass loads them. */
+typedef struct cache_plan {
+  int nslots;
+  kd_node_id node[MAX_CACHE]; /* the value in slot s */
+  int save_pass[MAX_CACHE];   /* the pass that writes it */
+  int nloads;
+  struct {
+    int pass, slot;
+  } load[MAX_CACHE * KD_FUSE_MAX_PASSES];
+} cache_plan;
 
 typedef enum vclass { CL_F, CL_I, CL_B } vclass;
 
@@ -58,7 +73,11 @@ typedef struct emitter {
   LLVMValueRef *gval; /* [n] global scalars */
   LLVMValueRef *rval; /* [n] row scalars of the current row */
   LLVMValueRef *vval; /* [n] element vectors of the current vector body */
-  int stage;
+  LLVMValueRef scratch; /* the row kernel's [nscratch, V] floats */
+  int *slot_load;       /* [n] the slot a node is loaded from in this pass, or -1 */
+  cache_plan cache;     /* of the stage being emitted */
+  int nscratch;         /* max slots over the stages */
+  int stage, pass;
 } emitter;
 
 static void fail(emitter *e, kd_status st, const char *fmt, ...) {
@@ -396,8 +415,35 @@ static int is_softmax_exp(const emitter *e, const kd_node *n) {
   return (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == d->src[0];
 }
 
+static LLVMValueRef scratch_ptr(emitter *e, int slot) {
+  LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, slot), e->V, ""), e->j, "");
+  return LLVMBuildGEP2(e->b, e->f32, e->scratch, &off, 1, "");
+}
+
+static LLVMValueRef load_cached(emitter *e, int slot) {
+  LLVMValueRef p = scratch_ptr(e, slot);
+  if (e->mask) {
+    LLVMValueRef args[4] = {p, LLVMConstInt(e->i32, 4, 0), e->mask, LLVMConstNull(e->vf)};
+    return intrinsic2(e, "llvm.masked.load", e->vf, e->ptr, args, 4);
+  }
+  LLVMValueRef x = LLVMBuildLoad2(e->b, e->vf, p, "");
+  LLVMSetAlignment(x, 4);
+  return x;
+}
+
+static void save_cached(emitter *e, int slot, LLVMValueRef v) {
+  LLVMValueRef p = scratch_ptr(e, slot);
+  if (e->mask) {
+    LLVMValueRef args[4] = {v, p, LLVMConstInt(e->i32, 4, 0), e->mask};
+    intrinsic2(e, "llvm.masked.store", e->vf, e->ptr, args, 4);
+    return;
+  }
+  LLVMSetAlignment(LLVMBuildStore(e->b, v, p), 4);
+}
+
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->vval[id]) return e->vval[id];
+  if (e->slot_load[id] >= 0) return e->vval[id] = load_cached(e, e->slot_load[id]);
   const kd_fuse_node *f = fnode(e, id);
   const kd_node *n = gnode(e, id);
   vclass c = class_of(n->dtype);
@@ -583,6 +629,9 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, x, zero), "");
   }
   for (int i = 0; i < pl->nstore; i++) store_output(e, pl->store[i]);
+  for (int sl = 0; sl < e->cache.nslots; sl++)
+    if (e->cache.save_pass[sl] == e->pass)
+      save_cached(e, sl, elem_value(e, e->cache.node[sl]));
 }
 
 static LLVMValueRef hsum(emitter *e, LLVMValueRef v) {
@@ -637,6 +686,96 @@ static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlo
   return p;
 }
 
+/* ---- the row cache ---------------------------------------------------------------- */
+
+static void mark_elem(const emitter *e, kd_node_id id, char *seen) {
+  if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM) return;
+  seen[id] = 1;
+  const kd_node *n = gnode(e, id);
+  for (int i = 0; i < n->nsrc; i++) mark_elem(e, n->src[i], seen);
+}
+
+/* The element values a pass computes: from its roots (online maxima, folded
+ * and plain reduction arguments, stored outputs) down to inputs and row
+ * scalars. */
+static void mark_pass(emitter *e, int pass, char *seen) {
+  pass_plan pl;
+  plan_pass(e, pass, &pl);
+  memset(seen, 0, e->n);
+  for (int gi = 0; gi < pl.ng; gi++) mark_elem(e, pl.ga[gi], seen);
+  for (int r = 0; r < pl.nr; r++) {
+    const kd_fuse_node *f = fnode(e, pl.red[r]);
+    if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) mark_elem(e, f->fold_f, seen);
+    if (f->role == KD_ROLE_ROWRED) mark_elem(e, gnode(e, pl.red[r])->src[0], seen);
+  }
+  for (int i = 0; i < pl.nstore; i++) mark_elem(e, pl.store[i], seen);
+}
+
+/* Whether an element value costs an exp or a log to recompute. */
+static int costly(const emitter *e, kd_node_id id, char *seen) {
+  if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM) return 0;
+  seen[id] = 1;
+  const kd_node *n = gnode(e, id);
+  if (n->op == KD_IR_EXP || n->op == KD_IR_LOG || n->op == KD_IR_POW) return 1;
+  for (int i = 0; i < n->nsrc; i++)
+    if (costly(e, n->src[i], seen)) return 1;
+  return 0;
+}
+
+/* Walks pass p's values from its roots; the first costly f32 value on each
+ * path that pass p - 1 computed too is loaded from the cache instead (and
+ * nothing below it is recomputed). */
+static void choose_cached(emitter *e, int pass, kd_node_id id, const char *prev, char *seen,
+                          char *tmp) {
+  if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM) return;
+  seen[id] = 1;
+  const kd_node *n = gnode(e, id);
+  cache_plan *c = &e->cache;
+  memset(tmp, 0, e->n);
+  if (prev[id] && class_of(n->dtype) == CL_F && costly(e, id, tmp) &&
+      c->nloads < MAX_CACHE * KD_FUSE_MAX_PASSES) {
+    int sl = 0;
+    while (sl < c->nslots && c->node[sl] != id) sl++;
+    if (sl == c->nslots && c->nslots < MAX_CACHE) {
+      c->node[sl] = id;
+      c->save_pass[sl] = pass - 1;
+      c->nslots++;
+    }
+    if (sl < c->nslots) {
+      c->load[c->nloads].pass = pass;
+      c->load[c->nloads++].slot = sl;
+      return;
+    }
+  }
+  for (int i = 0; i < n->nsrc; i++) choose_cached(e, pass, n->src[i], prev, seen, tmp);
+}
+
+static void plan_cache(emitter *e) {
+  memset(&e->cache, 0, sizeof e->cache);
+  int np = e->s->stage[e->stage].npasses;
+  char *prev = calloc(e->n, 1), *seen = calloc(e->n, 1), *tmp = calloc(e->n, 1);
+  if (!prev || !seen || !tmp) {
+    fail(e, KD_ERR_NOMEM, "out of memory");
+  } else {
+    /* pass 0's values are relative to the running max: nothing to reuse */
+    for (int p = 2; p < np; p++) {
+      mark_pass(e, p - 1, prev);
+      pass_plan pl;
+      plan_pass(e, p, &pl);
+      memset(seen, 0, e->n);
+      for (int r = 0; r < pl.nr; r++) {
+        const kd_fuse_node *f = fnode(e, pl.red[r]);
+        if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE)
+          choose_cached(e, p, f->fold_f, prev, seen, tmp);
+        if (f->role == KD_ROLE_ROWRED) choose_cached(e, p, gnode(e, pl.red[r])->src[0], prev, seen, tmp);
+      }
+      for (int i = 0; i < pl.nstore; i++) choose_cached(e, p, pl.store[i], prev, seen, tmp);
+    }
+  }
+  free(prev), free(seen), free(tmp);
+  if (e->cache.nslots > e->nscratch) e->nscratch = e->cache.nslots;
+}
+
 /* The columns [j, limit), fewer than W, as one vector under a mask, when
  * there are any; the state flows through phis either way. */
 static void masked_step(emitter *e, const pass_plan *pl, LLVMValueRef *st, LLVMValueRef j,
@@ -668,6 +807,11 @@ static void emit_pass(emitter *e, int pass) {
   pass_plan pl;
   plan_pass(e, pass, &pl);
   if (e->st) return;
+  e->pass = pass;
+  for (size_t i = 0; i < e->n; i++) e->slot_load[i] = -1;
+  for (int i = 0; i < e->cache.nloads; i++)
+    if (e->cache.load[i].pass == pass)
+      e->slot_load[e->cache.node[e->cache.load[i].slot]] = e->cache.load[i].slot;
   /* row scalars and globals the pass reads, before the loop */
   char *seen = calloc(e->n, 1);
   if (!seen) {
@@ -766,8 +910,10 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   char suffix[16];
   snprintf(suffix, sizeof suffix, "row%d", k);
   e->stage = k;
+  plan_cache(e);
   begin_function(e, suffix, e->row_ty);
   LLVMValueRef begin = LLVMGetParam(e->fn, 1), end = LLVMGetParam(e->fn, 2);
+  e->scratch = LLVMGetParam(e->fn, 3);
   LLVMBasicBlockRef start = LLVMGetInsertBlock(e->b);
   LLVMBasicBlockRef head = block(e, "row"), rbody = block(e, "row.body"), done = block(e, "done");
   LLVMBuildBr(e->b, head);
@@ -856,26 +1002,26 @@ static void emit_program(emitter *e, LLVMValueRef *rows, LLVMValueRef *steps) {
   const kd_schedule *s = e->s;
   LLVMTypeRef rt = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES);
   LLVMTypeRef st = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES + 1);
-  LLVMTypeRef fields[12] = {e->i32, e->i32, e->i32, e->i32, e->i32, e->i32,
+  LLVMTypeRef fields[13] = {e->i32, e->i32, e->i32, e->i32, e->i32, e->i32, e->i32,
                             e->i32, e->i32, e->i32, e->i32, rt,     st};
-  LLVMTypeRef pt = LLVMStructTypeInContext(e->C, fields, 12, 0);
+  LLVMTypeRef pt = LLVMStructTypeInContext(e->C, fields, 13, 0);
   LLVMValueRef rv[KD_LOSS_MAX_STAGES], sv[KD_LOSS_MAX_STAGES + 1];
   for (int k = 0; k < KD_LOSS_MAX_STAGES; k++) rv[k] = rows[k] ? rows[k] : LLVMConstNull(e->ptr);
   for (int k = 0; k <= KD_LOSS_MAX_STAGES; k++) sv[k] = steps[k] ? steps[k] : LLVMConstNull(e->ptr);
   kd_node_id loss = kd_graph_find_output(e->g, "loss");
   const kd_node *t = s->teacher == KD_NONE ? NULL : gnode(e, s->teacher);
-  int32_t vals[10] = {(int32_t)KD_LOSS_MAGIC, KD_LOSS_ABI_VERSION, s->nstages, s->nslots,
+  int32_t vals[11] = {(int32_t)KD_LOSS_MAGIC, KD_LOSS_ABI_VERSION, s->nstages, s->nslots,
                       (int32_t)e->n, loss, kd_graph_find_output(e->g, "grad") != KD_NONE,
                       t ? (int32_t)t->dtype : -1, (int32_t)gnode(e, s->student)->dtype,
-                      s->labels != KD_NONE};
-  LLVMValueRef init[12];
-  for (int i = 0; i < 10; i++) init[i] = LLVMConstInt(e->i32, (unsigned long long)(uint32_t)vals[i], 0);
-  init[10] = LLVMConstArray2(e->ptr, rv, KD_LOSS_MAX_STAGES);
-  init[11] = LLVMConstArray2(e->ptr, sv, KD_LOSS_MAX_STAGES + 1);
+                      s->labels != KD_NONE, e->nscratch};
+  LLVMValueRef init[13];
+  for (int i = 0; i < 11; i++) init[i] = LLVMConstInt(e->i32, (unsigned long long)(uint32_t)vals[i], 0);
+  init[11] = LLVMConstArray2(e->ptr, rv, KD_LOSS_MAX_STAGES);
+  init[12] = LLVMConstArray2(e->ptr, sv, KD_LOSS_MAX_STAGES + 1);
   char name[160];
   snprintf(name, sizeof name, "%s_program", e->name);
   LLVMValueRef gv = LLVMAddGlobal(e->M, pt, name);
-  LLVMSetInitializer(gv, LLVMConstNamedStruct(pt, init, 12));
+  LLVMSetInitializer(gv, LLVMConstNamedStruct(pt, init, 13));
   LLVMSetGlobalConstant(gv, 1);
 }
 
@@ -893,8 +1039,8 @@ static void init_types(emitter *e) {
   e->vi1 = LLVMVectorType(e->i1, (unsigned)e->W);
   LLVMTypeRef f[8] = {e->ptr, e->ptr, e->ptr, e->ptr, e->ptr, e->ptr, e->i64, e->i64};
   e->args_ty = LLVMStructTypeInContext(C, f, 8, 0);
-  LLVMTypeRef rp[3] = {e->ptr, e->i64, e->i64};
-  e->row_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), rp, 3, 0);
+  LLVMTypeRef rp[4] = {e->ptr, e->i64, e->i64, e->ptr};
+  e->row_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), rp, 4, 0);
   e->step_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), rp, 1, 0);
 }
 
@@ -915,7 +1061,9 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   e.gval = calloc(e.n + 1, sizeof *e.gval);
   e.rval = calloc(e.n + 1, sizeof *e.rval);
   e.vval = calloc(e.n + 1, sizeof *e.vval);
-  if (!e.gval || !e.rval || !e.vval) e.st = KD_ERR_NOMEM;
+  e.slot_load = malloc((e.n + 1) * sizeof *e.slot_load);
+  if (!e.gval || !e.rval || !e.vval || !e.slot_load) e.st = KD_ERR_NOMEM;
+  for (size_t i = 0; !e.st && i < e.n; i++) e.slot_load[i] = -1;
   e.b = LLVMCreateBuilderInContext(e.C);
   e.be = LLVMCreateBuilderInContext(e.C);
   init_types(&e);
@@ -932,6 +1080,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   free(e.gval);
   free(e.rval);
   free(e.vval);
+  free(e.slot_load);
   return e.st;
 }
 

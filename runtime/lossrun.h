@@ -23,7 +23,7 @@
 #include "threadpool.h"
 
 #define KD_LOSS_MAGIC 0x4b444c53u /* "KDLS" */
-#define KD_LOSS_ABI_VERSION 1
+#define KD_LOSS_ABI_VERSION 2
 #define KD_LOSS_MAX_STAGES 8
 
 /* What the generated functions receive. */
@@ -37,7 +37,10 @@ typedef struct kd_loss_args {
   int64_t N, V;
 } kd_loss_args;
 
-typedef void (*kd_loss_row_fn)(const kd_loss_args *a, int64_t row_begin, int64_t row_end);
+/* scratch: this thread's [nscratch, V] floats (the row cache), never shared
+ * between concurrent calls. */
+typedef void (*kd_loss_row_fn)(const kd_loss_args *a, int64_t row_begin, int64_t row_end,
+                               float *scratch);
 typedef void (*kd_loss_step_fn)(const kd_loss_args *a);
 
 /* Emitted as a constant by the code generator; field order is the ABI. */
@@ -52,6 +55,7 @@ typedef struct kd_loss_program {
   int32_t teacher_dtype; /* kd_dtype, or -1 when the loss reads no teacher */
   int32_t student_dtype;
   int32_t has_labels;
+  int32_t nscratch;     /* rows of V floats of scratch each thread needs */
   kd_loss_row_fn row[KD_LOSS_MAX_STAGES];       /* NULL: the stage has no row work */
   kd_loss_step_fn step[KD_LOSS_MAX_STAGES + 1];
 } kd_loss_program;
@@ -69,7 +73,8 @@ typedef struct kd_loss_io {
 } kd_loss_io;
 
 /* Checks io against p and runs it; the work arrays are N x (slots) and
- * nglobals doubles, never N x V. pool may be NULL (one thread). */
+ * nglobals doubles, and threads x nscratch x V floats: never N x V. pool
+ * may be NULL (one thread). */
 kd_status kd_loss_run(const kd_loss_program *p, const kd_loss_io *io, kd_pool *pool, char *err,
                       size_t errlen);
 
