@@ -18,12 +18,13 @@
 
 /* Divergence calls are inlined; this bounds a divergence that calls itself. */
 #define KD_LOWER_MAX_DEPTH 64
+#define KD_LOWER_MAX_TEACHERS 8
 
 typedef enum kd_lval_kind {
   KD_LV_NUM,      /* num */
   KD_LV_STR,      /* str (borrowed from the AST) */
   KD_LV_NODE,     /* id: a tensor in the graph */
-  KD_LV_INSTANCE, /* ast: the top-level binding; teacher: its role */
+  KD_LV_INSTANCE, /* sym: the instance */
 } kd_lval_kind;
 
 typedef struct kd_lval {
@@ -31,8 +32,7 @@ typedef struct kd_lval {
   double num;
   const char *str;
   kd_node_id id;
-  const kd_ast *ast;
-  bool teacher;
+  const kd_symbol *sym;
 } kd_lval;
 
 /* A scope: the objective's lets, or a divergence's parameters. */
@@ -52,9 +52,13 @@ typedef struct kd_lowering {
   kd_diag *diag;
   kd_graph *g;
   kd_dim N, V;
-  kd_node_id teacher, student, labels; /* created on first use */
-  const kd_ast *teacher_inst;          /* the one instance lowered as the teacher */
+  kd_node_id student, labels;          /* created on first use */
   const kd_symbol *student_sym;        /* the instance trained, or NULL */
+  /* The teachers the objective reads, in order of appearance, and their
+   * inputs: "teacher" when there is one, "teacher.NAME" when several. */
+  const kd_symbol *teachers[KD_LOWER_MAX_TEACHERS];
+  kd_node_id teacher_ids[KD_LOWER_MAX_TEACHERS];
+  int nteachers;
   bool uses_labels;
   int depth;
   bool failed;
@@ -118,14 +122,23 @@ static kd_node_id kd_as_node(kd_lowering *L, kd_lval v) {
   return v.kind == KD_LV_NUM ? kd_const(L->g, v.num, KD_F32) : v.id;
 }
 
-static kd_node_id kd_logits_input(kd_lowering *L, bool teacher) {
-  kd_node_id *slot = teacher ? &L->teacher : &L->student;
-  if (*slot == KD_NONE) {
+static kd_node_id kd_student_input(kd_lowering *L) {
+  if (L->student == KD_NONE) {
     kd_dim shape[2] = {L->N, L->V};
-    kd_dtype t = teacher ? L->opt->teacher_dtype : L->opt->student_dtype;
-    *slot = kd_input(L->g, teacher ? "teacher" : "student", t, 2, shape);
+    L->student = kd_input(L->g, "student", L->opt->student_dtype, 2, shape);
   }
-  return *slot;
+  return L->student;
+}
+
+/* Teacher i's logits (an index into L->teachers). */
+static kd_node_id kd_teacher_input(kd_lowering *L, int i) {
+  if (L->teacher_ids[i] == KD_NONE) {
+    kd_dim shape[2] = {L->N, L->V};
+    char name[160] = "teacher";
+    if (L->nteachers > 1) snprintf(name, sizeof name, "teacher.%s", L->teachers[i]->name);
+    L->teacher_ids[i] = kd_input(L->g, name, L->opt->teacher_dtype, 2, shape);
+  }
+  return L->teacher_ids[i];
 }
 
 static kd_node_id kd_labels_input(kd_lowering *L) {
@@ -161,8 +174,7 @@ static kd_lval kd_lower_name(kd_lowering *L, const kd_scope *scope, const kd_ast
   }
   const kd_symbol *sym = r && r->ref == KD_REF_SYMBOL ? r->sym : NULL;
   if (sym && sym->kind == KD_SYM_INSTANCE) {
-    return (kd_lval){.kind = KD_LV_INSTANCE, .ast = sym->node, .id = KD_NONE,
-                     .teacher = kd_is_teacher(L, sym)};
+    return (kd_lval){.kind = KD_LV_INSTANCE, .sym = sym, .id = KD_NONE};
   }
   if (sym && sym->kind == KD_SYM_CONST && sym->value_kind == KD_KIND_STRING)
     return (kd_lval){.kind = KD_LV_STR, .str = sym->node->a->str, .id = KD_NONE};
@@ -178,14 +190,11 @@ static kd_lval kd_lower_member(kd_lowering *L, const kd_scope *scope, const kd_a
   if (strcmp(e->name, "logits"))
     return kd_fail_at(L, e->name_loc, "the loss compiler reads only '.logits', not '.%s'",
                       e->name);
-  if (obj.teacher) {
-    if (L->teacher_inst && L->teacher_inst != obj.ast)
-      return kd_fail_at(L, e->loc,
-                        "a second teacher ('%s'): one teacher per objective is supported",
-                        obj.ast->name);
-    L->teacher_inst = obj.ast;
-  }
-  return kd_nodev(kd_logits_input(L, obj.teacher));
+  if (!kd_is_teacher(L, obj.sym)) return kd_nodev(kd_student_input(L));
+  for (int i = 0; i < L->nteachers; i++)
+    if (L->teachers[i] == obj.sym) return kd_nodev(kd_teacher_input(L, i));
+  return kd_fail_at(L, e->loc, "internal error: teacher '%s' was not found by the scan",
+                    obj.sym->name);
 }
 
 static kd_lval kd_lower_unary(kd_lowering *L, const kd_scope *scope, const kd_ast *e) {
@@ -421,6 +430,30 @@ static kd_lval kd_lower_expr(kd_lowering *L, const kd_scope *scope, const kd_ast
 
 /* ---- the objective ------------------------------------------------------ */
 
+/* Finds the teachers whose .logits expression e reads, before lowering, so
+ * that their inputs are named knowing how many there are. (Only an
+ * objective's own expressions name instances: divergence bodies cannot.) */
+static void kd_scan_teachers(kd_lowering *L, const kd_ast *e) {
+  if (!e || L->failed) return;
+  if (e->kind == KD_AST_MEMBER && e->a->kind == KD_AST_NAME) {
+    const kd_ref *r = kd_resolved(L, e->a);
+    const kd_symbol *sym = r && r->ref == KD_REF_SYMBOL ? r->sym : NULL;
+    if (sym && sym->kind == KD_SYM_INSTANCE && kd_is_teacher(L, sym)) {
+      for (int i = 0; i < L->nteachers; i++)
+        if (L->teachers[i] == sym) return;
+      if (L->nteachers == KD_LOWER_MAX_TEACHERS) {
+        kd_fail_at(L, e->loc, "more than %d teachers in one objective", KD_LOWER_MAX_TEACHERS);
+        return;
+      }
+      L->teacher_ids[L->nteachers] = KD_NONE;
+      L->teachers[L->nteachers++] = sym;
+    }
+  }
+  kd_scan_teachers(L, e->a);
+  kd_scan_teachers(L, e->b);
+  for (size_t i = 0; i < e->items.n; i++) kd_scan_teachers(L, e->items.v[i]);
+}
+
 /* The objective to lower: the one named in the options, else the one the
  * (first) train block minimises, else the unnamed one, else the only one. */
 static const kd_ast *kd_find_objective(kd_lowering *L) {
@@ -545,15 +578,16 @@ kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag 
   *info = (kd_lower_info){.ignore_index = -100};
   *out = NULL;
   kd_lowering L = {.prog = prog, .opt = opt ? opt : &defaults, .diag = diag,
-                   .teacher = KD_NONE, .student = KD_NONE, .labels = KD_NONE};
+                   .student = KD_NONE, .labels = KD_NONE};
   L.g = kd_graph_new();
   if (!L.g) return KD_ERR_NOMEM;
   L.N = kd_graph_sym(L.g, "N");
   L.V = kd_graph_sym(L.g, "V");
   /* The gradient is taken with respect to the student, so it is always an
    * input, even for a loss that does not read it. */
-  kd_logits_input(&L, false);
+  kd_student_input(&L);
   const kd_ast *obj = kd_find_objective(&L);
+  if (obj) kd_scan_teachers(&L, obj);
   kd_status st = obj ? kd_lower_objective(&L, obj, info) : KD_ERR_SEMANTIC;
   char err[256];
   if (st == KD_OK && kd_graph_verify(L.g, err, sizeof err) != KD_OK) {
@@ -564,7 +598,7 @@ kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag 
     kd_graph_free(L.g);
     return st;
   }
-  info->uses_teacher = L.teacher != KD_NONE;
+  info->nteachers = L.nteachers;
   info->uses_labels = L.uses_labels;
   *out = L.g;
   return KD_OK;

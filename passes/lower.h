@@ -2,7 +2,9 @@
  *
  * The graph follows the loss-graph contract (codegen/loss.h, passes/passes.h):
  *   inputs   "student" f32|bf16 [N, V]   always present
- *            "teacher" f32|bf16 [N, V]   when the objective reads the teacher
+ *            "teacher" f32|bf16 [N, V]   when the objective reads a teacher; when
+ *                                        it reads several, one "teacher.NAME"
+ *                                        per teacher instance NAME
  *            "labels"  i64 [N, 1]        when the objective reads labels, or
  *                                        when the caller asks for masking
  *   output   "loss"    f32 []            the objective reduced over tokens
@@ -50,7 +52,7 @@ typedef struct kd_lower_options {
 
 /* What the caller needs to know beyond the graph. */
 typedef struct kd_lower_info {
-  bool uses_teacher;      /* the graph has a "teacher" input */
+  int nteachers;          /* teacher inputs: 0, 1 ("teacher") or more ("teacher.NAME") */
   bool uses_labels;       /* the objective itself reads labels (cross_entropy(..., labels)) */
   bool sum;               /* reduction = "sum" (else "mean") */
   long long ignore_index;
@@ -58,11 +60,11 @@ typedef struct kd_lower_info {
 } kd_lower_info;
 
 /* Lowers the objective. Errors (an objective that is missing, a loss that is
- * not a per-token scalar, a construct the loss compiler cannot lower yet,
- * such as a second teacher) go to diag with the offending source location,
+ * not a per-token scalar, a construct the loss compiler cannot lower yet)
+ * go to diag with the offending source location,
  * and return KD_ERR_SEMANTIC. The instance a train block trains is the
- * student (without a train block, the instance named `student`); the other
- * instance whose .logits the objective reads is the teacher. info may be
+ * student (without a train block, the instance named `student`); every other
+ * instance whose .logits the objective reads is a teacher. info may be
  * NULL. */
 kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag *diag,
                    kd_graph **out, kd_lower_info *info);

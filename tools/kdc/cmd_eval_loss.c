@@ -26,9 +26,19 @@
 #include "threadpool.h"
 
 #define CMD "kdc eval-loss"
+#define MAX_TEACHERS 8
+#define MAX_INPUT_NAME 160 /* "teacher." and an instance name (as passes/lower.c) */
+
+/* A --teacher option: FILE, or NAME=FILE for the teacher instance NAME. */
+typedef struct teacher_arg {
+  char name[64]; /* "" when unnamed */
+  const char *path;
+} teacher_arg;
 
 typedef struct eval_args {
-  const char *spec, *teacher, *student, *labels, *grad_out, *objective;
+  const char *spec, *student, *labels, *grad_out, *objective;
+  teacher_arg teacher[MAX_TEACHERS];
+  int nteachers;
   int threads;    /* 0: every CPU */
   bool reference; /* run the double-precision reference executor */
   bool time;      /* print how long each phase took */
@@ -45,7 +55,9 @@ static void eval_usage(FILE *out) {
           "\n"
           "options:\n"
           "  --teacher FILE   teacher logits [N, V]: float32, or bfloat16 stored as uint16;\n"
-          "                   FILE.safetensors:NAME reads tensor NAME of a safetensors file\n"
+          "                   FILE.safetensors:NAME reads tensor NAME of a safetensors file;\n"
+          "                   an objective with several teachers takes one --teacher\n"
+          "                   INSTANCE=FILE for each\n"
           "  --student FILE   student logits [N, V], the same\n"
           "  --labels FILE    int32 or int64 labels [N]; rows whose label is the objective's\n"
           "                   ignore_index (-100 by default) count in no mean\n"
@@ -77,7 +89,8 @@ static int usage_error(const char *fmt, ...) {
 static int parse_args(int argc, char **argv, eval_args *a) {
   for (int i = 1; i < argc; i++) {
     const char *s = argv[i];
-    const char **slot = !strcmp(s, "--teacher")     ? &a->teacher
+    const char *teacher = NULL;
+    const char **slot = !strcmp(s, "--teacher")     ? &teacher
                         : !strcmp(s, "--student")   ? &a->student
                         : !strcmp(s, "--labels")    ? &a->labels
                         : !strcmp(s, "--grad-out")  ? &a->grad_out
@@ -86,6 +99,15 @@ static int parse_args(int argc, char **argv, eval_args *a) {
     if (slot || !strcmp(s, "--threads")) {
       if (i + 1 >= argc) return usage_error("option '%s' needs a value", s);
       const char *v = argv[++i];
+      if (slot == &teacher) {
+        if (a->nteachers == MAX_TEACHERS) return usage_error("more than %d teachers", MAX_TEACHERS);
+        teacher_arg *t = &a->teacher[a->nteachers++];
+        size_t n = strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789");
+        bool named = n > 0 && n < sizeof t->name && v[n] == '=' && !(v[0] >= '0' && v[0] <= '9');
+        if (named) snprintf(t->name, sizeof t->name, "%.*s", (int)n, v);
+        t->path = named ? v + n + 1 : v;
+        continue;
+      }
       if (slot) {
         *slot = v;
         continue;
@@ -234,23 +256,29 @@ static int resize_vocab(kd_array *a, int64_t v) {
   return KDC_EXIT_OK;
 }
 
-/* Makes teacher and student agree on V as the objective's vocab_align says. */
-static int align_vocab(const eval_args *args, kd_vocab_align how, kd_array *t, kd_array *s) {
-  int64_t vt = t->shape[1], vs = s->shape[1];
-  if (t->shape[0] != s->shape[0])
-    return input_error(
-        "teacher and student disagree on the number of rows: %lld (%s) and %lld (%s)",
-        (long long)t->shape[0], args->teacher, (long long)s->shape[0], args->student);
-  if (vt == vs) return KDC_EXIT_OK;
-  if (how == KD_ALIGN_ERROR)
-    return input_error(
-        "vocabulary mismatch: the teacher's logits have %lld entries per row, the "
-        "student's %lld (to align them, set vocab_align = \"pad\" or \"truncate\" in "
-        "the objective)",
-        (long long)vt, (long long)vs);
-  int64_t v = how == KD_ALIGN_PAD ? (vt > vs ? vt : vs) : (vt < vs ? vt : vs);
-  int rc = resize_vocab(t, v);
-  return rc ? rc : resize_vocab(s, v);
+/* Makes the teachers t[0..nt) agree with the student s on N, and on V as
+ * the objective's vocab_align says. */
+static int align_vocab(const eval_args *args, kd_vocab_align how, kd_array *t, int nt,
+                       kd_array *s) {
+  int64_t vs = s->shape[1], v = vs;
+  for (int i = 0; i < nt; i++) {
+    int64_t vt = t[i].shape[1];
+    if (t[i].shape[0] != s->shape[0])
+      return input_error(
+          "teacher and student disagree on the number of rows: %lld (%s) and %lld (%s)",
+          (long long)t[i].shape[0], args->teacher[i].path, (long long)s->shape[0],
+          args->student);
+    if (vt != vs && how == KD_ALIGN_ERROR)
+      return input_error(
+          "vocabulary mismatch: the teacher's logits have %lld entries per row, the "
+          "student's %lld (to align them, set vocab_align = \"pad\" or \"truncate\" in "
+          "the objective)",
+          (long long)vt, (long long)vs);
+    v = how == KD_ALIGN_PAD ? (vt > v ? vt : v) : (vt < v ? vt : v);
+  }
+  int rc = resize_vocab(s, v);
+  for (int i = 0; i < nt && !rc; i++) rc = resize_vocab(&t[i], v);
+  return rc;
 }
 
 /* Labels as int64 [N], what both executors read. */
@@ -265,11 +293,47 @@ static int widen_labels(kd_array *a) {
   return KDC_EXIT_OK;
 }
 
+/* Pairs the graph's teacher inputs with the --teacher options, reordering
+ * args->teacher and t[] to the graph's order: one teacher is input
+ * "teacher" and takes one option; several are "teacher.NAME" and take one
+ * NAME=FILE option each. */
+static int match_teachers(const kd_graph *g, const kd_lower_info *info, eval_args *args,
+                          kd_array *t, char (*tnames)[MAX_INPUT_NAME], int *nt) {
+  *nt = info->nteachers;
+  if (*nt == 1) snprintf(tnames[0], MAX_INPUT_NAME, "teacher");
+  for (size_t id = 0, k = 0; *nt > 1 && id < kd_graph_size(g); id++) {
+    const kd_node *n = kd_graph_node(g, (kd_node_id)id);
+    if (n->op == KD_IR_INPUT && !strncmp(n->name, "teacher.", 8))
+      snprintf(tnames[k++], MAX_INPUT_NAME, "%s", n->name);
+  }
+  if (*nt == 1 && args->nteachers != 1)
+    return args->nteachers ? usage_error("the objective reads one teacher, not %d",
+                                         args->nteachers)
+                           : usage_error("the objective reads the teacher's logits: --teacher "
+                                         "is required");
+  for (int i = 0; *nt > 1 && i < *nt; i++) {
+    const char *want = tnames[i] + 8;
+    int j = i;
+    while (j < args->nteachers && strcmp(args->teacher[j].name, want)) j++;
+    if (j == args->nteachers)
+      return usage_error("the objective reads teacher '%s': pass --teacher %s=FILE", want, want);
+    teacher_arg ta = args->teacher[i];
+    kd_array ka = t[i];
+    args->teacher[i] = args->teacher[j], t[i] = t[j];
+    args->teacher[j] = ta, t[j] = ka;
+  }
+  if (*nt > 1 && args->nteachers > *nt)
+    return usage_error("the objective reads no teacher '%s'", args->teacher[*nt].name);
+  return KDC_EXIT_OK;
+}
+
 /* ---- running --------------------------------------------------------------- */
 
 /* The arrays of one evaluation, aligned and checked. grad is [N, V]. */
 typedef struct eval_io {
-  const kd_array *t, *s, *labels; /* t and labels are empty when unused */
+  const kd_array *t, *s, *labels; /* t[nt] teachers; labels empty when unused */
+  const char (*tnames)[MAX_INPUT_NAME]; /* the teachers' graph inputs */
+  int nt;
   int64_t n, v;
   float *grad;
   double loss;
@@ -284,11 +348,11 @@ static double now(void) {
 
 /* The reference executor, in double. */
 static int run_reference(const kd_graph *g, eval_io *io) {
-  kd_ref_input in[3];
+  kd_ref_input in[MAX_TEACHERS + 2];
   size_t nin = 0;
   in[nin++] = (kd_ref_input){"student", io->s->dtype, 2, {io->n, io->v}, io->s->data};
-  if (kd_graph_find_input(g, "teacher") != KD_NONE)
-    in[nin++] = (kd_ref_input){"teacher", io->t->dtype, 2, {io->n, io->v}, io->t->data};
+  for (int i = 0; i < io->nt; i++)
+    in[nin++] = (kd_ref_input){io->tnames[i], io->t[i].dtype, 2, {io->n, io->v}, io->t[i].data};
   if (kd_graph_find_input(g, "labels") != KD_NONE)
     in[nin++] = (kd_ref_input){"labels", KD_I64, 2, {io->n, 1}, io->labels->data};
   size_t nout = kd_graph_noutputs(g);
@@ -313,10 +377,16 @@ static int run_reference(const kd_graph *g, eval_io *io) {
   return KDC_EXIT_OK;
 }
 
-/* The fused kernel, JIT-compiled. A graph the scheduler cannot fuse yet
- * runs on the reference executor, with a warning. */
+/* The fused kernel, JIT-compiled. A graph it cannot run yet (several
+ * teachers, or one the scheduler rejects) runs on the reference executor,
+ * with a warning. */
 static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
   char err[512];
+  if (io->nt > 1) {
+    fprintf(stderr, CMD ": warning: the fused kernel reads one teacher; running the reference "
+            "executor\n");
+    return run_reference(g, io);
+  }
   kd_loss *l = NULL;
   double t0 = now();
   kd_status st = kd_loss_compile(g, NULL, &l, err, sizeof err);
@@ -330,7 +400,8 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
   kd_pool *pool = NULL;
   st = kd_pool_new(threads, &pool);
   if (st == KD_OK) {
-    kd_loss_io lio = {.teacher = io->t->data, .teacher_dtype = io->t->dtype,
+    kd_loss_io lio = {.teacher = io->nt ? io->t->data : NULL,
+                      .teacher_dtype = io->nt ? io->t->dtype : KD_F32,
                       .student = io->s->data, .student_dtype = io->s->dtype,
                       .labels = io->labels->data, .N = io->n, .V = io->v,
                       .grad = io->grad, .loss = &io->loss};
@@ -366,35 +437,41 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   int rc = parse_args(argc, argv, &args);
   if (rc) return rc < 0 ? KDC_EXIT_OK : rc;
 
-  kd_array t = {0}, s = {0}, labels = {0}, grad = {0};
+  kd_array t[MAX_TEACHERS] = {{0}}, s = {0}, labels = {0}, grad = {0};
+  char tnames[MAX_TEACHERS][MAX_INPUT_NAME];
+  int nt = 0;
   kd_graph *g = NULL;
   double t_start = now(), t_read = 0, t_passes = 0, t_write = 0;
   if ((rc = read_array(args.student, &s)) || (rc = check_logits("student", args.student, &s)))
     goto done;
-  if (args.teacher &&
-      ((rc = read_array(args.teacher, &t)) || (rc = check_logits("teacher", args.teacher, &t))))
-    goto done;
+  for (int i = 0; i < args.nteachers; i++) {
+    const char *path = args.teacher[i].path;
+    if ((rc = read_array(path, &t[i])) || (rc = check_logits("teacher", path, &t[i]))) goto done;
+    if (t[i].dtype != t[0].dtype) {
+      rc = input_error("%s: the teachers' logits must share a dtype (%s, not %s)", path,
+                       kd_dtype_name(t[0].dtype), kd_dtype_name(t[i].dtype));
+      goto done;
+    }
+  }
   if (args.labels && (rc = read_array(args.labels, &labels))) goto done;
-
   t_read = now() - t_start;
 
-  kd_lower_options opt = {.teacher_dtype = args.teacher ? t.dtype : KD_F32,
+  kd_lower_options opt = {.teacher_dtype = args.nteachers ? t[0].dtype : KD_F32,
                           .student_dtype = s.dtype,
                           .labels = args.labels != NULL,
                           .objective = args.objective};
   kd_lower_info info;
-  if ((rc = kdc_lower_spec(args.spec, &opt, &g, &info))) goto done;
-  if (info.uses_teacher && !args.teacher) {
-    rc = usage_error("the objective reads the teacher's logits: --teacher is required");
+  if ((rc = kdc_lower_spec(args.spec, &opt, &g, &info)) ||
+      (rc = match_teachers(g, &info, &args, t, tnames, &nt)))
     goto done;
-  }
   if (info.uses_labels && !args.labels) {
     rc = usage_error("the objective reads labels: --labels is required");
     goto done;
   }
   int64_t vs = s.shape[1];
-  if (info.uses_teacher && (rc = align_vocab(&args, info.vocab_align, &t, &s))) goto done;
-  eval_io io = {.t = &t, .s = &s, .labels = &labels, .n = s.shape[0], .v = s.shape[1]};
+  if (nt && (rc = align_vocab(&args, info.vocab_align, t, nt, &s))) goto done;
+  eval_io io = {.t = t, .tnames = (const char(*)[MAX_INPUT_NAME])tnames, .nt = nt, .s = &s, .labels = &labels,
+                .n = s.shape[0], .v = s.shape[1]};
   if (args.labels && ((rc = check_labels(args.labels, &labels, io.n, io.v, info.ignore_index)) ||
                       (rc = widen_labels(&labels))))
     goto done;
@@ -423,7 +500,7 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   }
 done:
   kd_graph_free(g);
-  kd_array_free(&t);
+  for (int i = 0; i < MAX_TEACHERS; i++) kd_array_free(&t[i]);
   kd_array_free(&s);
   kd_array_free(&labels);
   kd_array_free(&grad);
