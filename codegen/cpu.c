@@ -6,10 +6,12 @@
  *   <name>_program                                             a kd_loss_program
  * (runtime/lossrun.h). A row kernel, for each row in [begin, end), runs the
  * stage's passes: each pass is a loop over the row in vectors of W f32 lanes
- * plus one masked tail vector (so any V works), accumulating the pass's
+ * plus one masked tail vector (so any V works; with non-temporal stores also
+ * a masked head up to the gradient row's alignment), accumulating the pass's
  * reductions in f32 lanes; after the loop the lanes are combined in double.
  * Row scalars are computed in double between passes; global scalars are
- * computed in double by the steps and read from a->globals.
+ * computed in double by the steps and read from a->globals. Costly element
+ * values that a later pass needs again go through a per-thread row cache.
  *
  * Value classes: every node computes as F (f32 lanes in loops, double in row
  * and global code), I (i64) or B (i1), by its dtype. Element values are
@@ -264,7 +266,9 @@ static LLVMValueRef emit_binary(emitter *e, const kd_node *n, LLVMValueRef a, LL
     if (f) return minmax(e, n->op == KD_IR_MAX ? "llvm.maximum" : "llvm.minimum", a, b);
     return LLVMBuildSelect(
         e->b, LLVMBuildICmp(e->b, n->op == KD_IR_MAX ? LLVMIntSGE : LLVMIntSLE, a, b, ""), a, b, "");
-  default: return NULL;
+  default:
+    fail(e, KD_ERR_UNSUPPORTED, "codegen: %s has no emitter", kd_opcode_name(n->op));
+    return LLVMGetPoison(LLVMTypeOf(a));
   }
 }
 
@@ -314,15 +318,11 @@ static LLVMValueRef global_value(emitter *e, kd_node_id id) {
   const kd_node *n = gnode(e, id);
   if (n->op == KD_IR_CONST) return const_value(e, n);
   if (!e->gval[id]) {
-    LLVMValueRef d = load_global(e, id);
     /* load in the entry block, convert there too */
     LLVMBuilderRef keep = e->b;
     e->b = e->be;
-    vclass c = class_of(n->dtype);
-    if (c == CL_I) d = LLVMBuildFPToSI(e->b, d, e->i64, "");
-    if (c == CL_B) d = LLVMBuildFCmp(e->b, LLVMRealUNE, d, LLVMConstNull(e->f64), "");
+    e->gval[id] = convert(e, load_global(e, id), CL_F, class_of(n->dtype));
     e->b = keep;
-    e->gval[id] = d;
   }
   return e->gval[id];
 }
