@@ -1,7 +1,9 @@
-/* kdc emit-ir SPEC.kd [--after PASS] [--labels]: prints the loss graph of a
- * spec's objective after a stage of the pipeline (lower, canonicalize,
- * autodiff, simplify, cse, dce), in the textual form of kd_graph_print; after
- * `fuse`, the whole pipeline's graph and then its row schedule. */
+/* kdc emit-ir SPEC.kd [--after PASS] [--labels] [--objective NAME]
+ *
+ * Prints the loss graph of a spec's objective after a stage of the pipeline
+ * (lower, canonicalize, autodiff, simplify, cse, dce), in the textual form of
+ * kd_graph_print; after `fuse`, the whole pipeline's graph and then its row
+ * schedule. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
