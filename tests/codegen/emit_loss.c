@@ -12,7 +12,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: emit_loss OUT.o OUT.h\n");
     return 2;
   }
-  kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32};
+  kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32, 0};
   kd_graph *g = kd_tl_build(&sp, err, sizeof err);
   kd_loss_options o = {"kd_aot_fkl", 0, 0};
   if (!g || kd_loss_emit_file(g, &o, argv[1], 0, err, sizeof err)) {

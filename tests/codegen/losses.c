@@ -90,6 +90,7 @@ kd_graph *kd_tl_build(const kd_tl_spec *sp, char *err, size_t errlen) {
     return NULL;
   }
   for (size_t i = 0; i < sizeof passes / sizeof passes[0]; i++) {
+    if (sp->no_grad && passes[i] == kd_pass_autodiff) continue;
     kd_graph *next = NULL;
     kd_status st = passes[i](g, &next, err, errlen);
     kd_graph_free(g);

@@ -14,6 +14,7 @@ typedef struct kd_tl_spec {
   double T;           /* temperature (not used by TL_CE) */
   int masked;         /* rows with labels == -100 count in no mean and get 0 gradient */
   kd_dtype dtype;     /* of teacher and student: KD_F32 or KD_BF16 */
+  int no_grad;        /* skip autodiff: the loss alone */
 } kd_tl_spec;
 
 const char *kd_tl_name(kd_tl_kind k);
@@ -22,7 +23,8 @@ const char *kd_tl_name(kd_tl_kind k);
 kd_graph *kd_tl_forward(const kd_tl_spec *sp);
 
 /* Forward -> canonicalize -> autodiff -> simplify -> cse -> dce: outputs
- * "loss" and "grad". NULL on failure (err says why). */
+ * "loss" and "grad" ("loss" only with no_grad). NULL on failure (err says
+ * why). */
 kd_graph *kd_tl_build(const kd_tl_spec *sp, char *err, size_t errlen);
 
 #endif /* KD_TEST_LOSSES_H */

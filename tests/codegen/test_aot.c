@@ -32,7 +32,7 @@ int main(void) {
     return 1;
   }
   /* the same loss, the reference way */
-  kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32};
+  kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32, 0};
   kd_graph *g = kd_tl_build(&sp, err, sizeof err);
   kd_ref_input in[3] = {{"teacher", KD_F32, 2, {N, V}, t},
                         {"student", KD_F32, 2, {N, V}, s},
