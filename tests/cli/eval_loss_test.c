@@ -714,6 +714,26 @@ static void test_minus_inf(void) {
              (double[]){0.5}, 0);
 }
 
+/* Logits of magnitude up to 6000 (the 1/256 grid scaled by 1000: still exact
+ * in f32): canonicalisation keeps every log finite. (sym_kl's gradient
+ * holds log-ratios of that size, which the f32 kernel carries to about 1e-4
+ * absolute, beyond KERNEL_ABS; tests/codegen owns the kernel's tolerances
+ * at large magnitudes.) */
+static void test_large_logits(void) {
+  static const struct {
+    const char *spec;
+    row_fn f;
+  } cases[] = {{"fkl.kd", d_fkl}, {"rkl.kd", d_rkl}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    problem pb;
+    make_problem(&pb, 3, 9, 1.0);
+    for (int k = 0; k < 27; k++) pb.t[k] *= 1000, pb.s[k] *= 1000;
+    char name[64];
+    snprintf(name, sizeof name, "%s, logits up to 6000", cases[i].spec);
+    check_spec(name, path_in(examples, cases[i].spec), &pb, cases[i].f, NULL, 0);
+  }
+}
+
 /* vocab_align = "pad": a teacher with 5 fewer tokens than the student
  * (padded with -inf logits: probability 0). */
 static void test_pad(void) {
@@ -912,6 +932,7 @@ int main(int argc, char **argv) {
     test_bf16();
     test_pad();
     test_minus_inf();
+    test_large_logits();
     test_empty();
     test_teacher_forms();
     test_two_teachers();
