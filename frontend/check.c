@@ -1830,6 +1830,7 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   if (c.nomem) st = KD_ERR_NOMEM;
   else if (st == KD_OK && kd_diag_error_count(diag) > errors_before) st = KD_ERR_SEMANTIC;
   if (st != KD_OK) {
+    kd_diag_flush(diag); /* it may still point into p's sources */
     kd_program_free(p);
     return st;
   }

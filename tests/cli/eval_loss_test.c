@@ -852,6 +852,9 @@ static void test_bad_inputs(void) {
          "is not ignore_index (-100)\n",
          "%s --teacher teacher.npy --labels labels_big.npy", base);
 
+  /* A binary file as the spec: many syntax errors, past the diagnostics' cap. */
+  expect("a spec that is not .kd", 1, NULL, "eval-loss rows4.npy --student student.npy");
+
   /* Usage errors: exit status 2. */
   expect("no arguments", 2, "kdc eval-loss: no spec given\n(see 'kdc eval-loss --help')\n",
          "eval-loss");

@@ -20,6 +20,7 @@ int kdc_lower_spec(const char *path, const kd_lower_options *opt, kd_graph **g,
   if (st == KD_OK) st = kd_lower(prog, opt, diag, g, info);
   if (st != KD_OK && kd_diag_error_count(diag) == 0)
     fprintf(stderr, "kdc: %s: %s\n", path, kd_status_str(st));
+  kd_diag_flush(diag); /* it may still point into prog's sources */
   kd_program_free(prog);
   kd_diag_free(diag);
   return st == KD_OK ? KDC_EXIT_OK : KDC_EXIT_USER;
