@@ -91,14 +91,18 @@ static void test_long_line(void) {
   kd_source *src = source("c.kd", text);
   if (!src) return;
   char want[1024] = "c.kd:1:501: error: msg 7\n    1 | ...";
-  strncat(want, text + 420, 200);
+  size_t w = strlen(want);
+  memcpy(want + w, text + 420, 200);
+  want[w + 200] = '\0';
   strcat(want, "...\n      |    ");
   for (int i = 0; i < 80; i++) strcat(want, " ");
   strcat(want, "^~~~\n");
   CHECK_REPORT(at(src, 1, 501, 1, 505), want);
   /* Near the start: no leading "...". */
   char want0[1024] = "c.kd:1:1: error: msg 7\n    1 | ";
-  strncat(want0, text, 200);
+  size_t w0 = strlen(want0);
+  memcpy(want0 + w0, text, 200);
+  want0[w0 + 200] = '\0';
   strcat(want0, "...\n      | ^\n");
   CHECK_REPORT(at(src, 1, 1, 1, 2), want0);
   kd_source_free(src);
