@@ -7,7 +7,7 @@ set -euo pipefail
 # Every system package kdc needs, with the versions it is built and tested against.
 LLVM_MAJOR=19
 PACKAGES=(
-  cmake ninja-build flex bison pkg-config
+  gcc libc6-dev cmake ninja-build flex bison pkg-config
   "llvm-${LLVM_MAJOR}-dev" "llvm-${LLVM_MAJOR}-tools"
   "clang-${LLVM_MAJOR}" "libclang-rt-${LLVM_MAJOR}-dev"
   libopenblas-dev libcjson-dev
