@@ -34,6 +34,7 @@
 
 #define MAX_STATE 64 /* online groups + reductions in one pass */
 #define MAX_CACHE 8  /* row-cache slots: [MAX_CACHE, V] floats per thread at most */
+#define BLOCK 64     /* vectors summed in f32 lanes before they move to double lanes */
 
 /* The row cache of a stage: element values that a pass computes and a later
  * pass needs again are written to a per-thread scratch row (L2-resident, V
@@ -634,15 +635,49 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
       save_cached(e, sl, elem_value(e, e->cache.node[sl]));
 }
 
-static LLVMValueRef hsum(emitter *e, LLVMValueRef v) {
-  LLVMValueRef d = LLVMBuildFPExt(e->b, v, LLVMVectorType(e->f64, (unsigned)e->W), "");
+/* The row's double lanes of a pass (see emit_pass): per online group the
+ * running max they are relative to, per reduction the accumulated lanes. */
+typedef struct dstate {
+  LLVMValueRef mref[MAX_STATE], dacc[MAX_STATE];
+} dstate;
+
+static LLVMTypeRef vf64(const emitter *e) { return LLVMVectorType(e->f64, (unsigned)e->W); }
+
+static void dstate_init(emitter *e, const pass_plan *pl, dstate *d) {
+  for (int gi = 0; gi < pl->ng; gi++) d->mref[gi] = kd_ir_fconst(e->vf, -FLT_MAX);
+  for (int r = 0; r < pl->nr; r++) d->dacc[r] = LLVMConstNull(vf64(e));
+}
+
+/* Moves the f32 accumulators into the double lanes and zeroes them. An
+ * online group's double lanes stay relative to the max at the last flush
+ * (mref) and are rescaled here, once a block, not in the loop. Summing at
+ * most BLOCK vectors in f32 keeps a row sum's error near BLOCK^(1/2) eps
+ * instead of (V / W)^(1/2) eps. */
+static void flush(emitter *e, const pass_plan *pl, LLVMValueRef *st, dstate *d) {
+  LLVMValueRef *m = st, *acc = st + pl->ng, scd[MAX_STATE];
+  for (int gi = 0; gi < pl->ng; gi++) {
+    if (!pl->gexp[gi]) continue;
+    LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, d->mref[gi], m[gi], ""));
+    scd[gi] = LLVMBuildFPExt(e->b, sc, vf64(e), "");
+    d->mref[gi] = m[gi];
+  }
+  for (int r = 0; r < pl->nr; r++) {
+    int gi = pl->rgroup[r];
+    if (gi >= 0 && gnode(e, pl->red[r])->op == KD_IR_RMAX) continue;
+    LLVMValueRef x = LLVMBuildFPExt(e->b, acc[r], vf64(e), "");
+    d->dacc[r] = gi >= 0 ? kd_ir_fma(e->b, d->dacc[r], scd[gi], x) : LLVMBuildFAdd(e->b, d->dacc[r], x, "");
+    acc[r] = LLVMConstNull(e->vf);
+  }
+}
+
+static LLVMValueRef hsum(emitter *e, LLVMValueRef d) {
   LLVMValueRef args[2] = {LLVMConstReal(e->f64, 0.0), d};
   return intrinsic2(e, "llvm.vector.reduce.fadd", LLVMTypeOf(d), NULL, args, 2);
 }
 
-/* Lanes to row scalars, in double. */
-static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
-  LLVMValueRef *m = state, *acc = state + pl->ng;
+/* Lanes to row scalars, in double, after the last flush. */
+static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const dstate *d) {
+  LLVMValueRef *m = state;
   LLVMValueRef gmax[MAX_STATE], gmaxd[MAX_STATE];
   for (int gi = 0; gi < pl->ng; gi++) {
     gmax[gi] = vreduce(e, "llvm.vector.reduce.fmax", m[gi]);
@@ -654,14 +689,14 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     int gi = pl->rgroup[r];
     LLVMValueRef v;
     if (gi < 0) {
-      v = hsum(e, acc[r]);
+      v = hsum(e, d->dacc[r]);
     } else if (n->op == KD_IR_RMAX) {
       /* the running max starts at -FLT_MAX: an all -inf row is -inf */
       LLVMValueRef empty = LLVMBuildFCmp(e->b, LLVMRealOLE, gmaxd[gi], LLVMConstReal(e->f64, -FLT_MAX), "");
       v = LLVMBuildSelect(e->b, empty, LLVMConstReal(e->f64, -INFINITY), gmaxd[gi], "");
     } else {
       LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, m[gi], splat(e, gmax[gi]), ""));
-      LLVMValueRef total = hsum(e, LLVMBuildFMul(e->b, acc[r], sc, ""));
+      LLVMValueRef total = hsum(e, LLVMBuildFMul(e->b, d->dacc[r], LLVMBuildFPExt(e->b, sc, vf64(e), ""), ""));
       if (n->op == KD_IR_LSE) {
         v = LLVMBuildFAdd(e->b, gmaxd[gi], intrinsic1(e, "llvm.log", total), "");
       } else {
@@ -799,10 +834,12 @@ static void masked_step(emitter *e, const pass_plan *pl, LLVMValueRef *st, LLVMV
 
 /* One pass over the row:
  *   [head:  masked vector up to the gradient row's alignment (non-temporal only)]
- *   body:   j, state = phi; emit_body; br j + W < jend, body, after
+ *   block:  blocks of BLOCK vectors:
+ *     body:   j, state = phi; emit_body; br j + W < bend, body, flush
+ *     flush:  f32 lanes into double lanes; br bend < jend, block, after
  *   after:  state = phi
- *   tail:   masked vector for the last V mod W columns
- *   then the lanes are finalised into row scalars. */
+ *   tail:   masked vector for the last V mod W columns; a last flush
+ *   then the double lanes are finalised into row scalars. */
 static void emit_pass(emitter *e, int pass) {
   pass_plan pl;
   plan_pass(e, pass, &pl);
@@ -848,34 +885,73 @@ static void emit_pass(emitter *e, int pass) {
   LLVMValueRef jend = LLVMBuildAdd(e->b, j0,
                                    LLVMBuildAnd(e->b, LLVMBuildSub(e->b, e->V, j0, ""),
                                                 i64c(e, -(long long)e->W), ""), "jend");
-  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
-  LLVMBasicBlockRef body = block(e, "body"), bafter = block(e, "after");
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, j0, jend, ""), body, bafter);
+  dstate d;
+  dstate_init(e, &pl, &d);
+  LLVMValueRef init[MAX_STATE], dinit[2 * MAX_STATE];
+  memcpy(init, st, (size_t)ns * sizeof *st);
+  for (int i = 0; i < pl.ng; i++) dinit[i] = d.mref[i];
+  for (int r = 0; r < pl.nr; r++) dinit[pl.ng + r] = d.dacc[r];
 
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef outer = block(e, "block"), body = block(e, "body"), bflush = block(e, "flush"),
+                    bafter = block(e, "after");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, j0, jend, ""), outer, bafter);
+
+  /* block: jb, state, double lanes = phi; bend = min(jb + BLOCK W, jend) */
+  LLVMPositionBuilderAtEnd(e->b, outer);
+  LLVMValueRef jb = LLVMBuildPhi(e->b, e->i64, "jb");
+  LLVMValueRef ophi[MAX_STATE], dphi[2 * MAX_STATE];
+  for (int i = 0; i < ns; i++) ophi[i] = LLVMBuildPhi(e->b, e->vf, "");
+  for (int i = 0; i < pl.ng; i++) d.mref[i] = dphi[i] = LLVMBuildPhi(e->b, e->vf, "");
+  for (int r = 0; r < pl.nr; r++) d.dacc[r] = dphi[pl.ng + r] = LLVMBuildPhi(e->b, vf64(e), "");
+  LLVMValueRef bend = LLVMBuildAdd(e->b, jb, i64c(e, (long long)BLOCK * e->W), "");
+  bend = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, bend, jend, ""), bend, jend, "bend");
+  LLVMBuildBr(e->b, body);
+
+  /* body: j, state = phi; emit_body; br j + W < bend, body, flush */
   LLVMPositionBuilderAtEnd(e->b, body);
   LLVMValueRef j = LLVMBuildPhi(e->b, e->i64, "j");
-  LLVMValueRef init[MAX_STATE];
-  for (int i = 0; i < ns; i++) {
-    init[i] = st[i];
-    st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
-  }
+  for (int i = 0; i < ns; i++) st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
   e->j = j;
   e->mask = NULL;
   emit_body(e, &pl, st);
   LLVMValueRef jn = LLVMBuildAdd(e->b, j, i64c(e, e->W), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, jend, ""), body, bafter);
-  LLVMAddIncoming(j, &j0, &pre, 1);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, bend, ""), body, bflush);
+  LLVMAddIncoming(j, &jb, &outer, 1);
   LLVMAddIncoming(j, &jn, &latch, 1);
   for (int i = 0; i < ns; i++) {
-    LLVMAddIncoming(phis[i], &init[i], &pre, 1);
+    LLVMAddIncoming(phis[i], &ophi[i], &outer, 1);
     LLVMAddIncoming(phis[i], &st[i], &latch, 1);
   }
+
+  /* flush: the block's f32 lanes into the double lanes; next block */
+  LLVMPositionBuilderAtEnd(e->b, bflush);
+  flush(e, &pl, st, &d);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, bend, jend, ""), outer, bafter);
+  LLVMAddIncoming(jb, &j0, &pre, 1);
+  LLVMAddIncoming(jb, &bend, &bflush, 1);
+  for (int i = 0; i < ns; i++) {
+    LLVMAddIncoming(ophi[i], &init[i], &pre, 1);
+    LLVMAddIncoming(ophi[i], &st[i], &bflush, 1);
+  }
+  LLVMValueRef dnew[2 * MAX_STATE];
+  for (int i = 0; i < pl.ng; i++) dnew[i] = d.mref[i];
+  for (int r = 0; r < pl.nr; r++) dnew[pl.ng + r] = d.dacc[r];
+  for (int i = 0; i < pl.ng + pl.nr; i++) {
+    LLVMAddIncoming(dphi[i], &dinit[i], &pre, 1);
+    LLVMAddIncoming(dphi[i], &dnew[i], &bflush, 1);
+  }
+
   LLVMPositionBuilderAtEnd(e->b, bafter);
-  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, init[i], pre, st[i], latch);
+  for (int i = 0; i < ns; i++) st[i] = phi(e, e->vf, init[i], pre, st[i], bflush);
+  for (int i = 0; i < pl.ng; i++) d.mref[i] = phi(e, e->vf, dinit[i], pre, dnew[i], bflush);
+  for (int r = 0; r < pl.nr; r++)
+    d.dacc[r] = phi(e, vf64(e), dinit[pl.ng + r], pre, dnew[pl.ng + r], bflush);
   e->aligned = 0;
   masked_step(e, &pl, st, jend, e->V);
-  finalize(e, &pl, st);
+  flush(e, &pl, st, &d);
+  finalize(e, &pl, st, &d);
 }
 
 /* ---- functions ----------------------------------------------------------------- */

@@ -14,13 +14,13 @@
  * f32 or bf16 inputs that the reference reads exactly), scale = 1 + max
  * |logit| / T: a log-probability formed in f32 from scaled logits carries an
  * absolute error of a few eps * scale (x / T, x - max, the exp's 1 ulp).
- * Row sums accumulate in W f32 lanes of V / W terms each and are combined in
- * double: a random-walk error of sqrt(V / W) eps relative to the sum of the
- * terms' magnitudes.
- *   loss:  |k - r| <= LOSS_C * eps * scale * (1 + sqrt(V / W))
+ * Row sums accumulate in W f32 lanes for at most B = 64 vectors (codegen's
+ * BLOCK) before moving to double lanes: a random-walk error of sqrt(b) eps,
+ * b = min(V / W, B), relative to the sum of the terms' magnitudes.
+ *   loss:  |k - r| <= LOSS_C * eps * scale * (1 + sqrt(b))
  *          (absolute: the loss is a probability-weighted mean of log-ratios,
  *          whose terms carry the log-probabilities' absolute error)
- *   grad:  max |k - r| <= GRAD_C * eps * scale * (1 + sqrt(V / W)) * gmax,
+ *   grad:  max |k - r| <= GRAD_C * eps * scale * (1 + sqrt(b)) * gmax,
  *          gmax = max(max |r|, 1 / (T count V)) (the gradient's own size; the
  *          floor keeps a tolerance for rows whose gradient is ~0)
  * LOSS_C and GRAD_C = 8: four roundings of a log-probability (two scalings,
@@ -183,7 +183,8 @@ int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
   double floor = 1 / (c->T * (double)(a.count ? a.count : 1) * (double)c->V);
   if (gmax < floor) gmax = floor;
   int W = c->width ? c->width : 16;
-  double sum_err = 1 + sqrt((double)c->V / W);
+  double b = (double)c->V / W < 64 ? (double)c->V / W : 64;
+  double sum_err = 1 + sqrt(b);
   double ltol = LOSS_C * FLT_EPSILON * scale * sum_err;
   double gtol = GRAD_C * FLT_EPSILON * scale * sum_err * gmax;
   if (c->masked == 2) ltol = gtol = 0; /* exactly 0 */
