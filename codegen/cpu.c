@@ -8,7 +8,8 @@
  * stage's passes: each pass is a loop over the row in vectors of W f32 lanes
  * plus one masked tail vector (so any V works; with non-temporal stores also
  * a masked head up to the gradient row's alignment), accumulating the pass's
- * reductions in f32 lanes; after the loop the lanes are combined in double.
+ * reductions in f32 lanes that move to double lanes every BLOCK vectors;
+ * after the loop the double lanes are combined into row scalars.
  * Row scalars are computed in double between passes; global scalars are
  * computed in double by the steps and read from a->globals. Costly element
  * values that a later pass needs again go through a per-thread row cache.
