@@ -1,0 +1,63 @@
+/* Reads the assembly of fused loss kernels: no call into libm's f32 exp or
+ * log (one call per lane is what llvm.exp on a vector becomes without a
+ * vector math library), and on an AVX-512 host the loops use zmm registers.
+ * Per-row scalars (a log-sum-exp's final log) may call libm's double log:
+ * once per row, not per logit. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "loss.h"
+#include "losses.h"
+#include "session.h"
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = malloc((size_t)n + 1);
+  if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
+  if (s) s[n] = 0;
+  fclose(f);
+  return s;
+}
+
+int main(void) {
+  char err[512];
+  kd_session *s;
+  if (kd_session_new(&s, err, sizeof err)) {
+    printf("FAIL session: %s\n", err);
+    return 1;
+  }
+  int avx512 = kd_session_vector_width(s) == 16;
+  kd_session_free(s);
+  int failures = 0;
+  static const kd_tl_kind kinds[] = {TL_FKL, TL_JSD, TL_CE};
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    kd_tl_spec sp = {kinds[i], 2.0, 1, KD_F32, 0};
+    kd_graph *g = kd_tl_build(&sp, err, sizeof err);
+    char path[] = "/tmp/kdc_test_asm_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    char *as = NULL;
+    if (!g || fd < 0 || kd_loss_emit_file(g, NULL, path, 1, err, sizeof err) || !(as = slurp(path))) {
+      printf("FAIL %s: %s\n", kd_tl_name(kinds[i]), g ? err : "graph");
+      failures++;
+    } else {
+      int libm = strstr(as, "expf") || strstr(as, "logf");
+      int zmm = strstr(as, "zmm") != NULL;
+      printf("%s %s: %zu bytes of assembly, %s f32 libm call, %s\n",
+             libm || (avx512 && !zmm) ? "FAIL" : "ok  ", kd_tl_name(kinds[i]), strlen(as),
+             libm ? "a" : "no", avx512 ? (zmm ? "zmm registers" : "no zmm register") : "not AVX-512");
+      failures += libm || (avx512 && !zmm);
+    }
+    free(as);
+    remove(path);
+    kd_graph_free(g);
+  }
+  printf(failures ? "FAILED (%d)\n" : "ok\n", failures);
+  return failures != 0;
+}
