@@ -6,6 +6,7 @@
  * LLVM is marked with a comment. */
 #include "session.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,15 +46,12 @@ static kd_status fail(char *err, size_t errlen, kd_status st, const char *what,
   return st;
 }
 
-static void init_targets_once(void) {
-  static int done;
-  if (done) return;
+static void init_targets(void) {
   /* Native for the CPU JIT and objects; NVPTX is initialised by the PTX
    * emitter when it needs it. */
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
-  done = 1;
 }
 
 /* The widest f32 vector the host features admit. */
@@ -92,7 +90,8 @@ static kd_status make_jit(kd_session *s, LLVMTargetRef target, char *err, size_t
 
 kd_status kd_session_new(kd_session **out, char *err, size_t errlen) {
   *out = NULL;
-  init_targets_once();
+  static pthread_once_t once = PTHREAD_ONCE_INIT; /* sessions may start on several threads */
+  pthread_once(&once, init_targets);
   kd_session *s = calloc(1, sizeof *s);
   if (!s) return KD_ERR_NOMEM;
   s->triple = LLVMGetDefaultTargetTriple();
