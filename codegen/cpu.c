@@ -1053,7 +1053,7 @@ static LLVMValueRef emit_step(emitter *e, int k) {
     /* constants are inlined where used; the last step stores the outputs
      * that are plain constants too */
     int konst = n->op == KD_IR_CONST;
-    if (f->kind != KD_FUSE_GLOBAL) continue;
+    if (f->kind != KD_FUSE_GLOBAL || !f->live) continue;
     if (konst ? !(k == e->s->nstages && is_output(e, id)) : f->phase != k) continue;
     LLVMValueRef v;
     if (f->role == KD_ROLE_NRED) {

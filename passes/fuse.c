@@ -63,7 +63,9 @@ static kd_status classify(fuse_ctx *c) {
     const kd_node *n = node(c, id);
     kd_fuse_node *f = fn(c, id);
     f->fold_a = f->fold_c = f->fold_f = KD_NONE;
-    f->slot = -1;
+    f->slot = f->stage = -1;
+    f->live = c->live[id];
+    if (!f->live) continue; /* never computed: whatever its shape */
     if (!classify_shape(c, n, &f->kind))
       return unsupported(c, id, "%s has a shape that is neither [N, V], [N, 1] nor a scalar",
                          kd_opcode_name(n->op));
@@ -243,7 +245,7 @@ static kd_status assign_stages(fuse_ctx *c) {
    * step k + 1; every stage may read only what earlier steps computed */
   for (kd_node_id id = 0; id < (kd_node_id)c->n; id++) {
     kd_fuse_node *f = fn(c, id);
-    if (f->role == KD_ROLE_NRED) {
+    if (f->role == KD_ROLE_NRED && f->live) {
       f->phase = f->stage + 1;
       f->slot = s->nslots++;
     } else if (f->kind == KD_FUSE_GLOBAL) {

@@ -53,8 +53,9 @@ typedef enum kd_fuse_role {
 typedef struct kd_fuse_node {
   kd_fuse_kind kind;
   kd_fuse_role role;
+  int live;         /* some output depends on it; the rest is never computed */
   int phase;        /* GLOBAL: the global step that computes it (0: constants) */
-  int stage;        /* NRED: the stage that accumulates its rows */
+  int stage;        /* NRED: the stage that accumulates its rows (-1 when not live) */
   int pass;         /* ROWRED/FOLDED: the pass over the row */
   int avail;        /* ROW/ELEM: the first pass in which the value can be computed */
   uint32_t stages;  /* ROW/ELEM: bit k set when stage k computes it */
