@@ -42,8 +42,18 @@ Command line:
 Effective GB/s = 3 x N x V x 4 bytes / time (read t, read s, write the
 gradient: the floor kdc is measured against); extra memory is the process's
 peak RSS above what the inputs occupy, measured in a fresh process per row.
+
+The allocator matters more than anything else for this baseline: every eager
+op allocates an N x V temporary, glibc serves blocks over 32 MiB with fresh
+mmaps, and on a VM the page faults of that fresh memory can take 3/4 of the
+time (fkl 512x32000: 590 ms with glibc, 136 ms with a caching allocator, on
+the 2-core development VM). So by default (--allocator auto) each
+measurement runs with jemalloc set to keep freed memory
+(apt-get install libjemalloc2), the stronger baseline, and glibc where
+jemalloc is absent; the allocator used is printed with every figure.
 """
 import argparse
+import ctypes.util
 import json
 import os
 import resource
@@ -209,15 +219,42 @@ def measure(name, n, v, threads, repeats=5, dtype="f32", seed=0, **params):
             "torch": torch.__version__}
 
 
-def measure_isolated(name, n, v, threads, repeats=5, dtype="f32", seed=0):
+JEMALLOC = "libjemalloc.so.2"
+# Keep freed memory (no decay) and serve large blocks from the normal arenas,
+# so a repeated step reuses its temporaries instead of faulting in new pages.
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def pick_allocator(choice="auto"):
+    """'jemalloc' or 'glibc' for a choice of auto, jemalloc or glibc."""
+    if choice == "glibc":
+        return "glibc"
+    # Found, not loaded: jemalloc cannot be dlopen'ed into a running Python
+    # (static TLS), only preloaded into a new one.
+    if ctypes.util.find_library("jemalloc") == JEMALLOC:
+        return "jemalloc"
+    if choice == "jemalloc":
+        raise RuntimeError("%s not found: apt-get install libjemalloc2" % JEMALLOC)
+    return "glibc"
+
+
+def measure_isolated(name, n, v, threads, repeats=5, dtype="f32", seed=0, allocator="auto"):
     """measure() in a fresh Python process, so the peak-memory figure is
-    this loss's alone. Uses the interpreter running this file."""
+    this loss's alone, with the allocator pick_allocator(allocator) gives.
+    Uses the interpreter running this file."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--shape", "%dx%d" % (n, v),
            "--threads", str(threads), "--repeats", str(repeats), "--dtype", dtype, "--seed", str(seed)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    alloc = pick_allocator(allocator)
+    if alloc == "jemalloc":
+        env["LD_PRELOAD"] = (JEMALLOC + " " + env.get("LD_PRELOAD", "")).strip()
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError("%s: %s" % (" ".join(cmd), r.stderr.strip()[-2000:]))
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["allocator"] = alloc
+    return out
 
 
 # ---- self-test ----------------------------------------------------------------
@@ -296,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocator", choices=["auto", "jemalloc", "glibc"], default="auto",
+                    help="auto: jemalloc (keeping freed memory) if installed, else glibc")
     ap.add_argument("--json", action="store_true", help="one JSON object per row")
     ap.add_argument("--selftest", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # measure_isolated's child
@@ -308,18 +347,27 @@ def main(argv=None):
     shapes = a.shape or [(512, 32000)]
     if a.one:
         n, v = shapes[0]
-        print(json.dumps(measure(a.one, n, v, int(a.threads), a.repeats, a.dtype, a.seed)))
+        preloaded = JEMALLOC in os.environ.get("LD_PRELOAD", "")
+        if pick_allocator(a.allocator) == "jemalloc" and not preloaded:
+            # Callers such as bench/loss_bench.c run --one directly: start
+            # the child with the allocator in place.
+            r = measure_isolated(a.one, n, v, int(a.threads), a.repeats, a.dtype, a.seed, "jemalloc")
+        else:
+            r = measure(a.one, n, v, int(a.threads), a.repeats, a.dtype, a.seed)
+            r["allocator"] = "jemalloc" if preloaded else "glibc"
+        print(json.dumps(r))
         return 0
     threads = [int(x) for x in a.threads.split(",")]
     names = a.loss.split(",")
+    alloc = pick_allocator(a.allocator)
     if not a.json:
-        print("PyTorch %s eager, forward + backward, %s, best of %d; GB/s = 3 N V 4 bytes / time"
-              % (torch.__version__, a.dtype, a.repeats))
+        print("PyTorch %s eager, forward + backward, %s, %s allocator, best of %d; GB/s = 3 N V 4 bytes / time"
+              % (torch.__version__, a.dtype, alloc, a.repeats))
         print("%-6s %-12s %7s %10s %8s %10s %12s" % ("loss", "shape", "threads", "ms", "GB/s", "extra MB", "value"))
     for (n, v) in shapes:
         for name in names:
             for th in threads:
-                r = measure_isolated(name, n, v, th, a.repeats, a.dtype, a.seed)
+                r = measure_isolated(name, n, v, th, a.repeats, a.dtype, a.seed, alloc)
                 if a.json:
                     print(json.dumps(r))
                 else:
