@@ -503,8 +503,10 @@ static int is_output(const emitter *e, kd_node_id id) {
   return 0;
 }
 
+/* The one [N, V] output the ABI has a place for: "grad" (emit_module
+ * refuses graphs with others). */
 static int is_elem_output(const emitter *e, kd_node_id id) {
-  return fnode(e, id)->kind == KD_FUSE_ELEM && is_output(e, id);
+  return fnode(e, id)->kind == KD_FUSE_ELEM && kd_graph_find_output(e->g, "grad") == id;
 }
 
 static kd_node_id online_a(const emitter *e, kd_node_id id) {
@@ -1146,6 +1148,15 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   init_types(&e);
   if (kd_graph_find_output(e.g, "loss") == KD_NONE)
     fail(&e, KD_ERR_INVALID, "codegen: the graph has no output \"loss\"");
+  for (size_t i = 0; i < kd_graph_noutputs(e.g); i++) {
+    kd_fuse_kind kind = s->node[kd_graph_output(e.g, i)].kind;
+    const char *name = kd_graph_output_name(e.g, i);
+    int ok = kind == KD_FUSE_GLOBAL ? strcmp(name, "grad") != 0
+                                    : !strcmp(name, "grad") && kind == KD_FUSE_ELEM;
+    if (!ok)
+      fail(&e, KD_ERR_UNSUPPORTED,
+           "codegen: output \"%s\": a compiled loss has scalar outputs and one [N, V] \"grad\"", name);
+  }
   LLVMValueRef rows[KD_LOSS_MAX_STAGES] = {0}, steps[KD_LOSS_MAX_STAGES + 1] = {0};
   for (int k = 0; k <= s->nstages && !e.st; k++) {
     steps[k] = emit_step(&e, k);

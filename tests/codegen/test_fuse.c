@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fuse.h"
+#include "loss.h"
 #include "losses.h"
 
 static int failures;
@@ -66,6 +67,24 @@ int main(void) {
     kd_schedule_free(s);
     kd_graph_free(g);
   }
+  /* what the scheduler and the emitter refuse, with a message naming it */
+  kd_tl_spec sp = {TL_FKL, 2.0, 0, KD_F32, 0};
+  kd_graph *raw = kd_tl_forward(&sp); /* softmax not canonicalised */
+  kd_schedule *s = NULL;
+  kd_status st = kd_fuse(raw, &s, err, sizeof err);
+  printf("%s uncanonicalised softmax: %s\n", st == KD_ERR_UNSUPPORTED ? "ok  " : "FAIL", err);
+  failures += st != KD_ERR_UNSUPPORTED || !strstr(err, "canonicalised");
+  kd_schedule_free(s);
+  kd_graph_free(raw);
+  kd_graph *g = kd_tl_build(&sp, err, sizeof err);
+  kd_loss *l = NULL;
+  st = g ? kd_graph_add_output(g, "q", kd_graph_find_input(g, "teacher")) : KD_ERR_INVALID;
+  if (!st) st = kd_loss_compile(g, NULL, &l, err, sizeof err);
+  printf("%s a second [N, V] output: %s\n", st == KD_ERR_UNSUPPORTED ? "ok  " : "FAIL", err);
+  failures += st != KD_ERR_UNSUPPORTED;
+  kd_loss_free(l);
+  kd_graph_free(g);
+
   printf(failures ? "FAILED (%d)\n" : "ok\n", failures);
   return failures != 0;
 }
