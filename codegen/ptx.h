@@ -1,0 +1,31 @@
+/* PTX for a loss, through LLVM's NVPTX back end, from the same row schedule
+ * as the CPU kernels (passes/fuse.h). docs/gpu.md describes the kernels.
+ *
+ * The graph follows the loss-graph contract (codegen/loss.h). The result is
+ * PTX text whose first line describes the program (runtime/gpuloss.h), so
+ * runtime/gpuloss.c runs it with the CUDA driver alone. Names no LLVM type. */
+#ifndef KD_PTX_H
+#define KD_PTX_H
+
+#include <stddef.h>
+
+#include "../ir/ir.h"
+#include "../runtime/gpuloss.h"
+#include "../runtime/status.h"
+
+typedef struct kd_ptx_options {
+  const char *name; /* kernel prefix ("kd_loss" when NULL) */
+  const char *sm;   /* "sm_80" (default), "sm_86", "sm_89", "sm_90", ... */
+  int block;        /* threads per row block: a multiple of 32 up to 1024; 0: 256 */
+} kd_ptx_options;
+
+/* Whether sm names a GPU the emitter knows ("sm_80" ...); the PTX ISA
+ * version it gets in *ptx (e.g. 80 for sm_90), when not NULL. */
+int kd_ptx_sm_known(const char *sm, int *ptx);
+
+/* Schedules g (kd_fuse) and emits PTX into *out (malloc'd, free() it).
+ * With ir != 0, the optimised LLVM module as text instead. prog may be NULL. */
+kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char **out,
+                      kd_gpu_program *prog, char *err, size_t errlen);
+
+#endif /* KD_PTX_H */
