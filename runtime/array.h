@@ -33,9 +33,8 @@ kd_status kd_array_alloc_uninit(kd_array *a, kd_dtype dtype, int rank, const int
 /* Frees the data and zeroes the struct; safe on a zeroed or freed array. */
 void kd_array_free(kd_array *a);
 
-/* Bytes for numel elements of dtype over the given shape, or -1 (with no
-   partial result) when a dimension is negative or the product overflows
-   size_t. */
+/* Bytes of an array of dtype with the given shape, or -1 when the rank is
+   out of range, a dimension is negative, or the product overflows. */
 int64_t kd_shape_nbytes(kd_dtype dtype, int rank, const int64_t *shape);
 
 #endif /* KD_ARRAY_H */

@@ -16,8 +16,7 @@ static inline const char *tmpdir_make(void) {
   return mkdtemp(tmpdir_path);
 }
 
-/* path of name inside the scratch folder (a static buffer per call site is
-   enough for these tests: copy it if you need two at once). */
+/* The path of name inside the scratch folder, written into buf. */
 static inline const char *tmpdir_file(char *buf, size_t cap, const char *name) {
   snprintf(buf, cap, "%s/%s", tmpdir_path, name);
   return buf;
