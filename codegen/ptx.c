@@ -663,6 +663,7 @@ static LLVMValueRef shared_at(emitter *e, LLVMValueRef warp, int i, int ns) {
  * then warps 0, 1, ... through shared memory; all threads get the result. */
 static void block_reduce(emitter *e, const pass_plan *pl, LLVMValueRef *st) {
   int ns = pl->ng + pl->nr, nwarps = e->block / 32;
+  if (ns == 0) return;
   LLVMValueRef o[MAX_STATE];
   for (int off = 16; off >= 1; off /= 2) {
     for (int i = 0; i < ns; i++) o[i] = shfl_xor(e, st[i], off);

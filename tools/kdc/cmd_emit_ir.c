@@ -1,4 +1,4 @@
-/* kdc emit-ir SPEC.kd [--after PASS] [--labels] [--objective NAME]
+/* kdc emit-ir SPEC.kd [--after PASS | --gpu SM] [--labels] [--objective NAME]
  *
  * Prints the loss graph of a spec's objective after a stage of the pipeline
  * (lower, canonicalize, autodiff, simplify, cse, dce), in the textual form of
@@ -6,18 +6,20 @@
  * schedule. */
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
 #include "fuse.h"
 #include "loss_spec.h"
 #include "passes.h"
+#include "ptx.h"
 
 #define CMD "kdc emit-ir"
 
 static void emit_usage(FILE *out) {
   fprintf(out,
-          "usage: kdc emit-ir SPEC.kd [--after PASS] [--labels] [--objective NAME]\n"
+          "usage: kdc emit-ir SPEC.kd [--after PASS | --gpu SM] [--labels] [--objective NAME]\n"
           "\n"
           "Prints the loss graph of SPEC.kd's objective after the stage PASS (default: the\n"
           "whole pipeline), one node per line. The stages, in order:\n");
@@ -30,6 +32,8 @@ static void emit_usage(FILE *out) {
           "  --objective NAME\n"
           "                the objective to lower (default: the one a train block\n"
           "                minimises, else the unnamed one)\n"
+          "  --gpu SM      print the NVPTX module of the fused loss for GPU SM (sm_80,\n"
+          "                sm_90, ...; docs/gpu.md) after the whole pipeline, optimised\n"
           "  --labels      mask rows by labels even if the objective reads none (as\n"
           "                eval-loss does when given --labels)\n"
           "  -h, --help    print this help\n"
@@ -40,6 +44,18 @@ static void emit_usage(FILE *out) {
 static int emit_usage_error(const char *msg, const char *arg) {
   fprintf(stderr, CMD ": %s%s\n(see 'kdc emit-ir --help')\n", msg, arg);
   return KDC_EXIT_USAGE;
+}
+
+static int print_nvptx(const kd_graph *g, const char *sm) {
+  char err[512], *ir = NULL;
+  kd_ptx_options o = {NULL, sm, 0};
+  if (kd_ptx_emit(g, &o, 1, &ir, NULL, err, sizeof err) != KD_OK) {
+    fprintf(stderr, CMD ": %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  fputs(ir, stdout);
+  free(ir);
+  return KDC_EXIT_OK;
 }
 
 static int print_schedule(const kd_graph *g) {
@@ -55,7 +71,7 @@ static int print_schedule(const kd_graph *g) {
 }
 
 int kdc_cmd_emit_ir(int argc, char **argv) {
-  const char *spec = NULL, *after = NULL;
+  const char *spec = NULL, *after = NULL, *gpu = NULL;
   kd_lower_options opt = {0};
   for (int i = 1; i < argc; i++) {
     const char *s = argv[i];
@@ -64,6 +80,10 @@ int kdc_cmd_emit_ir(int argc, char **argv) {
       after = argv[++i];
       if (strcmp(after, "lower") && strcmp(after, "fuse") && !kd_pipeline_find(after))
         return emit_usage_error("no stage named ", after);
+    } else if (!strcmp(s, "--gpu")) {
+      if (i + 1 >= argc) return emit_usage_error("--gpu needs an SM name", "");
+      gpu = argv[++i];
+      if (!kd_ptx_sm_known(gpu, NULL)) return emit_usage_error("unknown GPU ", gpu);
     } else if (!strcmp(s, "--objective")) {
       if (i + 1 >= argc) return emit_usage_error("--objective needs a name", "");
       opt.objective = argv[++i];
@@ -81,11 +101,13 @@ int kdc_cmd_emit_ir(int argc, char **argv) {
     }
   }
   if (!spec) return emit_usage_error("no spec given", "");
+  if (gpu && after) return emit_usage_error("--gpu takes the whole pipeline, not --after", "");
   kd_graph *g = NULL;
   int rc = kdc_lower_spec(spec, &opt, &g, NULL);
   bool fuse = after && !strcmp(after, "fuse");
   if (!rc) rc = kdc_run_pipeline(CMD, &g, fuse ? NULL : after);
-  if (!rc) kd_graph_print(g, stdout);
+  if (!rc && gpu) rc = print_nvptx(g, gpu);
+  else if (!rc) kd_graph_print(g, stdout);
   if (!rc && fuse) rc = print_schedule(g);
   kd_graph_free(g);
   return rc;

@@ -19,6 +19,7 @@
 
 #include "commands.h"
 #include "loss.h"
+#include "gpu_eval.h"
 #include "loss_spec.h"
 #include "npy.h"
 #include "refexec.h"
@@ -42,13 +43,14 @@ typedef struct eval_args {
   int threads;    /* 0: every CPU */
   bool reference; /* run the double-precision reference executor */
   bool time;      /* print how long each phase took */
+  bool cuda;      /* --device cuda: the PTX kernels on the GPU (gpu_eval.h) */
 } eval_args;
 
 static void eval_usage(FILE *out) {
   fprintf(out,
           "usage: kdc eval-loss SPEC.kd --teacher T.npy --student S.npy [--labels L.npy]\n"
           "                     [--grad-out G.npy] [--threads N] [--reference]\n"
-          "                     [--objective NAME] [--time]\n"
+          "                     [--objective NAME] [--time] [--device cpu|cuda]\n"
           "\n"
           "Evaluates the objective of SPEC.kd on teacher and student logits and prints\n"
           "`loss: VALUE` (9 significant digits).\n"
@@ -66,6 +68,8 @@ static void eval_usage(FILE *out) {
           "                   minimises, else the unnamed one)\n"
           "  --threads N      worker threads for the compiled kernel (default: every CPU)\n"
           "  --reference      run the double-precision reference executor instead\n"
+          "  --device cuda    run the fused kernels on the first NVIDIA GPU (PTX through\n"
+          "                   the CUDA driver; docs/gpu.md); cpu is the default\n"
           "  --time           print the time of each phase to stderr, and the kernel's\n"
           "                   effective bandwidth (3 x N x V x 4 bytes / time)\n"
           "  -h, --help       print this help\n"
@@ -117,6 +121,11 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       if (!*v || *end || n < 1 || n > 1024)
         return usage_error("--threads needs a number from 1 to 1024, not '%s'", v);
       a->threads = (int)n;
+    } else if (!strcmp(s, "--device")) {
+      if (i + 1 >= argc) return usage_error("option '%s' needs a value", s);
+      const char *v = argv[++i];
+      if (strcmp(v, "cpu") && strcmp(v, "cuda")) return usage_error("--device is cpu or cuda, not '%s'", v);
+      a->cuda = !strcmp(v, "cuda");
     } else if (!strcmp(s, "--reference")) {
       a->reference = true;
     } else if (!strcmp(s, "--time")) {
@@ -380,12 +389,20 @@ static int run_reference(const kd_graph *g, eval_io *io) {
 /* The fused kernel, JIT-compiled. A graph it cannot run yet (several
  * teachers, or one the scheduler rejects) runs on the reference executor,
  * with a warning. */
-static int run_compiled(const kd_graph *g, eval_io *io, int threads) {
+static int run_compiled(const kd_graph *g, eval_io *io, int threads, bool cuda) {
   char err[512];
   if (io->nt > 1) {
     fprintf(stderr, CMD ": warning: the fused kernel reads one teacher; running the reference "
             "executor\n");
     return run_reference(g, io);
+  }
+  if (cuda) {
+    kd_loss_io lio = {.teacher = io->nt ? io->t->data : NULL,
+                      .teacher_dtype = io->nt ? io->t->dtype : KD_F32,
+                      .student = io->s->data, .student_dtype = io->s->dtype,
+                      .labels = io->labels->data, .N = io->n, .V = io->v,
+                      .grad = io->grad, .loss = &io->loss};
+    return kdc_eval_cuda(CMD, g, &lio, &io->t_compile, &io->t_run);
   }
   kd_loss *l = NULL;
   double t0 = now();
@@ -485,7 +502,7 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   io.grad = grad.data;
   /* An empty batch has nothing to fuse: the reference gives its loss, 0. */
   bool reference = args.reference || io.n == 0;
-  rc = reference ? run_reference(g, &io) : run_compiled(g, &io, args.threads);
+  rc = reference ? run_reference(g, &io) : run_compiled(g, &io, args.threads, args.cuda);
   if (rc) goto done;
   printf("loss: %.9g\n", io.loss);
   double t0 = now();
