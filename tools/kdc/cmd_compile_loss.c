@@ -1,5 +1,5 @@
 /* kdc compile-loss SPEC.kd [--target cpu|ptx] [--gpu sm_XX] [--block B] [-S]
- *                  [--name NAME] [--labels] [--objective NAME] -o OUT
+ *                  [--name NAME] [--dtype f32|bf16] [--labels] [--objective NAME] -o OUT
  *
  * Compiles a spec's objective (lowered, differentiated, simplified: the
  * whole pass pipeline) to a fused loss: for the CPU an object file (or
@@ -20,7 +20,8 @@
 static void compile_usage(FILE *out) {
   fprintf(out,
           "usage: kdc compile-loss SPEC.kd -o OUT [--target cpu|ptx] [--gpu sm_XX]\n"
-          "                        [--block B] [-S] [--name NAME] [--labels]\n"
+          "                        [--block B] [-S] [--name NAME] [--dtype f32|bf16]\n"
+          "                        [--labels]\n"
           "                        [--objective NAME]\n"
           "\n"
           "Compiles SPEC.kd's objective and its gradient into fused kernels.\n"
@@ -36,6 +37,7 @@ static void compile_usage(FILE *out) {
           "                   1024; default 256)\n"
           "  -S               assembly instead of an object file (--target cpu)\n"
           "  --name NAME      the symbol prefix (default kd_loss)\n"
+          "  --dtype bf16     the kernels read bfloat16 logits (default f32)\n"
           "  --objective NAME the objective to compile (as for eval-loss)\n"
           "  --labels         mask rows by labels even if the objective reads none\n"
           "  -h, --help       print this help\n"
@@ -49,7 +51,7 @@ static int compile_usage_error(const char *msg, const char *arg) {
 }
 
 typedef struct compile_args {
-  const char *spec, *out, *target, *gpu, *name;
+  const char *spec, *out, *target, *gpu, *name, *dtype;
   int block, asm_text;
   kd_lower_options lower;
 } compile_args;
@@ -61,6 +63,7 @@ static int parse(int argc, char **argv, compile_args *a) {
                         : !strcmp(s, "--target")    ? &a->target
                         : !strcmp(s, "--gpu")       ? &a->gpu
                         : !strcmp(s, "--name")      ? &a->name
+                        : !strcmp(s, "--dtype")     ? &a->dtype
                         : !strcmp(s, "--objective") ? &a->lower.objective
                                                     : NULL;
     if (slot || !strcmp(s, "--block")) {
@@ -93,6 +96,9 @@ static int parse(int argc, char **argv, compile_args *a) {
   if (!a->out) return compile_usage_error("no output file given (-o OUT)", "");
   if (strcmp(a->target, "cpu") && strcmp(a->target, "ptx"))
     return compile_usage_error("--target is cpu or ptx, not ", a->target);
+  if (a->dtype && strcmp(a->dtype, "f32") && strcmp(a->dtype, "bf16"))
+    return compile_usage_error("--dtype is f32 or bf16, not ", a->dtype);
+  if (a->dtype && !strcmp(a->dtype, "bf16")) a->lower.teacher_dtype = a->lower.student_dtype = KD_BF16;
   if (a->gpu && strcmp(a->target, "ptx")) return compile_usage_error("--gpu needs --target ptx", "");
   if (a->gpu && !kd_ptx_sm_known(a->gpu, NULL)) return compile_usage_error("unknown GPU ", a->gpu);
   return KDC_EXIT_OK;
