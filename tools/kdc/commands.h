@@ -18,6 +18,7 @@ int kdc_cmd_fmt(int argc, char **argv);
 int kdc_cmd_dump_ast(int argc, char **argv);
 int kdc_cmd_emit_ir(int argc, char **argv);
 int kdc_cmd_eval_loss(int argc, char **argv);
+int kdc_cmd_tokenize(int argc, char **argv);
 int kdc_cmd_compile_loss(int argc, char **argv);
 
 #endif /* KDC_COMMANDS_H */

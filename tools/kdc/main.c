@@ -11,6 +11,7 @@ static const kdc_command commands[] = {
   {"emit-ir", "print a spec's loss graph after a stage of the pass pipeline", kdc_cmd_emit_ir},
   {"eval-loss", "evaluate a spec's objective and its gradient on logits in .npy files",
    kdc_cmd_eval_loss},
+  {"tokenize", "write a text file's bytes as a token file (.bin) for training", kdc_cmd_tokenize},
   {"compile-loss", "compile a spec's objective to an object file or to PTX", kdc_cmd_compile_loss},
 };
 
