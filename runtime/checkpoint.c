@@ -31,14 +31,28 @@ static kd_st_tensor kd_ckpt_tensor(const char *name, const kd_param *p, const fl
   return t;
 }
 
+/* The optimiser, when given, must hold exactly params, in order. */
+static kd_status kd_ckpt_check_optim(const char *path, const kd_param *params, int n, const kd_optim *opt,
+                                     char *err, size_t errlen) {
+  if (n < 0) return kd_errf(err, errlen, KD_ERR_INVALID, "%s: negative parameter count", path);
+  if (!opt) return KD_OK;
+  if (kd_optim_count(opt) != n)
+    return kd_errf(err, errlen, KD_ERR_INVALID, "%s: the optimiser holds %d parameters, the model %d",
+                   path, kd_optim_count(opt), n);
+  for (int i = 0; i < n; i++)
+    if (strcmp(kd_optim_param(opt, i)->name, params[i].name) != 0)
+      return kd_errf(err, errlen, KD_ERR_INVALID, "%s: parameter %d is '%s' in the model but '%s' in the optimiser",
+                     path, i, params[i].name, kd_optim_param(opt, i)->name);
+  return KD_OK;
+}
+
 kd_status kd_ckpt_save(const char *path, const kd_param *params, int n, kd_optim *opt,
                        const kd_ckpt_info *info, char *err, size_t errlen) {
-  if (n < 0 || (opt && kd_optim_count(opt) != n))
-    return kd_errf(err, errlen, KD_ERR_INVALID, "%s: the optimiser holds %d parameters, the model %d",
-                   path, opt ? kd_optim_count(opt) : 0, n);
+  kd_status s = kd_ckpt_check_optim(path, params, n, opt, err, errlen);
+  if (s) return s;
   kd_st_tensor *ts = calloc(3 * (size_t)n + 1, sizeof *ts);
   char **names = calloc(2 * (size_t)n + 1, sizeof *names); /* the moments' keys */
-  kd_status s = ts && names ? KD_OK : kd_errf(err, errlen, KD_ERR_NOMEM, "%s: out of memory", path);
+  if (!ts || !names) s = kd_errf(err, errlen, KD_ERR_NOMEM, "%s: out of memory", path);
   int nt = 0;
   for (int i = 0; !s && i < n; i++) {
     ts[nt++] = kd_ckpt_tensor(params[i].name, &params[i], params[i].data);
@@ -148,11 +162,10 @@ static kd_status kd_ckpt_meta(const char *path, const kd_safetensors *st, kd_ckp
 
 kd_status kd_ckpt_load(const char *path, const kd_param *params, int n, kd_optim *opt,
                        kd_ckpt_info *info, char *err, size_t errlen) {
-  if (n < 0 || (opt && kd_optim_count(opt) != n))
-    return kd_errf(err, errlen, KD_ERR_INVALID, "%s: the optimiser holds %d parameters, the model %d",
-                   path, opt ? kd_optim_count(opt) : 0, n);
+  kd_status s = kd_ckpt_check_optim(path, params, n, opt, err, errlen);
+  if (s) return s;
   kd_safetensors *st;
-  kd_status s = kd_st_open(path, &st, err, errlen);
+  s = kd_st_open(path, &st, err, errlen);
   if (s) return s;
   kd_ckpt_info got = {0};
   int64_t ostep = 0;

@@ -22,8 +22,9 @@ typedef struct kd_progress {
 } kd_progress;
 
 void kd_progress_init(kd_progress *p, FILE *f, int64_t first_step, int64_t total_steps);
-/* Draws the line for a finished step; the ETA extrapolates the mean time
-   per step since init. */
+/* Draws the line for a finished step (counted from 0, shown from 1: after
+   step 0 of 100 the line says "step 1/100"); the ETA extrapolates the mean
+   time per step since init. */
 void kd_progress_update(kd_progress *p, int64_t step, double loss, double lr, double tokens_per_s);
 /* Ends the in-place line (a newline on a tty), so later output starts clean. */
 void kd_progress_done(kd_progress *p);
