@@ -46,6 +46,7 @@
 #include "../passes/fuse.h"
 #include "../runtime/fileio.h"
 #include "mathlib.h"
+#include "session.h"
 
 #define MAX_STATE 64 /* online groups + reductions in one pass */
 #define MAX_WARPS 32 /* 1024 threads */
@@ -59,6 +60,7 @@ typedef struct emitter {
   size_t n;
   int W;     /* lanes of the body being emitted: 4 or 1 */
   int block; /* B */
+  int emu;   /* host emulation: ids, shuffles and barriers are kd_emu_* calls */
   const char *name;
   kd_status st;
   char *err;
@@ -151,16 +153,23 @@ static LLVMValueRef nvvm(emitter *e, const char *name, LLVMTypeRef ret, LLVMValu
   return LLVMBuildCall2(e->b, fty, f, args, nargs, "");
 }
 
+/* threadIdx.x or blockIdx.x ("tid", "ctaid") */
 static LLVMValueRef sreg(emitter *e, const char *which) {
   char name[64];
-  snprintf(name, sizeof name, "llvm.nvvm.read.ptx.sreg.%s", which);
+  snprintf(name, sizeof name, e->emu ? "kd_emu_%s" : "llvm.nvvm.read.ptx.sreg.%s.x", which);
   return LLVMBuildZExt(e->b, nvvm(e, name, e->i32, NULL, 0), e->i64, which);
 }
 
-static void barrier(emitter *e) { nvvm(e, "llvm.nvvm.barrier0", LLVMVoidTypeInContext(e->C), NULL, 0); }
+static void barrier(emitter *e) {
+  nvvm(e, e->emu ? "kd_emu_barrier" : "llvm.nvvm.barrier0", LLVMVoidTypeInContext(e->C), NULL, 0);
+}
 
 /* x from the lane whose id is this lane's xor off (all 32 lanes take part) */
 static LLVMValueRef shfl_xor(emitter *e, LLVMValueRef x, int off) {
+  if (e->emu) {
+    LLVMValueRef args[2] = {x, i32c(e, off)};
+    return nvvm(e, "kd_emu_shfl_bfly", e->f32, args, 2);
+  }
   LLVMValueRef args[4] = {i32c(e, -1), x, i32c(e, off), i32c(e, 0x1f)};
   return nvvm(e, "llvm.nvvm.shfl.sync.bfly.f32", e->f32, args, 4);
 }
@@ -750,7 +759,7 @@ static LLVMValueRef begin_kernel(emitter *e, const char *suffix) {
   char name[160];
   snprintf(name, sizeof name, "%s_%s", e->name, suffix);
   e->fn = LLVMAddFunction(e->M, name, e->kern_ty);
-  LLVMSetFunctionCallConv(e->fn, LLVMPTXKernelCallConv);
+  if (!e->emu) LLVMSetFunctionCallConv(e->fn, LLVMPTXKernelCallConv);
   /* inputs are read-only and nothing aliases: loads may use the
    * non-coherent (texture) path, ld.global.nc */
   static const char *const attr_names[] = {"noalias", "readonly"};
@@ -797,8 +806,8 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   snprintf(suffix, sizeof suffix, "row%d", k);
   e->stage = k;
   begin_kernel(e, suffix);
-  e->row = sreg(e, "ctaid.x");
-  e->tid = sreg(e, "tid.x");
+  e->row = sreg(e, "ctaid");
+  e->tid = sreg(e, "tid");
   e->lane = LLVMBuildAnd(e->b, e->tid, i64c(e, 31), "lane");
   e->warp = LLVMBuildLShr(e->b, e->tid, i64c(e, 5), "warp");
   LLVMValueRef off = LLVMBuildMul(e->b, e->row, e->V, "");
@@ -885,22 +894,23 @@ static void init_types(emitter *e) {
   e->i16 = LLVMInt16TypeInContext(C);
   e->i32 = LLVMInt32TypeInContext(C);
   e->i64 = LLVMInt64TypeInContext(C);
-  e->gptr = LLVMPointerTypeInContext(C, 1); /* the global address space */
+  e->gptr = LLVMPointerTypeInContext(C, e->emu ? 0 : 1); /* the global address space */
   set_width(e, 1);
   LLVMTypeRef p[8] = {e->gptr, e->gptr, e->gptr, e->gptr, e->gptr, e->gptr, e->i64, e->i64};
   e->kern_ty = LLVMFunctionType(LLVMVoidTypeInContext(C), p, 8, 0);
   LLVMTypeRef at = LLVMArrayType(e->f32, MAX_WARPS * MAX_STATE);
   char name[160];
   snprintf(name, sizeof name, "%s_shared", e->name);
-  e->shared = LLVMAddGlobalInAddressSpace(e->M, at, name, 3);
+  e->shared = LLVMAddGlobalInAddressSpace(e->M, at, name, e->emu ? 0 : 3);
   LLVMSetLinkage(e->shared, LLVMInternalLinkage);
   LLVMSetInitializer(e->shared, LLVMGetUndef(at));
   LLVMSetAlignment(e->shared, 16);
 }
 
-static kd_status emit_module(const kd_schedule *s, const char *name, int block_size, LLVMModuleRef M,
-                             kd_gpu_program *prog, char *err, size_t errlen) {
+static kd_status emit_module(const kd_schedule *s, const char *name, int block_size, int emu,
+                             LLVMModuleRef M, kd_gpu_program *prog, char *err, size_t errlen) {
   emitter e = {0};
+  e.emu = emu;
   e.s = s;
   e.g = s->g;
   e.n = kd_graph_size(s->g);
@@ -1039,23 +1049,36 @@ static kd_status prepend_header(const kd_gpu_program *p, char **text) {
   return KD_OK;
 }
 
-kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char **out, kd_gpu_program *prog,
-                      char *err, size_t errlen) {
+/* The options with defaults filled in, checked; and the schedule. */
+static kd_status prepare(const kd_graph *g, const kd_ptx_options *o, kd_ptx_options *out, kd_schedule **s,
+                         char *err, size_t errlen) {
   static const kd_ptx_options defaults = {NULL, NULL, 0};
-  if (!o) o = &defaults;
+  *out = o ? *o : defaults;
+  if (!out->name) out->name = "kd_loss";
+  if (!out->sm) out->sm = "sm_80";
+  if (!out->block) out->block = 256;
+  if (out->block < 32 || out->block > 1024 || out->block % 32)
+    return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: block size %d is not a multiple of 32 up to 1024", out->block);
+  if (strlen(out->name) > 48) return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: name '%s' is too long", out->name);
+  kd_status st = kd_fuse(g, s, err, errlen);
+  if (!st && (*s)->student == KD_NONE) st = kd_errf(err, errlen, KD_ERR_INVALID, "ptx: the graph has no input \"student\"");
+  return st;
+}
+
+kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *opt, int ir, char **out, kd_gpu_program *prog,
+                      char *err, size_t errlen) {
   *out = NULL;
-  const char *name = o->name ? o->name : "kd_loss";
-  const char *sm = o->sm ? o->sm : "sm_80";
-  int block_size = o->block ? o->block : 256;
-  if (block_size < 32 || block_size > 1024 || block_size % 32)
-    return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: block size %d is not a multiple of 32 up to 1024", block_size);
-  if (strlen(name) > 48) return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: name '%s' is too long", name);
-  LLVMTargetMachineRef tm = NULL;
-  kd_status st = target_machine(sm, &tm, err, errlen);
-  if (st) return st;
+  kd_ptx_options o;
   kd_schedule *s = NULL;
-  st = kd_fuse(g, &s, err, errlen);
-  if (!st && s->student == KD_NONE) st = kd_errf(err, errlen, KD_ERR_INVALID, "ptx: the graph has no input \"student\"");
+  LLVMTargetMachineRef tm = NULL;
+  kd_status st = prepare(g, opt, &o, &s, err, errlen);
+  if (!st) st = target_machine(o.sm, &tm, err, errlen);
+  if (st) {
+    kd_schedule_free(s);
+    return st;
+  }
+  const char *name = o.name;
+  int block_size = o.block;
   LLVMContextRef C = LLVMContextCreate();
   LLVMModuleRef M = LLVMModuleCreateWithNameInContext(name, C);
   LLVMSetTarget(M, TRIPLE);
@@ -1063,7 +1086,7 @@ kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char *
   LLVMSetModuleDataLayout(M, td);
   LLVMDisposeTargetData(td);
   kd_gpu_program p;
-  if (!st) st = emit_module(s, name, block_size, M, &p, err, errlen);
+  if (!st) st = emit_module(s, name, block_size, 0, M, &p, err, errlen);
   if (!st) st = finish(M, tm, ir, out, err, errlen);
   if (!st && !ir) st = prepend_header(&p, out);
   if (!st && prog) *prog = p;
@@ -1077,3 +1100,65 @@ kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char *
   kd_schedule_free(s);
   return st;
 }
+
+/* ---- host emulation (tests) ----------------------------------------------------------- */
+
+struct kd_ptx_host {
+  kd_session *session;
+  LLVMOrcResourceTrackerRef rt;
+  kd_gpu_program prog;
+  kd_ptx_host_kernel row[KD_LOSS_MAX_STAGES], step[KD_LOSS_MAX_STAGES + 1];
+};
+
+static kd_status host_lookup(kd_ptx_host *h, const char *kind, int k, kd_ptx_host_kernel *f, char *err,
+                             size_t errlen) {
+  char sym[96];
+  void *addr = NULL;
+  snprintf(sym, sizeof sym, "%s_%s%d", h->prog.name, kind, k);
+  kd_status st = kd_session_lookup(h->session, sym, &addr, err, errlen);
+  /* a JIT address to a function pointer: through memcpy, which ISO C allows */
+  if (!st) memcpy(f, &addr, sizeof *f);
+  return st;
+}
+
+kd_status kd_ptx_host_compile(const kd_graph *g, const kd_ptx_options *opt, kd_ptx_host **out, char *err,
+                              size_t errlen) {
+  *out = NULL;
+  kd_ptx_options o;
+  kd_schedule *s = NULL;
+  kd_status st = prepare(g, opt, &o, &s, err, errlen);
+  kd_ptx_host *h = calloc(1, sizeof *h);
+  if (!st && !h) st = KD_ERR_NOMEM;
+  kd_module m = {0};
+  if (!st) st = kd_session_new(&h->session, err, errlen);
+  if (!st) st = kd_session_module_new(h->session, o.name, &m);
+  if (!st) st = emit_module(s, o.name, o.block, 1, m.mod, &h->prog, err, errlen);
+  if (!st) st = kd_session_optimize(h->session, &m, err, errlen);
+  if (!st) st = kd_session_jit(h->session, &m, &h->rt, err, errlen); /* the JIT owns the module from here */
+  for (int k = 0; !st && k <= h->prog.nstages; k++) {
+    st = host_lookup(h, "step", k, &h->step[k], err, errlen);
+    if (!st && k < h->prog.nstages && (h->prog.rows_mask >> k & 1u))
+      st = host_lookup(h, "row", k, &h->row[k], err, errlen);
+  }
+  kd_module_dispose(&m);
+  kd_schedule_free(s);
+  if (st) {
+    kd_ptx_host_free(h);
+    return st;
+  }
+  *out = h;
+  return KD_OK;
+}
+
+void kd_ptx_host_free(kd_ptx_host *h) {
+  if (!h) return;
+  if (h->session) {
+    kd_session_unload(h->session, h->rt);
+    kd_session_free(h->session);
+  }
+  free(h);
+}
+
+const kd_gpu_program *kd_ptx_host_program(const kd_ptx_host *h) { return &h->prog; }
+kd_ptx_host_kernel kd_ptx_host_row(const kd_ptx_host *h, int k) { return h->row[k]; }
+kd_ptx_host_kernel kd_ptx_host_step(const kd_ptx_host *h, int k) { return h->step[k]; }

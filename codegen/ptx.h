@@ -8,6 +8,7 @@
 #define KD_PTX_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../ir/ir.h"
 #include "../runtime/gpuloss.h"
@@ -27,5 +28,23 @@ int kd_ptx_sm_known(const char *sm, int *ptx);
  * With ir != 0, the optimised LLVM module as text instead. prog may be NULL. */
 kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char **out,
                       kd_gpu_program *prog, char *err, size_t errlen);
+
+/* For tests on machines without a GPU: the same kernels JIT-compiled for
+ * the host CPU, where the thread and block index, the warp shuffle and the
+ * barrier are calls to functions the process defines (found by the JIT):
+ *   int kd_emu_tid(void);  int kd_emu_ctaid(void);  void kd_emu_barrier(void);
+ *   float kd_emu_shfl_bfly(float x, int lane_xor);
+ * The caller runs a row kernel on `block` threads per row, as a GPU would
+ * (tests/gpu/test_ptx_emu.c). o->sm is ignored. */
+typedef void (*kd_ptx_host_kernel)(const void *teacher, const void *student, const int64_t *labels,
+                                   float *grad, double *rows, double *globals, int64_t N, int64_t V);
+typedef struct kd_ptx_host kd_ptx_host;
+
+kd_status kd_ptx_host_compile(const kd_graph *g, const kd_ptx_options *o, kd_ptx_host **out, char *err,
+                              size_t errlen);
+void kd_ptx_host_free(kd_ptx_host *h);
+const kd_gpu_program *kd_ptx_host_program(const kd_ptx_host *h);
+kd_ptx_host_kernel kd_ptx_host_row(const kd_ptx_host *h, int k);  /* NULL: the stage has no rows */
+kd_ptx_host_kernel kd_ptx_host_step(const kd_ptx_host *h, int k);
 
 #endif /* KD_PTX_H */

@@ -1,188 +1,58 @@
-/* Every divergence of the prelude (the specs in examples/losses, lowered with
- * labels so some rows are masked, through the whole pipeline) compiled to
- * PTX for the GPU present and run on it, against the reference executor:
- * f32 and bf16 logits, a vocabulary that is no multiple of 4 (the
- * one-column path), one that is (the 4-wide path), and V = 256000.
- * Skipped (exit 77, reason printed) where there is no CUDA driver or GPU.
- *
- * Tolerances, with eps = FLT_EPSILON and scale = 1 + max |logit| (T = 1 in
- * the specs): the kernel forms log-probabilities in f32 (a few eps * scale
- * of absolute error each, as tests/codegen/kcheck.c argues) and sums a row
- * in f32 in some order over up to V terms, a random-walk error of at most
- * sqrt(V) eps relative to the terms' magnitudes; so
- *   loss: |k - r| <= 8 eps scale (1 + sqrt(V))
- *   grad: max |k - r| <= 8 eps scale (1 + sqrt(V)) max(max |r|, 1 / (count V))
- * (8: four roundings of a log-probability on each of two distributions, as
- * the CPU kernels' table). Masked rows must give exactly 0. */
-#include <float.h>
-#include <math.h>
+/* Every divergence of the prelude compiled to PTX for the GPU present and
+ * run on it against the reference executor (gcheck.h): a vocabulary that is
+ * no multiple of 4 (the one-column path), one that is (the 4-wide path),
+ * and V = 256000. Skipped (exit 77, reason printed) where there is no CUDA
+ * driver or no GPU. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "check.h"
 #include "cuda.h"
+#include "gcheck.h"
 #include "gpuloss.h"
-#include "lower.h"
-#include "passes.h"
 #include "ptx.h"
-#include "refexec.h"
 
-#ifndef KDC_EXAMPLES_DIR
-#define KDC_EXAMPLES_DIR "examples/losses"
-#endif
+typedef struct gpu_ctx {
+  kd_cuda *cu;
+  const char *sm;
+} gpu_ctx;
 
-static const char *specs[] = {"fkl", "rkl", "jsd", "tvd", "sym_kl", "skew_fkl", "skew_rkl", "abkd", "ce"};
-
-static uint64_t rng = 0x243f6a8885a308d3ull;
-
-static double uniform(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return (double)(rng >> 11) * 0x1p-53;
-}
-
-static kd_graph *lower_spec(const char *name, kd_dtype dtype) {
-  char path[1024], err[512];
-  snprintf(path, sizeof path, "%s/%s.kd", KDC_EXAMPLES_DIR, name);
-  kd_diag *diag = kd_diag_new(stdout);
-  kd_program *prog = NULL;
-  kd_graph *g = NULL, *out = NULL;
-  kd_lower_options lo = {NULL, dtype, dtype, true};
-  kd_status st = kd_check_file(path, NULL, diag, &prog);
-  if (!st) st = kd_lower(prog, &lo, diag, &g, NULL);
-  if (!st && (st = kd_pipeline_run(g, NULL, &out, err, sizeof err))) printf("FAIL %s: %s\n", path, err);
-  else if (st) printf("FAIL %s: %s\n", path, kd_status_str(st));
-  kd_graph_free(g);
-  kd_program_free(prog);
-  kd_diag_free(diag);
-  return st ? NULL : out;
-}
-
-/* logits in [-6, 6), as f32 or bf16 (the upper half of the f32, rounded
- * down: the reference reads the same bits) */
-static void *logits(size_t n, kd_dtype dt, double *maxabs) {
-  void *p = malloc(n * (dt == KD_BF16 ? 2 : 4));
-  for (size_t i = 0; p && i < n; i++) {
-    float x = (float)(12 * uniform() - 6);
-    if (dt == KD_BF16) {
-      uint32_t u;
-      memcpy(&u, &x, 4);
-      ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
-    } else {
-      ((float *)p)[i] = x;
-    }
-    if (fabs(x) > *maxabs) *maxabs = fabs(x);
-  }
-  return p;
-}
-
-static int run_case(kd_cuda *cu, const char *sm, const char *what, const kd_graph *g, kd_dtype dt, int64_t N,
-                    int64_t V) {
-  char err[8192];
-  size_t nv = (size_t)(N * V);
-  double maxabs = 0;
-  void *t = logits(nv, dt, &maxabs), *s = logits(nv, dt, &maxabs);
-  int64_t *labels = malloc((size_t)N * sizeof *labels);
-  float *grad = malloc(nv * sizeof *grad);
-  int64_t count = 0;
-  for (int64_t i = 0; i < N; i++) {
-    labels[i] = i % 3 == 1 ? -100 : (int64_t)(uniform() * (double)V); /* every third row masked */
-    count += labels[i] != -100;
-  }
-  kd_ref_input in[3] = {{"teacher", dt, 2, {N, V}, t}, {"student", dt, 2, {N, V}, s}, {"labels", KD_I64, 2, {N, 1}, labels}};
-  size_t nout = kd_graph_noutputs(g);
-  kd_ref_value out[4] = {{0}};
+static kd_status gpu_compile(void *ctx, const kd_graph *g, void **h, char *err, size_t errlen) {
+  gpu_ctx *c = ctx;
+  kd_ptx_options o = {NULL, c->sm, 0};
   char *ptx = NULL;
-  kd_gpu_loss *l = NULL;
-  double loss = NAN;
-  int bad = 0;
-  kd_ptx_options o = {NULL, sm, 0};
-  kd_status st = kd_ref_exec(g, in, 3, out, err, sizeof err);
-  if (!st) st = kd_ptx_emit(g, &o, 0, &ptx, NULL, err, sizeof err);
-  if (!st) st = kd_gpu_loss_load(cu, ptx, &l, err, sizeof err);
-  kd_loss_io io = {t, dt, s, dt, labels, N, V, grad, &loss};
-  if (!st) st = kd_gpu_loss_eval(l, &io, err, sizeof err);
-  if (st) {
-    printf("FAIL %s: %s\n", what, err);
-    bad = 1;
-  }
-  double eps = FLT_EPSILON, scale = 1 + maxabs, walk = 1 + sqrt((double)V);
-  for (size_t i = 0; !bad && i < nout; i++) {
-    const char *name = kd_graph_output_name(g, i);
-    if (!strcmp(name, "loss")) {
-      double r = out[i].data[0], tol = 8 * eps * scale * walk;
-      if (!(fabs(loss - r) <= tol) && !(isinf(r) && loss == r)) {
-        printf("FAIL %s: loss %.9g, reference %.9g (tolerance %.3g)\n", what, loss, r, tol);
-        bad = 1;
-      }
-    } else if (!strcmp(name, "grad")) {
-      double gmax = count ? 1.0 / ((double)count * (double)V) : 0, worst = 0;
-      for (size_t k = 0; k < nv; k++) gmax = fmax(gmax, fabs(out[i].data[k]));
-      for (size_t k = 0; k < nv; k++) {
-        int64_t row = (int64_t)k / V;
-        if (labels[row] == -100 && grad[k] != 0) {
-          printf("FAIL %s: masked row %lld has gradient %g\n", what, (long long)row, grad[k]);
-          bad = 1;
-          break;
-        }
-        worst = fmax(worst, fabs(grad[k] - out[i].data[k]));
-        if (isnan(grad[k]) != isnan(out[i].data[k])) worst = INFINITY;
-      }
-      double tol = 8 * eps * scale * walk * gmax;
-      if (!bad && !(worst <= tol)) {
-        printf("FAIL %s: gradient error %.3g > %.3g\n", what, worst, tol);
-        bad = 1;
-      }
-    }
-  }
-  if (!bad) printf("ok %s: loss %.9g\n", what, loss);
-  for (size_t i = 0; i < nout; i++) kd_ref_value_free(&out[i]);
-  kd_gpu_loss_free(l);
+  kd_status st = kd_ptx_emit(g, &o, 0, &ptx, NULL, err, errlen);
+  if (!st) st = kd_gpu_loss_load(c->cu, ptx, (kd_gpu_loss **)h, err, errlen);
   free(ptx);
-  free(t);
-  free(s);
-  free(labels);
-  free(grad);
-  return bad;
+  return st;
 }
+
+static kd_status gpu_eval(void *h, const kd_loss_io *io, char *err, size_t errlen) {
+  return kd_gpu_loss_eval(h, io, err, errlen);
+}
+
+static void gpu_release(void *h) { kd_gpu_loss_free(h); }
 
 int main(void) {
   char err[512];
-  kd_cuda *cu = NULL;
+  gpu_ctx c = {NULL, NULL};
   kd_cuda_device_info info;
-  kd_status st = kd_cuda_open(&cu, err, sizeof err);
+  kd_status st = kd_cuda_open(&c.cu, err, sizeof err);
   if (st == KD_ERR_UNSUPPORTED) {
     printf("SKIPPED: %s\n", err);
     return 77;
   }
-  if (!st) st = kd_cuda_use_device(cu, 0, err, sizeof err);
-  if (!st) st = kd_cuda_device_info_get(cu, 0, &info, err, sizeof err);
+  if (!st) st = kd_cuda_use_device(c.cu, 0, err, sizeof err);
+  if (!st) st = kd_cuda_device_info_get(c.cu, 0, &info, err, sizeof err);
   if (st) {
     printf("FAIL: %s\n", err);
-    kd_cuda_close(cu);
+    kd_cuda_close(c.cu);
     return 1;
   }
-  const char *sm = info.cc_major >= 9 ? "sm_90" : "sm_80";
-  printf("device: %s (sm_%d%d), PTX for %s\n", info.name, info.cc_major, info.cc_minor, sm);
+  c.sm = info.cc_major >= 9 ? "sm_90" : "sm_80";
+  printf("device: %s (sm_%d%d), PTX for %s\n", info.name, info.cc_major, info.cc_minor, c.sm);
   static const int64_t shapes[][2] = {{5, 37}, {4, 1024}, {2, 256000}};
-  int failures = 0;
-  for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
-    for (int bf = 0; bf < 2; bf++) {
-      kd_dtype dt = bf ? KD_BF16 : KD_F32;
-      kd_graph *g = lower_spec(specs[i], dt);
-      if (!g) {
-        failures++;
-        continue;
-      }
-      for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
-        char what[128];
-        snprintf(what, sizeof what, "%s %s N=%lld V=%lld", specs[i], kd_dtype_name(dt), (long long)shapes[k][0],
-                 (long long)shapes[k][1]);
-        failures += run_case(cu, sm, what, g, dt, shapes[k][0], shapes[k][1]);
-      }
-      kd_graph_free(g);
-    }
-  kd_cuda_close(cu);
-  printf(failures ? "FAILED (%d)\n" : "ok\n", failures);
+  static const gc_runner run = {gpu_compile, gpu_eval, gpu_release, 256};
+  int failures = gc_run_all(&run, &c, shapes, sizeof shapes / sizeof shapes[0]);
+  kd_cuda_close(c.cu);
   return failures != 0;
 }
