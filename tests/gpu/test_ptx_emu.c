@@ -19,8 +19,7 @@
 
 /* ---- the emulated GPU: what the kernels call --------------------------------------- */
 
-static _Thread_local int emu_tid;
-static int emu_ctaid;
+static _Thread_local int emu_tid, emu_ctaid;
 static pthread_barrier_t emu_bar;
 static float emu_slot[BLOCK];
 
@@ -48,40 +47,39 @@ typedef struct launch {
   kd_ptx_host_kernel fn;
   const kd_loss_io *io;
   double *rows, *globals;
+  int64_t blocks;
   int tid;
 } launch;
 
+/* One GPU thread through every block, the blocks one after another (a
+ * barrier between them: they share emu_slot and the shared array). */
 static void *thread_main(void *arg) {
   launch *l = arg;
   emu_tid = l->tid;
-  l->fn(l->io->teacher, l->io->student, l->io->labels, l->io->grad, l->rows, l->globals, l->io->N, l->io->V);
+  for (int64_t b = 0; b < l->blocks; b++) {
+    emu_ctaid = (int)b;
+    l->fn(l->io->teacher, l->io->student, l->io->labels, l->io->grad, l->rows, l->globals, l->io->N, l->io->V);
+    pthread_barrier_wait(&emu_bar);
+  }
   return NULL;
 }
 
-/* fn over `blocks` blocks of `threads` threads, one block at a time */
-static kd_status grid(kd_ptx_host_kernel fn, const kd_loss_io *io, double *rows, double *globals, int64_t blocks,
-                      int threads, char *err, size_t errlen) {
+/* fn over `blocks` blocks of `threads` threads */
+static void grid(kd_ptx_host_kernel fn, const kd_loss_io *io, double *rows, double *globals, int64_t blocks,
+                 int threads) {
   launch l[BLOCK];
   pthread_t th[BLOCK];
   pthread_barrier_init(&emu_bar, NULL, (unsigned)threads);
-  kd_status st = KD_OK;
-  for (int64_t b = 0; b < blocks && !st; b++) {
-    emu_ctaid = (int)b;
-    int started = 0;
-    for (int t = 0; t < threads; t++) {
-      l[t] = (launch){fn, io, rows, globals, t};
-      if (pthread_create(&th[t], NULL, thread_main, &l[t])) break;
-      started++;
-    }
-    if (started < threads) {
-      /* the started threads wait at a barrier forever: give up loudly */
-      snprintf(err, errlen, "cannot start %d threads", threads);
+  for (int t = 0; t < threads; t++) {
+    l[t] = (launch){fn, io, rows, globals, blocks, t};
+    if (pthread_create(&th[t], NULL, thread_main, &l[t])) {
+      /* the started threads would wait at the barrier forever */
+      fprintf(stderr, "cannot start %d threads\n", threads);
       abort();
     }
-    for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
   }
+  for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
   pthread_barrier_destroy(&emu_bar);
-  return st;
 }
 
 /* ---- the runner ---------------------------------------------------------------- */
@@ -100,10 +98,10 @@ static kd_status emu_eval(void *hp, const kd_loss_io *io, char *err, size_t errl
   double *globals = calloc((size_t)p->nglobals, sizeof *globals);
   kd_status st = rows && globals ? KD_OK : KD_ERR_NOMEM;
   for (int k = 0; !st && k <= p->nstages; k++) {
-    st = grid(kd_ptx_host_step(h, k), io, rows, globals, 1, 1, err, errlen);
-    if (!st && k < p->nstages && kd_ptx_host_row(h, k))
-      st = grid(kd_ptx_host_row(h, k), io, rows, globals, io->N, BLOCK, err, errlen);
+    grid(kd_ptx_host_step(h, k), io, rows, globals, 1, 1);
+    if (k < p->nstages && kd_ptx_host_row(h, k)) grid(kd_ptx_host_row(h, k), io, rows, globals, io->N, BLOCK);
   }
+  if (st) snprintf(err, errlen, "out of memory");
   if (!st) *io->loss = globals[p->loss_index];
   free(rows);
   free(globals);
