@@ -25,6 +25,11 @@
  *
  * Value classes as in cpu.c: F (f32 lanes in loops, double in row and step
  * code), I (i64), B (i1). Element values are vectors of W = 4 or 1 lanes.
+ * The expression emitter repeats cpu.c's (static there) for these types.
+ *
+ * kd_ptx_host_compile builds the same kernels for the host JIT, with the
+ * ids, shuffles and barriers as calls (tests/gpu/test_ptx_emu.c runs them
+ * a thread per GPU thread): the kernels' logic is tested without a GPU.
  *
  * Legend: N = rows, V = vocabulary, B = threads per block, W = lanes. */
 #include "ptx.h"
@@ -70,7 +75,7 @@ typedef struct emitter {
   LLVMModuleRef M;
   LLVMBuilderRef b;
   LLVMBuilderRef be; /* before the entry block's terminator */
-  LLVMTypeRef f32, f64, i1, i16, i32, i64, gptr, vf, vi64, kern_ty;
+  LLVMTypeRef f32, f64, i1, i16, i32, i64, gptr, vf, kern_ty;
   LLVMValueRef shared; /* [MAX_WARPS * MAX_STATE] f32 in addrspace(3) */
 
   /* per kernel */
@@ -120,7 +125,6 @@ static LLVMValueRef i32c(const emitter *e, long long v) {
 static void set_width(emitter *e, int w) {
   e->W = w;
   e->vf = LLVMVectorType(e->f32, (unsigned)w);
-  e->vi64 = LLVMVectorType(e->i64, (unsigned)w);
 }
 
 /* ---- small IR helpers ------------------------------------------------------ */
@@ -755,7 +759,7 @@ static void emit_pass(emitter *e, int pass) {
 
 /* ---- kernels ---------------------------------------------------------------------- */
 
-static LLVMValueRef begin_kernel(emitter *e, const char *suffix) {
+static void begin_kernel(emitter *e, const char *suffix) {
   char name[160];
   snprintf(name, sizeof name, "%s_%s", e->name, suffix);
   e->fn = LLVMAddFunction(e->M, name, e->kern_ty);
@@ -779,7 +783,6 @@ static LLVMValueRef begin_kernel(emitter *e, const char *suffix) {
   memset(e->gval, 0, e->n * sizeof *e->gval);
   memset(e->rval, 0, e->n * sizeof *e->rval);
   LLVMPositionBuilderAtEnd(e->b, start);
-  return e->fn;
 }
 
 /* (p & (bytes - 1)) == 0 */
@@ -801,7 +804,7 @@ static LLVMValueRef vector_end(emitter *e) {
   return LLVMBuildSelect(e->b, ok, e->V, i64c(e, 0), "vend");
 }
 
-static LLVMValueRef emit_row_kernel(emitter *e, int k) {
+static void emit_row_kernel(emitter *e, int k) {
   char suffix[16];
   snprintf(suffix, sizeof suffix, "row%d", k);
   e->stage = k;
@@ -832,7 +835,6 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   LLVMBuildBr(e->b, done);
   LLVMPositionBuilderAtEnd(e->b, done);
   LLVMBuildRetVoid(e->b);
-  return e->fn;
 }
 
 /* sum_i rows[slot * N + i], in row order (deterministic) */
@@ -859,7 +861,7 @@ static LLVMValueRef emit_row_sum(emitter *e, int slot) {
 
 /* step<k>: the global scalars of phase k (as cpu.c's steps), launched as a
  * single thread; the last also stores outputs that are plain constants. */
-static LLVMValueRef emit_step(emitter *e, int k) {
+static void emit_step(emitter *e, int k) {
   char suffix[16];
   snprintf(suffix, sizeof suffix, "step%d", k);
   begin_kernel(e, suffix);
@@ -883,7 +885,6 @@ static LLVMValueRef emit_step(emitter *e, int k) {
     LLVMBuildStore(e->b, convert(e, v, class_of(n->dtype), CL_F), gep(e->b, e->f64, e->p_globals, i64c(e, id)));
   }
   LLVMBuildRetVoid(e->b);
-  return e->fn;
 }
 
 static void init_types(emitter *e) {
