@@ -4,8 +4,9 @@
  * both the warp shuffles and the cross-warp merge through shared memory
  * run) per row, rows one after another; against the reference executor
  * (gcheck.h). Shapes: V = 37 (the one-column loop only), 1024 (the 4-wide
- * loop only; 4 columns x 64 threads = 256 a step, 4 steps) and 1030 (V % 4
- * != 0 again, one column per step). Only PTX-level details (the
+ * loop only; 4 columns x 64 threads = 256 a step, 4 steps), 1030 (V % 4
+ * != 0 again, one column per step) and 256000 (the largest vocabulary the
+ * issue names). Only PTX-level details (the
  * instruction selection, ptxas) are left to gpu.ptx.* and gpu.run. */
 #include <pthread.h>
 #include <stdio.h>
@@ -111,7 +112,7 @@ static kd_status emu_eval(void *hp, const kd_loss_io *io, char *err, size_t errl
 static void emu_release(void *h) { kd_ptx_host_free(h); }
 
 int main(void) {
-  static const int64_t shapes[][2] = {{5, 37}, {3, 1024}, {3, 1030}};
+  static const int64_t shapes[][2] = {{5, 37}, {3, 1024}, {3, 1030}, {2, 256000}};
   static const gc_runner run = {emu_compile, emu_eval, emu_release, BLOCK};
   return gc_run_all(&run, NULL, shapes, sizeof shapes / sizeof shapes[0]) != 0;
 }
