@@ -3,7 +3,8 @@
  * For a loss with K stages it emits, in an nvptx64-nvidia-cuda module,
  *   <name>_row<k>(teacher, student, labels, grad, rows, globals, N, V)
  *       one block of B threads per row (blockIdx.x is the row)
- *   <name>_step<k>(same arguments)      one thread: the global scalars of phase k
+ *   <name>_step<k>(same arguments)      one block of KD_GPU_STEP_THREADS threads:
+ *                                       the global scalars of phase k
  * with the PTX kernel calling convention. A row kernel runs the stage's
  * passes; each pass is two loops over the row with a stride of the block:
  *   - 4 columns per thread per iteration with 16-byte loads (8 for bf16)
@@ -19,7 +20,8 @@
  * scalars are computed in double, like the CPU's; exp and log of a double
  * (rare: once a row) go through the f32 mathlib (about 1 ulp of f32).
  * Per-row values of reductions over rows go to rows[slot * N + row]; the
- * steps sum them in row order in double. No row cache: a later pass
+ * steps sum them in double in a fixed order (contiguous chunks, then the
+ * chunks in order). No row cache: a later pass
  * recomputes what it needs (a GPU recomputes an exp faster than it reloads
  * a float).
  *
@@ -76,7 +78,8 @@ typedef struct emitter {
   LLVMBuilderRef b;
   LLVMBuilderRef be; /* before the entry block's terminator */
   LLVMTypeRef f32, f64, i1, i16, i32, i64, gptr, vf, kern_ty;
-  LLVMValueRef shared; /* [MAX_WARPS * MAX_STATE] f32 in addrspace(3) */
+  LLVMValueRef shared;   /* [MAX_WARPS * MAX_STATE] f32 in addrspace(3): row kernels */
+  LLVMValueRef shared_d; /* [KD_GPU_STEP_THREADS] f64 in addrspace(3): steps */
 
   /* per kernel */
   LLVMValueRef fn, N, V, row, j, tid, lane, warp, vend;
@@ -837,34 +840,66 @@ static void emit_row_kernel(emitter *e, int k) {
   LLVMBuildRetVoid(e->b);
 }
 
-/* sum_i rows[slot * N + i], in row order (deterministic) */
+/* sum_i rows[slot * N + i] by the step's KD_GPU_STEP_THREADS threads:
+ * thread t adds rows [t c, (t + 1) c) in order (c = ceil(N / threads)),
+ * then every thread adds the threads' partial sums in thread order, through
+ * shared memory. Deterministic for a given N; every thread gets the sum. */
 static LLVMValueRef emit_row_sum(emitter *e, int slot) {
+  LLVMValueRef T = i64c(e, KD_GPU_STEP_THREADS);
+  LLVMValueRef chunk = LLVMBuildSDiv(e->b, LLVMBuildAdd(e->b, e->N, i64c(e, KD_GPU_STEP_THREADS - 1), ""), T, "");
+  LLVMValueRef lo = LLVMBuildMul(e->b, e->tid, chunk, "");
+  LLVMValueRef hi = LLVMBuildAdd(e->b, lo, chunk, "");
+  hi = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, hi, e->N, ""), hi, e->N, "");
+  LLVMValueRef rows = gep(e->b, e->f64, e->p_rows, LLVMBuildMul(e->b, i64c(e, slot), e->N, ""));
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
   LLVMBasicBlockRef loop = block(e, "sum"), done = block(e, "sum.done");
-  LLVMValueRef base = LLVMBuildMul(e->b, i64c(e, slot), e->N, "");
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, e->N, i64c(e, 0), ""), loop, done);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, lo, hi, ""), loop, done);
   LLVMPositionBuilderAtEnd(e->b, loop);
   LLVMValueRef i = LLVMBuildPhi(e->b, e->i64, "i");
   LLVMValueRef acc = LLVMBuildPhi(e->b, e->f64, "acc");
-  LLVMValueRef x = LLVMBuildLoad2(e->b, e->f64, gep(e->b, e->f64, e->p_rows, LLVMBuildAdd(e->b, base, i, "")), "");
+  LLVMValueRef x = LLVMBuildLoad2(e->b, e->f64, gep(e->b, e->f64, rows, i), "");
   LLVMValueRef acc2 = LLVMBuildFAdd(e->b, acc, x, "");
   LLVMValueRef i2 = LLVMBuildAdd(e->b, i, i64c(e, 1), "");
-  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, i2, e->N, ""), loop, done);
-  LLVMValueRef z = i64c(e, 0), zf = LLVMConstReal(e->f64, 0);
-  LLVMAddIncoming(i, &z, &pre, 1);
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, i2, hi, ""), loop, done);
+  LLVMValueRef zf = LLVMConstReal(e->f64, 0);
+  LLVMAddIncoming(i, &lo, &pre, 1);
   LLVMAddIncoming(i, &i2, &loop, 1);
   LLVMAddIncoming(acc, &zf, &pre, 1);
   LLVMAddIncoming(acc, &acc2, &loop, 1);
   LLVMPositionBuilderAtEnd(e->b, done);
-  return phi2(e, e->f64, zf, pre, acc2, loop);
+  LLVMValueRef part = phi2(e, e->f64, zf, pre, acc2, loop);
+  LLVMTypeRef at = LLVMArrayType(e->f64, KD_GPU_STEP_THREADS);
+  LLVMValueRef idx[2] = {i64c(e, 0), e->tid};
+  LLVMBuildStore(e->b, part, LLVMBuildGEP2(e->b, at, e->shared_d, idx, 2, ""));
+  barrier(e);
+  LLVMValueRef sum = zf;
+  for (int t = 0; t < KD_GPU_STEP_THREADS; t++) {
+    idx[1] = i64c(e, t);
+    sum = LLVMBuildFAdd(e->b, sum, LLVMBuildLoad2(e->b, e->f64, LLVMBuildGEP2(e->b, at, e->shared_d, idx, 2, ""), ""), "");
+  }
+  barrier(e); /* everyone has read the partial sums before the next ones */
+  return sum;
 }
 
-/* step<k>: the global scalars of phase k (as cpu.c's steps), launched as a
- * single thread; the last also stores outputs that are plain constants. */
+/* step<k>: the global scalars of phase k (as cpu.c's steps) on
+ * KD_GPU_STEP_THREADS threads: all of them sum the rows of reductions over
+ * rows, then thread 0 alone computes and stores; the last step also stores
+ * outputs that are plain constants. */
 static void emit_step(emitter *e, int k) {
   char suffix[16];
   snprintf(suffix, sizeof suffix, "step%d", k);
   begin_kernel(e, suffix);
+  e->tid = sreg(e, "tid");
+  for (kd_node_id id = 0; id < (kd_node_id)e->n && !e->st; id++) {
+    const kd_fuse_node *f = fnode(e, id);
+    if (f->kind == KD_FUSE_GLOBAL && f->role == KD_ROLE_NRED && f->phase == k)
+      e->gval[id] = convert(e, emit_row_sum(e, f->slot), CL_F, class_of(gnode(e, id)->dtype));
+  }
+  LLVMBasicBlockRef work = block(e, "thread0"), done = block(e, "done");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, e->tid, i64c(e, 0), ""), work, done);
+  LLVMPositionBuilderAtEnd(e->b, done);
+  LLVMBuildRetVoid(e->b);
+  LLVMPositionBuilderAtEnd(e->b, work);
   for (kd_node_id id = 0; id < (kd_node_id)e->n && !e->st; id++) {
     const kd_fuse_node *f = fnode(e, id);
     const kd_node *n = gnode(e, id);
@@ -873,7 +908,7 @@ static void emit_step(emitter *e, int k) {
     if (konst ? !(k == e->s->nstages && is_output(e, id)) : f->phase != k) continue;
     LLVMValueRef v;
     if (f->role == KD_ROLE_NRED) {
-      v = convert(e, emit_row_sum(e, f->slot), CL_F, class_of(n->dtype));
+      v = e->gval[id];
     } else if (konst) {
       v = const_value(e, n);
     } else {
@@ -906,6 +941,12 @@ static void init_types(emitter *e) {
   LLVMSetLinkage(e->shared, LLVMInternalLinkage);
   LLVMSetInitializer(e->shared, LLVMGetUndef(at));
   LLVMSetAlignment(e->shared, 16);
+  LLVMTypeRef dt = LLVMArrayType(e->f64, KD_GPU_STEP_THREADS);
+  snprintf(name, sizeof name, "%s_shared_d", e->name);
+  e->shared_d = LLVMAddGlobalInAddressSpace(e->M, dt, name, e->emu ? 0 : 3);
+  LLVMSetLinkage(e->shared_d, LLVMInternalLinkage);
+  LLVMSetInitializer(e->shared_d, LLVMGetUndef(dt));
+  LLVMSetAlignment(e->shared_d, 16);
 }
 
 static kd_status emit_module(const kd_schedule *s, const char *name, int block_size, int emu,

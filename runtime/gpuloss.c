@@ -107,9 +107,9 @@ kd_status kd_gpu_loss_launch(kd_gpu_loss *l, const kd_gpu_args *a, kd_cu_stream 
   int64_t N = a->N, V = a->V;
   void *params[8] = {&teacher, &student, &labels, &grad, &l->rows, &l->globals, &N, &V};
   const unsigned one[3] = {1, 1, 1}, rows_grid[3] = {(unsigned)N, 1, 1};
-  const unsigned block[3] = {(unsigned)l->p.block, 1, 1};
+  const unsigned block[3] = {(unsigned)l->p.block, 1, 1}, warp[3] = {KD_GPU_STEP_THREADS, 1, 1};
   for (int k = 0; !st && k <= l->p.nstages; k++) {
-    st = kd_cuda_launch(l->cu, l->step[k], one, one, 0, stream, params, err, errlen);
+    st = kd_cuda_launch(l->cu, l->step[k], one, warp, 0, stream, params, err, errlen);
     if (!st && k < l->p.nstages && l->row[k] && N > 0)
       st = kd_cuda_launch(l->cu, l->row[k], rows_grid, block, 0, stream, params, err, errlen);
   }

@@ -7,8 +7,10 @@
  * so a .ptx file written by `kdc compile-loss --target ptx` runs with no
  * other input. A run, like the CPU's (runtime/lossrun.h): step 0; row
  * kernel 0 (one block of `block` threads per row); step 1; ...; step K.
- * Steps are one-thread kernels that sum the per-row values rows[slot * N +
- * i] in row order, in double: the loss is deterministic (no atomics).
+ * Steps are one-warp kernels (KD_GPU_STEP_THREADS) that sum the per-row
+ * values rows[slot * N + i] in double, each thread a contiguous chunk of
+ * rows in order and then the chunks in order: the loss is deterministic (no
+ * atomics).
  *
  * Legend: N = rows (tokens), V = vocabulary. */
 #ifndef KD_GPULOSS_H
@@ -22,6 +24,7 @@
 #include "status.h"
 
 #define KD_GPU_HEADER "// kdc-program:"
+#define KD_GPU_STEP_THREADS 32 /* one warp runs each step */
 
 typedef struct kd_gpu_program {
   char name[64];      /* kernel prefix: <name>_row<k>, <name>_step<k> */

@@ -68,8 +68,8 @@ static void *thread_main(void *arg) {
 /* fn over `blocks` blocks of `threads` threads */
 static void grid(kd_ptx_host_kernel fn, const kd_loss_io *io, double *rows, double *globals, int64_t blocks,
                  int threads) {
-  launch l[BLOCK];
-  pthread_t th[BLOCK];
+  launch l[BLOCK > KD_GPU_STEP_THREADS ? BLOCK : KD_GPU_STEP_THREADS];
+  pthread_t th[sizeof l / sizeof l[0]];
   pthread_barrier_init(&emu_bar, NULL, (unsigned)threads);
   for (int t = 0; t < threads; t++) {
     l[t] = (launch){fn, io, rows, globals, blocks, t};
@@ -99,7 +99,7 @@ static kd_status emu_eval(void *hp, const kd_loss_io *io, char *err, size_t errl
   double *globals = calloc((size_t)p->nglobals, sizeof *globals);
   kd_status st = rows && globals ? KD_OK : KD_ERR_NOMEM;
   for (int k = 0; !st && k <= p->nstages; k++) {
-    grid(kd_ptx_host_step(h, k), io, rows, globals, 1, 1);
+    grid(kd_ptx_host_step(h, k), io, rows, globals, 1, KD_GPU_STEP_THREADS);
     if (k < p->nstages && kd_ptx_host_row(h, k)) grid(kd_ptx_host_row(h, k), io, rows, globals, io->N, BLOCK);
   }
   if (st) snprintf(err, errlen, "out of memory");
