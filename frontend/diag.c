@@ -238,7 +238,12 @@ static void flush_suppressed(kd_diag *d) {
 }
 
 void kd_diag_flush(kd_diag *d) {
-  if (d) flush_suppressed(d);
+  if (!d) return;
+  flush_suppressed(d);
+  /* The source may be freed next and its address reused by another file,
+   * which must start a fresh per-file count. */
+  d->file = NULL;
+  d->file_errors = 0;
 }
 
 void kd_diag_free(kd_diag *d) {
