@@ -46,6 +46,7 @@
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/Core.h>
+#include <llvm-c/Error.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
@@ -1055,7 +1056,12 @@ static kd_status finish(LLVMModuleRef M, LLVMTargetMachineRef tm, int ir, char *
   LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
   LLVMErrorRef pe = LLVMRunPasses(M, "default<O3>", tm, po);
   LLVMDisposePassBuilderOptions(po);
-  if (pe) return llvm_fail(LLVMGetErrorMessage(pe), "optimisation", KD_ERR_BACKEND, err, errlen);
+  if (pe) {
+    char *m = LLVMGetErrorMessage(pe); /* consumes pe */
+    kd_errf(err, errlen, KD_ERR_BACKEND, "ptx: optimisation: %s", m);
+    LLVMDisposeErrorMessage(m);
+    return KD_ERR_BACKEND;
+  }
   if (ir) {
     char *s = LLVMPrintModuleToString(M);
     *out = strdup(s);
