@@ -212,6 +212,7 @@ typedef struct checker {
   kd_program *p;
   kd_diag *diag;
   bool nomem;
+  bool no_file_check;  /* kd_check_options.no_file_check */
   unsigned ctx;        /* KD_CTX_* of the expressions being checked */
   sym *block;          /* the definition being checked */
   scope *sc;           /* its locals, or NULL */
@@ -928,7 +929,7 @@ static char *file_path(checker *c, const kd_ast *e, bool input) {
     return NULL;
   }
   char *path = join_path(c, c->block->u->path, lit->str);
-  if (!input) return path;
+  if (!input || c->no_file_check) return path;
   struct stat st;
   if (path && stat(path, &st) != 0) {
     if (strcmp(path, lit->str))
@@ -1802,7 +1803,7 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   *out = NULL;
   kd_program *p = calloc(1, sizeof *p);
   if (!p) return KD_ERR_NOMEM;
-  checker c = {.p = p, .diag = diag};
+  checker c = {.p = p, .diag = diag, .no_file_check = opts && opts->no_file_check};
   int errors_before = kd_diag_error_count(diag);
 
   if (!opts || !opts->no_prelude) load_prelude(&c);

@@ -125,7 +125,9 @@ const kd_symbol *kd_program_train(const kd_program *p, size_t i);
 const kd_ref *kd_program_ref(const kd_program *p, const kd_ast *expr);
 
 typedef struct kd_check_options {
-  bool no_prelude; /* do not import the prelude (tests of the prelude itself) */
+  bool no_prelude;    /* do not import the prelude (tests of the prelude itself) */
+  bool no_file_check; /* do not warn about input files that do not exist (the loss
+                         commands take their inputs from the command line) */
 } kd_check_options;
 
 /* Parses and checks `path` and everything it imports. Diagnostics go to

@@ -16,7 +16,9 @@ int kdc_lower_spec(const char *path, const kd_lower_options *opt, kd_graph **g,
     return KDC_EXIT_USER;
   }
   kd_program *prog = NULL;
-  kd_status st = kd_check_file(path, NULL, diag, &prog);
+  /* The logits come from the command line, not from the files the spec names. */
+  kd_check_options copts = {.no_file_check = true};
+  kd_status st = kd_check_file(path, &copts, diag, &prog);
   if (st == KD_OK) st = kd_lower(prog, opt, diag, g, info);
   if (st != KD_OK && kd_diag_error_count(diag) == 0)
     fprintf(stderr, "kdc: %s: %s\n", path, kd_status_str(st));
