@@ -15,6 +15,7 @@
 }
 
 %code requires {
+#include <setjmp.h>
 #include <stdbool.h>
 
 #include "ast.h"
@@ -60,6 +61,8 @@ typedef struct kd_parser {
   kd_comment *comments;
   size_t ncomments, comments_cap;
   kd_ast *file;              /* the result */
+  jmp_buf fatal;             /* where flex's YY_FATAL_ERROR (out of memory) lands,
+                                instead of calling exit() */
 } kd_parser;
 
 void kd_parser_error(kd_parser *ps, kd_loc loc, const char *fmt, ...)
@@ -654,16 +657,20 @@ kd_status kd_parse(const kd_source *src, kd_diag *diag, kd_ast **out) {
   ps->prev = (kd_loc){src, 1, 1, 1, 1};
 
   yyscan_t scanner;
-  kd_status st = KD_ERR_NOMEM;
+  volatile kd_status st = KD_ERR_NOMEM;
   char *text = scanner_text(ps);
   if (text && kd_yylex_init_extra(ps, &scanner) == 0) {
-    YY_BUFFER_STATE buf = kd_yy_scan_buffer(text, src->len + 2, scanner);
-    int rc = buf ? kd_yyparse(scanner, ps) : 2;
-    if (buf) kd_yy_delete_buffer(buf, scanner);
-    kd_yylex_destroy(scanner);
-    st = ps->nomem || (rc == 2 && !ps->too_deep) ? KD_ERR_NOMEM
-         : rc != 0 || ps->errors > 0             ? KD_ERR_SYNTAX
-                                                 : KD_OK;
+    if (setjmp(ps->fatal) == 0) {
+      YY_BUFFER_STATE buf = kd_yy_scan_buffer(text, src->len + 2, scanner);
+      int rc = buf ? kd_yyparse(scanner, ps) : 2;
+      if (buf) kd_yy_delete_buffer(buf, scanner);
+      kd_yylex_destroy(scanner);
+      st = ps->nomem || (rc == 2 && !ps->too_deep) ? KD_ERR_NOMEM
+           : rc != 0 || ps->errors > 0             ? KD_ERR_SYNTAX
+                                                   : KD_OK;
+    }
+    /* else flex ran out of memory: its state is abandoned (and leaks, on a
+     * path that has no memory left anyway) and st stays KD_ERR_NOMEM. */
   }
   if (st == KD_OK) {
     ps->file->comments = ps->comments;
