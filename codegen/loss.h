@@ -53,4 +53,11 @@ kd_status kd_loss_emit_file(const kd_graph *g, const kd_loss_options *o, const c
  * err, errlen)` taking only the inputs the loss has, in its dtypes. */
 kd_status kd_loss_write_header(const kd_graph *g, const kd_loss_options *o, FILE *out);
 
+/* AOT, a loss library (libNAME.so or .a: the object, the glue and the
+ * embedded runtime, runtime/lossapi.h): its self-contained header, declaring
+ * NAME_eval and NAME_info with plain C types (docs/abi.md), and the C glue
+ * that defines those two over the runtime. */
+kd_status kd_loss_write_abi_header(const kd_graph *g, const kd_loss_options *o, FILE *out);
+kd_status kd_loss_write_abi_glue(const kd_loss_options *o, FILE *out);
+
 #endif /* KD_LOSS_H */
