@@ -12,7 +12,9 @@
  * after the loop the double lanes are combined into row scalars.
  * Row scalars are computed in double between passes; global scalars are
  * computed in double by the steps and read from a->globals. Costly element
- * values that a later pass needs again go through a per-thread row cache.
+ * values that a later pass needs again go through a per-thread row cache,
+ * and so do the exps of the online groups that the schedule keeps (fuse.h,
+ * "Cached exps").
  *
  * Value classes: every node computes as F (f32 lanes in loops, double in row
  * and global code), I (i64) or B (i1), by its dtype. Element values are
@@ -36,6 +38,15 @@
 #define MAX_STATE 64 /* online groups + reductions in one pass */
 #define MAX_CACHE 8  /* row-cache slots: [MAX_CACHE, V] floats per thread at most */
 #define BLOCK 64     /* vectors summed in f32 lanes before they move to double lanes */
+/* An online group's reference m moves only when a value exceeds it by more
+ * than LAZY (then to that value), so exp(x - m) <= e^LAZY: the rescale branch
+ * is taken a few times a row instead of whenever a lane's max grows, and the
+ * kept exps of a block rarely need a fix-up. e^16 * BLOCK sums far below
+ * FLT_MAX. */
+#define LAZY 16.0
+/* Kept exps (fuse.h, "Cached exps") take V floats of row cache per group; a
+ * row whose kept exps exceed KEEP_BYTES (about an L2) recomputes them. */
+#define KEEP_BYTES (1 << 20)
 
 /* The row cache of a stage: element values that a pass computes and a later
  * pass needs again are written to a per-thread scratch row (L2-resident, V
@@ -82,6 +93,18 @@ typedef struct emitter {
   cache_plan cache;     /* of the stage being emitted */
   int nscratch;         /* max slots over the stages */
   int stage, pass;
+
+  /* kept exps of the stage (fuse.h): group keep[i] of the schedule writes
+   * its exps to scratch slot cache.nslots + i and its reference of each
+   * block to blockref[i] (vectors: the tail 0, block b of the main loop
+   * 1 + b); a later pass reads exp(a - c) as the slot times
+   * exp(ref - c), xscale[node] in the current block */
+  int nkeep, keep[MAX_STATE];
+  LLVMValueRef blockref[MAX_STATE];
+  long long keep_maxv;  /* the longest row whose kept exps fit KEEP_BYTES */
+  int expc;             /* the row loop being emitted uses the kept exps */
+  LLVMValueRef *xscale; /* [n] */
+  LLVMValueRef jblock;  /* the current block's first column (NULL in masked steps) */
 } emitter;
 
 static void fail(emitter *e, kd_status st, const char *fmt, ...) {
@@ -417,13 +440,13 @@ static int is_softmax_exp(const emitter *e, const kd_node *n) {
   return (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == d->src[0];
 }
 
-static LLVMValueRef scratch_ptr(emitter *e, int slot) {
-  LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, slot), e->V, ""), e->j, "");
+static LLVMValueRef scratch_ptr(emitter *e, int slot, LLVMValueRef col) {
+  LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, slot), e->V, ""), col, "");
   return LLVMBuildGEP2(e->b, e->f32, e->scratch, &off, 1, "");
 }
 
 static LLVMValueRef load_cached(emitter *e, int slot) {
-  LLVMValueRef p = scratch_ptr(e, slot);
+  LLVMValueRef p = scratch_ptr(e, slot, e->j);
   if (e->mask) {
     LLVMValueRef args[4] = {p, LLVMConstInt(e->i32, 4, 0), e->mask, LLVMConstNull(e->vf)};
     return intrinsic2(e, "llvm.masked.load", e->vf, e->ptr, args, 4);
@@ -434,7 +457,7 @@ static LLVMValueRef load_cached(emitter *e, int slot) {
 }
 
 static void save_cached(emitter *e, int slot, LLVMValueRef v) {
-  LLVMValueRef p = scratch_ptr(e, slot);
+  LLVMValueRef p = scratch_ptr(e, slot, e->j);
   if (e->mask) {
     LLVMValueRef args[4] = {v, p, LLVMConstInt(e->i32, 4, 0), e->mask};
     intrinsic2(e, "llvm.masked.store", e->vf, e->ptr, args, 4);
@@ -443,9 +466,20 @@ static void save_cached(emitter *e, int slot, LLVMValueRef v) {
   LLVMSetAlignment(LLVMBuildStore(e->b, v, p), 4);
 }
 
+/* The keep[] index of schedule group k, or -1. */
+static int keep_index(const emitter *e, int k) {
+  for (int i = 0; i < e->nkeep; i++)
+    if (e->keep[i] == k) return i;
+  return -1;
+}
+
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->vval[id]) return e->vval[id];
   if (e->slot_load[id] >= 0) return e->vval[id] = load_cached(e, e->slot_load[id]);
+  if (e->xscale[id]) { /* exp(a - c) = exp(a - m) exp(m - c) */
+    int k = keep_index(e, fnode(e, id)->exp_group);
+    return e->vval[id] = LLVMBuildFMul(e->b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
+  }
   const kd_fuse_node *f = fnode(e, id);
   const kd_node *n = gnode(e, id);
   vclass c = class_of(n->dtype);
@@ -487,12 +521,12 @@ static void prepare_rows(emitter *e, kd_node_id id, char *seen) {
 /* ---- one pass over the row ------------------------------------------------------- */
 
 typedef struct pass_plan {
-  int ng;                     /* online groups: state[0 .. ng) is each running max */
+  int ng;                     /* online groups: state[0 .. ng) is each reference m */
   kd_node_id ga[MAX_STATE];   /* the group's a */
-  int gexp[MAX_STATE];
+  int gkeep[MAX_STATE];       /* the group's keep[] index when its exps are kept, else -1 */
   int nr;                     /* reductions: state[ng + i] is reduction i's accumulator */
   kd_node_id red[MAX_STATE];
-  int rgroup[MAX_STATE];      /* the group of an online reduction, or -1 (plain SUM) */
+  int rgroup[MAX_STATE];      /* the group of an online reduction, or -1 (SUM, RMAX) */
   int nstore;
   kd_node_id store[MAX_STATE];
 } pass_plan;
@@ -514,6 +548,16 @@ static kd_node_id online_a(const emitter *e, kd_node_id id) {
   return f->role == KD_ROLE_FOLDED ? f->fold_a : gnode(e, id)->src[0];
 }
 
+/* The keep[] index of the group of a in this pass, or -1 (not kept, or the
+ * row loop recomputes). */
+static int keep_of(const emitter *e, kd_node_id a, int pass) {
+  for (int i = 0; e->expc && i < e->nkeep; i++) {
+    const kd_fuse_group *g = &e->s->group[e->keep[i]];
+    if (g->a == a && g->pass == pass) return i;
+  }
+  return -1;
+}
+
 static void plan_pass(emitter *e, int pass, pass_plan *pl) {
   memset(pl, 0, sizeof *pl);
   for (kd_node_id id = 0; id < (kd_node_id)e->n; id++) {
@@ -528,11 +572,13 @@ static void plan_pass(emitter *e, int pass, pass_plan *pl) {
     }
     kd_opcode op = gnode(e, id)->op;
     int gi = -1;
-    if (f->role == KD_ROLE_FOLDED || op == KD_IR_LSE || op == KD_IR_RMAX) {
+    /* a max needs no exp: a plain running max (the groups' references are
+     * not maxima) */
+    if (f->role == KD_ROLE_FOLDED || op == KD_IR_LSE) {
       kd_node_id a = online_a(e, id);
       for (gi = 0; gi < pl->ng && pl->ga[gi] != a; gi++) {}
-      if (gi == pl->ng) pl->ga[pl->ng++] = a;
-      if (op != KD_IR_RMAX) pl->gexp[gi] = 1;
+      if (gi == pl->ng) pl->gkeep[pl->ng++] = keep_of(e, a, pass);
+      pl->ga[gi] = a;
     }
     pl->red[pl->nr] = id;
     pl->rgroup[pl->nr++] = gi;
@@ -541,6 +587,15 @@ static void plan_pass(emitter *e, int pass, pass_plan *pl) {
 
 static LLVMBasicBlockRef block(emitter *e, const char *name) {
   return LLVMAppendBasicBlockInContext(e->C, e->fn, name);
+}
+
+static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
+                        LLVMValueRef v1, LLVMBasicBlockRef b1) {
+  LLVMValueRef p = LLVMBuildPhi(e->b, t, "");
+  LLVMValueRef in[2] = {v0, v1};
+  LLVMBasicBlockRef bb[2] = {b0, b1};
+  LLVMAddIncoming(p, in, bb, 2);
+  return p;
 }
 
 static LLVMValueRef fold_contrib(emitter *e, kd_node_id id, LLVMValueRef w) {
@@ -558,32 +613,57 @@ static LLVMValueRef masked(emitter *e, LLVMValueRef v, LLVMValueRef neutral) {
   return e->mask ? LLVMBuildSelect(e->b, e->mask, v, neutral, "") : v;
 }
 
-/* The running max of group gi moves to m_new: rescale its accumulators by
- * exp(m - m_new), in a branch taken only when some lane's max grew (rarely,
- * once the row's large values have been seen). */
-static void rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef m, LLVMValueRef m_new,
-                    LLVMValueRef *acc) {
-  LLVMValueRef grew = LLVMBuildFCmp(e->b, LLVMRealOGT, m_new, m, "");
+/* The kept exps of the block so far, columns [jblock, j) of the slot, times
+ * sc (whole vectors: the main loop's). */
+static void fixup_kept(emitter *e, int slot, LLVMValueRef sc) {
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+  LLVMBasicBlockRef loop = block(e, "fixup"), done = block(e, "fixup.done");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, e->jblock, e->j, ""), loop, done);
+  LLVMPositionBuilderAtEnd(e->b, loop);
+  LLVMValueRef jj = LLVMBuildPhi(e->b, e->i64, "jj");
+  LLVMValueRef p = scratch_ptr(e, slot, jj);
+  LLVMValueRef x = LLVMBuildLoad2(e->b, e->vf, p, "");
+  LLVMSetAlignment(x, 4);
+  LLVMSetAlignment(LLVMBuildStore(e->b, LLVMBuildFMul(e->b, x, sc, ""), p), 4);
+  LLVMValueRef jn = LLVMBuildAdd(e->b, jj, i64c(e, e->W), "");
+  LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, e->j, ""), loop, done);
+  LLVMAddIncoming(jj, &e->jblock, &pre, 1);
+  LLVMAddIncoming(jj, &jn, &loop, 1);
+  LLVMPositionBuilderAtEnd(e->b, done);
+}
+
+/* Group gi's reference m moves to x in the lanes where x - m > LAZY (a few
+ * times a row): its sums, and the block's kept exps so far, are rescaled by
+ * exp(m - m_new), in a branch. Returns x - m for the reference in force
+ * (at most LAZY). */
+static LLVMValueRef rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef x,
+                            LLVMValueRef *m, LLVMValueRef *acc) {
+  LLVMValueRef d = LLVMBuildFSub(e->b, x, *m, "");
+  LLVMValueRef grew = LLVMBuildFCmp(e->b, LLVMRealOGT, d, kd_ir_fconst(e->vf, LAZY), "");
   LLVMValueRef any = vreduce(e, "llvm.vector.reduce.or", grew);
   LLVMBasicBlockRef from = LLVMGetInsertBlock(e->b);
   LLVMBasicBlockRef bscale = block(e, "rescale"), bjoin = block(e, "rescaled");
   LLVMBuildCondBr(e->b, any, bscale, bjoin);
   LLVMPositionBuilderAtEnd(e->b, bscale);
-  /* lanes that did not grow get exp(0) = 1 */
-  LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, m, m_new, ""));
+  LLVMValueRef m_new = LLVMBuildSelect(e->b, grew, x, *m, "");
+  /* lanes that did not move get exp(0) = 1 */
+  LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, *m, m_new, ""));
+  LLVMValueRef d_new = LLVMBuildFSub(e->b, x, m_new, "");
   LLVMValueRef scaled[MAX_STATE];
   for (int r = 0; r < pl->nr; r++)
     if (pl->rgroup[r] == gi) scaled[r] = LLVMBuildFMul(e->b, acc[r], sc, "");
+  if (pl->gkeep[gi] >= 0 && e->jblock) fixup_kept(e, e->cache.nslots + pl->gkeep[gi], sc);
+  LLVMBasicBlockRef bend = LLVMGetInsertBlock(e->b);
   LLVMBuildBr(e->b, bjoin);
   LLVMPositionBuilderAtEnd(e->b, bjoin);
-  for (int r = 0; r < pl->nr; r++) {
-    if (pl->rgroup[r] != gi) continue;
-    LLVMValueRef phi = LLVMBuildPhi(e->b, e->vf, "");
-    LLVMValueRef in[2] = {acc[r], scaled[r]};
-    LLVMBasicBlockRef bb[2] = {from, bscale};
-    LLVMAddIncoming(phi, in, bb, 2);
-    acc[r] = phi;
-  }
+  *m = phi(e, e->vf, *m, from, m_new, bend);
+  for (int r = 0; r < pl->nr; r++)
+    if (pl->rgroup[r] == gi) acc[r] = phi(e, e->vf, acc[r], from, scaled[r], bend);
+  return phi(e, e->vf, d, from, d_new, bend);
+}
+
+static int is_max(const emitter *e, const pass_plan *pl, int r) {
+  return gnode(e, pl->red[r])->op == KD_IR_RMAX;
 }
 
 static void store_output(emitter *e, kd_node_id id) {
@@ -613,15 +693,11 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int gi = 0; gi < pl->ng; gi++) {
     LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
                                        class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
-    /* x > m ? x : m: one max instruction (maxnum's NaN rule costs three) */
-    LLVMValueRef m_new = LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, x, m[gi], ""), x, m[gi], "");
-    if (pl->gexp[gi]) rescale(e, pl, gi, m[gi], m_new, acc);
-    m[gi] = m_new;
-    if (!pl->gexp[gi]) continue;
-    /* x - m_new <= 0; x = -inf (masked lanes, -inf logits) gives exactly 0 */
-    LLVMValueRef w = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, x, m_new, ""));
+    /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
+    LLVMValueRef w = kd_emit_exp_nonpos(e->b, rescale(e, pl, gi, x, &m[gi], acc));
+    if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
-      if (pl->rgroup[r] != gi || gnode(e, pl->red[r])->op == KD_IR_RMAX) continue;
+      if (pl->rgroup[r] != gi) continue;
       LLVMValueRef c = fnode(e, pl->red[r])->role == KD_ROLE_FOLDED ? fold_contrib(e, pl->red[r], w) : w;
       acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, c, zero), "");
     }
@@ -630,7 +706,13 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     if (pl->rgroup[r] >= 0) continue;
     kd_node_id src = gnode(e, pl->red[r])->src[0];
     LLVMValueRef x = convert(e, elem_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
-    acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, x, zero), "");
+    if (!is_max(e, pl, r)) {
+      acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, x, zero), "");
+      continue;
+    }
+    /* x > acc ? x : acc: one max instruction (maxnum's NaN rule costs three) */
+    x = masked(e, x, ninf);
+    acc[r] = LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, x, acc[r], ""), x, acc[r], "");
   }
   for (int i = 0; i < pl->nstore; i++) store_output(e, pl->store[i]);
   for (int sl = 0; sl < e->cache.nslots; sl++)
@@ -659,14 +741,13 @@ static void dstate_init(emitter *e, const pass_plan *pl, dstate *d) {
 static void flush(emitter *e, const pass_plan *pl, LLVMValueRef *st, dstate *d) {
   LLVMValueRef *m = st, *acc = st + pl->ng, scd[MAX_STATE];
   for (int gi = 0; gi < pl->ng; gi++) {
-    if (!pl->gexp[gi]) continue;
     LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, d->mref[gi], m[gi], ""));
     scd[gi] = LLVMBuildFPExt(e->b, sc, vf64(e), "");
     d->mref[gi] = m[gi];
   }
   for (int r = 0; r < pl->nr; r++) {
     int gi = pl->rgroup[r];
-    if (gi >= 0 && gnode(e, pl->red[r])->op == KD_IR_RMAX) continue;
+    if (is_max(e, pl, r)) continue; /* stays in its f32 lanes */
     LLVMValueRef x = LLVMBuildFPExt(e->b, acc[r], vf64(e), "");
     d->dacc[r] = gi >= 0 ? kd_ir_fma(e->b, d->dacc[r], scd[gi], x) : LLVMBuildFAdd(e->b, d->dacc[r], x, "");
     acc[r] = LLVMConstNull(e->vf);
@@ -691,12 +772,13 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const
     const kd_node *n = gnode(e, id);
     int gi = pl->rgroup[r];
     LLVMValueRef v;
-    if (gi < 0) {
-      v = hsum(e, d->dacc[r]);
-    } else if (n->op == KD_IR_RMAX) {
+    if (is_max(e, pl, r)) {
       /* the running max starts at -FLT_MAX: an all -inf row is -inf */
-      LLVMValueRef empty = LLVMBuildFCmp(e->b, LLVMRealOLE, gmaxd[gi], LLVMConstReal(e->f64, -FLT_MAX), "");
-      v = LLVMBuildSelect(e->b, empty, LLVMConstReal(e->f64, -INFINITY), gmaxd[gi], "");
+      LLVMValueRef mx = LLVMBuildFPExt(e->b, vreduce(e, "llvm.vector.reduce.fmax", state[pl->ng + r]), e->f64, "");
+      LLVMValueRef empty = LLVMBuildFCmp(e->b, LLVMRealOLE, mx, LLVMConstReal(e->f64, -FLT_MAX), "");
+      v = LLVMBuildSelect(e->b, empty, LLVMConstReal(e->f64, -INFINITY), mx, "");
+    } else if (gi < 0) {
+      v = hsum(e, d->dacc[r]);
     } else {
       LLVMValueRef sc = kd_emit_exp_nonpos(e->b, LLVMBuildFSub(e->b, m[gi], splat(e, gmax[gi]), ""));
       LLVMValueRef total = hsum(e, LLVMBuildFMul(e->b, d->dacc[r], LLVMBuildFPExt(e->b, sc, vf64(e), ""), ""));
@@ -715,20 +797,17 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const
   }
 }
 
-static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
-                        LLVMValueRef v1, LLVMBasicBlockRef b1) {
-  LLVMValueRef p = LLVMBuildPhi(e->b, t, "");
-  LLVMValueRef in[2] = {v0, v1};
-  LLVMBasicBlockRef bb[2] = {b0, b1};
-  LLVMAddIncoming(p, in, bb, 2);
-  return p;
-}
-
 /* ---- the row cache ---------------------------------------------------------------- */
+
+/* Whether the row loop being emitted reads id from kept exps. */
+static int kept_exp(const emitter *e, kd_node_id id) {
+  return e->expc && fnode(e, id)->exp_group >= 0 && keep_index(e, fnode(e, id)->exp_group) >= 0;
+}
 
 static void mark_elem(const emitter *e, kd_node_id id, char *seen) {
   if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM) return;
   seen[id] = 1;
+  if (kept_exp(e, id)) return;
   const kd_node *n = gnode(e, id);
   for (int i = 0; i < n->nsrc; i++) mark_elem(e, n->src[i], seen);
 }
@@ -749,9 +828,10 @@ static void mark_pass(emitter *e, int pass, char *seen) {
   for (int i = 0; i < pl.nstore; i++) mark_elem(e, pl.store[i], seen);
 }
 
-/* Whether an element value costs an exp or a log to recompute. */
+/* Whether an element value costs an exp or a log to recompute (a kept exp
+ * costs a multiply). */
 static int costly(const emitter *e, kd_node_id id, char *seen) {
-  if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM) return 0;
+  if (seen[id] || fnode(e, id)->kind != KD_FUSE_ELEM || kept_exp(e, id)) return 0;
   seen[id] = 1;
   const kd_node *n = gnode(e, id);
   if (n->op == KD_IR_EXP || n->op == KD_IR_LOG || n->op == KD_IR_POW) return 1;
@@ -811,7 +891,49 @@ static void plan_cache(emitter *e) {
     }
   }
   free(prev), free(seen), free(tmp);
-  if (e->cache.nslots > e->nscratch) e->nscratch = e->cache.nslots;
+  int used = e->cache.nslots + (e->expc ? e->nkeep : 0);
+  if (used > e->nscratch) e->nscratch = used;
+}
+
+/* The groups of the stage whose exps a later pass reads (fuse.h), and
+ * their blocks' references on the stack: a row that fits has at most
+ * keep_maxv / (BLOCK W) + 1 blocks in the main loop, and the tail. Off with
+ * non-temporal stores: the storing pass's blocks start after a head that
+ * pass 0 does not have. */
+static void plan_keep(emitter *e) {
+  e->nkeep = 0;
+  if (e->nontemporal) return;
+  for (kd_node_id id = 0; id < (kd_node_id)e->n; id++) {
+    int k = fnode(e, id)->exp_group;
+    if (k < 0 || !kd_fuse_in_stage(e->s, id, e->stage) || keep_index(e, k) >= 0) continue;
+    if (e->nkeep == MAX_STATE) break;
+    e->keep[e->nkeep++] = k;
+  }
+  if (!e->nkeep) return;
+  e->keep_maxv = KEEP_BYTES / (4LL * e->nkeep);
+  LLVMTypeRef t = LLVMArrayType(e->vf, (unsigned)(e->keep_maxv / ((long long)BLOCK * e->W) + 2));
+  for (int i = 0; i < e->nkeep; i++) e->blockref[i] = LLVMBuildAlloca(e->be, t, "blockref");
+}
+
+static LLVMValueRef blockref_ptr(emitter *e, int i, LLVMValueRef bi) {
+  return LLVMBuildGEP2(e->b, e->vf, e->blockref[i], &bi, 1, "");
+}
+
+/* Each kept group of the pass: its reference for block bi. */
+static void save_refs(emitter *e, const pass_plan *pl, const LLVMValueRef *m, LLVMValueRef bi) {
+  for (int gi = 0; gi < pl->ng; gi++)
+    if (pl->gkeep[gi] >= 0) LLVMBuildStore(e->b, m[gi], blockref_ptr(e, pl->gkeep[gi], bi));
+}
+
+/* Block bi's exp(ref - c) for every kept exp exp(a - c) the pass reads
+ * (xs[0 .. nx)); ref - c in double, then one f32 exp a block. */
+static void block_scales(emitter *e, const kd_node_id *xs, int nx, LLVMValueRef bi) {
+  for (int i = 0; i < nx; i++) {
+    kd_node_id c = gnode(e, gnode(e, xs[i])->src[0])->src[1];
+    LLVMValueRef ref = LLVMBuildLoad2(e->b, e->vf, blockref_ptr(e, keep_index(e, fnode(e, xs[i])->exp_group), bi), "");
+    LLVMValueRef dif = LLVMBuildFSub(e->b, LLVMBuildFPExt(e->b, ref, vf64(e), ""), splat(e, row_value(e, c)), "");
+    e->xscale[xs[i]] = kd_emit_exp_nonpos(e->b, LLVMBuildFPTrunc(e->b, dif, e->vf, ""));
+  }
 }
 
 /* The columns [j, limit), fewer than W, as one vector under a mask, when
@@ -865,16 +987,25 @@ static void emit_pass(emitter *e, int pass) {
     if (f->role == KD_ROLE_ROWRED) prepare_rows(e, gnode(e, pl.red[r])->src[0], seen);
   }
   for (int i = 0; i < pl.nstore; i++) prepare_rows(e, pl.store[i], seen);
+  /* the kept exps it reads */
+  kd_node_id xs[MAX_STATE];
+  int nx = 0;
+  mark_pass(e, pass, seen);
+  memset(e->xscale, 0, e->n * sizeof *e->xscale);
+  for (kd_node_id id = 0; id < (kd_node_id)e->n && nx < MAX_STATE; id++)
+    if (seen[id] && kept_exp(e, id)) xs[nx++] = id;
   free(seen);
 
   int ns = pl.ng + pl.nr;
   LLVMValueRef st[MAX_STATE], phis[MAX_STATE];
   for (int i = 0; i < ns; i++)
-    st[i] = i < pl.ng ? kd_ir_fconst(e->vf, -FLT_MAX) : LLVMConstNull(e->vf);
+    st[i] = i < pl.ng || is_max(e, &pl, i - pl.ng) ? kd_ir_fconst(e->vf, -FLT_MAX) : LLVMConstNull(e->vf);
 
   /* With non-temporal gradient stores the main loop starts where the
    * gradient row is aligned to a whole vector (W * 4 bytes): an unaligned
-   * non-temporal store would be split into 8-byte pieces. */
+   * non-temporal store would be split into 8-byte pieces. (The head
+   * depends on where the gradient is: only its pass has one, so no sum
+   * depends on it; kept exps, whose blocks must line up, are off.) */
   LLVMValueRef j0 = i64c(e, 0);
   e->aligned = e->nontemporal && pl.nstore > 0;
   if (e->aligned) {
@@ -909,6 +1040,9 @@ static void emit_pass(emitter *e, int pass) {
   for (int r = 0; r < pl.nr; r++) d.dacc[r] = dphi[pl.ng + r] = LLVMBuildPhi(e->b, vf64(e), "");
   LLVMValueRef bend = LLVMBuildAdd(e->b, jb, i64c(e, (long long)BLOCK * e->W), "");
   bend = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, bend, jend, ""), bend, jend, "bend");
+  LLVMValueRef bi = LLVMBuildAdd(e->b, LLVMBuildUDiv(e->b, LLVMBuildSub(e->b, jb, j0, ""),
+                                                     i64c(e, (long long)BLOCK * e->W), ""), i64c(e, 1), "bi");
+  block_scales(e, xs, nx, bi);
   LLVMBuildBr(e->b, body);
 
   /* body: j, state = phi; emit_body; br j + W < bend, body, flush */
@@ -917,7 +1051,9 @@ static void emit_pass(emitter *e, int pass) {
   for (int i = 0; i < ns; i++) st[i] = phis[i] = LLVMBuildPhi(e->b, e->vf, "");
   e->j = j;
   e->mask = NULL;
+  e->jblock = jb;
   emit_body(e, &pl, st);
+  e->jblock = NULL;
   LLVMValueRef jn = LLVMBuildAdd(e->b, j, i64c(e, e->W), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
   LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, jn, bend, ""), body, bflush);
@@ -931,6 +1067,7 @@ static void emit_pass(emitter *e, int pass) {
   /* flush: the block's f32 lanes into the double lanes; next block */
   LLVMPositionBuilderAtEnd(e->b, bflush);
   flush(e, &pl, st, &d);
+  save_refs(e, &pl, st, bi);
   LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, bend, jend, ""), outer, bafter);
   LLVMAddIncoming(jb, &j0, &pre, 1);
   LLVMAddIncoming(jb, &bend, &bflush, 1);
@@ -952,7 +1089,9 @@ static void emit_pass(emitter *e, int pass) {
   for (int r = 0; r < pl.nr; r++)
     d.dacc[r] = phi(e, vf64(e), dinit[pl.ng + r], pre, dnew[pl.ng + r], bflush);
   e->aligned = 0;
+  block_scales(e, xs, nx, i64c(e, 0));
   masked_step(e, &pl, st, jend, e->V);
+  save_refs(e, &pl, st, i64c(e, 0));
   flush(e, &pl, st, &d);
   finalize(e, &pl, st, &d);
 }
@@ -983,28 +1122,22 @@ static void begin_function(emitter *e, const char *suffix, LLVMTypeRef ty) {
   LLVMPositionBuilderAtEnd(e->b, start);
 }
 
-/* row<k>: for r in [begin, end): passes; then the rows of its reductions
- * over rows. */
-static LLVMValueRef emit_row_kernel(emitter *e, int k) {
-  char suffix[16];
-  snprintf(suffix, sizeof suffix, "row%d", k);
-  e->stage = k;
+/* for r in [begin, end): the stage's passes, then the rows of its
+ * reductions over rows; on to `done`. */
+static void emit_row_loop(emitter *e, LLVMValueRef begin, LLVMValueRef end, LLVMBasicBlockRef done) {
   plan_cache(e);
-  begin_function(e, suffix, e->row_ty);
-  LLVMValueRef begin = LLVMGetParam(e->fn, 1), end = LLVMGetParam(e->fn, 2);
-  e->scratch = LLVMGetParam(e->fn, 3);
   LLVMBasicBlockRef start = LLVMGetInsertBlock(e->b);
-  LLVMBasicBlockRef head = block(e, "row"), rbody = block(e, "row.body"), done = block(e, "done");
+  LLVMBasicBlockRef head = block(e, "row"), rbody = block(e, "row.body");
   LLVMBuildBr(e->b, head);
   LLVMPositionBuilderAtEnd(e->b, head);
   e->row = LLVMBuildPhi(e->b, e->i64, "r");
   LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, e->row, end, ""), rbody, done);
   LLVMPositionBuilderAtEnd(e->b, rbody);
   memset(e->rval, 0, e->n * sizeof *e->rval);
-  for (int p = 0; p < e->s->stage[k].npasses && !e->st; p++) emit_pass(e, p);
+  for (int p = 0; p < e->s->stage[e->stage].npasses && !e->st; p++) emit_pass(e, p);
   for (kd_node_id id = 0; id < (kd_node_id)e->n && !e->st; id++) {
     const kd_fuse_node *f = fnode(e, id);
-    if (f->role != KD_ROLE_NRED || f->stage != k) continue;
+    if (f->role != KD_ROLE_NRED || f->stage != e->stage) continue;
     kd_node_id src = gnode(e, id)->src[0];
     LLVMValueRef v = convert(e, row_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
     LLVMValueRef idx = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, f->slot), e->N, ""), e->row, "");
@@ -1015,6 +1148,30 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   LLVMBuildBr(e->b, head);
   LLVMAddIncoming(e->row, &begin, &start, 1);
   LLVMAddIncoming(e->row, &next, &last, 1);
+}
+
+/* row<k>: the row loop; with kept exps, two: one that keeps them for rows
+ * that fit the cache, one that recomputes them. */
+static LLVMValueRef emit_row_kernel(emitter *e, int k) {
+  char suffix[16];
+  snprintf(suffix, sizeof suffix, "row%d", k);
+  e->stage = k;
+  begin_function(e, suffix, e->row_ty);
+  plan_keep(e);
+  LLVMValueRef begin = LLVMGetParam(e->fn, 1), end = LLVMGetParam(e->fn, 2);
+  e->scratch = LLVMGetParam(e->fn, 3);
+  LLVMBasicBlockRef done = block(e, "done");
+  if (e->nkeep) {
+    LLVMBasicBlockRef kept = block(e, "rows.kept"), recompute = block(e, "rows.recompute");
+    LLVMValueRef fits = LLVMBuildICmp(e->b, LLVMIntSLE, e->V, i64c(e, e->keep_maxv), "");
+    LLVMBuildCondBr(e->b, fits, kept, recompute);
+    LLVMPositionBuilderAtEnd(e->b, kept);
+    e->expc = 1;
+    emit_row_loop(e, begin, end, done);
+    LLVMPositionBuilderAtEnd(e->b, recompute);
+  }
+  e->expc = 0;
+  emit_row_loop(e, begin, end, done);
   LLVMPositionBuilderAtEnd(e->b, done);
   LLVMBuildRetVoid(e->b);
   return e->fn;
@@ -1141,7 +1298,8 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   e.rval = calloc(e.n + 1, sizeof *e.rval);
   e.vval = calloc(e.n + 1, sizeof *e.vval);
   e.slot_load = malloc((e.n + 1) * sizeof *e.slot_load);
-  if (!e.gval || !e.rval || !e.vval || !e.slot_load) e.st = KD_ERR_NOMEM;
+  e.xscale = calloc(e.n + 1, sizeof *e.xscale);
+  if (!e.gval || !e.rval || !e.vval || !e.slot_load || !e.xscale) e.st = KD_ERR_NOMEM;
   for (size_t i = 0; !e.st && i < e.n; i++) e.slot_load[i] = -1;
   e.b = LLVMCreateBuilderInContext(e.C);
   e.be = LLVMCreateBuilderInContext(e.C);
@@ -1169,6 +1327,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   free(e.rval);
   free(e.vval);
   free(e.slot_load);
+  free(e.xscale);
   return e.st;
 }
 

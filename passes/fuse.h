@@ -28,6 +28,17 @@
  * exp. ELEM outputs ("grad") are stored in the earliest pass that can
  * compute them.
  *
+ * Cached exps. A softmax exp(a - lse(a)) needed in a pass after the one
+ * whose online group found lse(a) can be taken from that group's exps
+ * exp(a - m), m its running reference, kept in the per-thread row cache
+ * with the reference of each block of the row: the later pass multiplies by
+ * exp(m - lse(a)), one exp per block. A group is kept when a pass that
+ * stores nothing reads it (jsd's and tvd's middle pass); the gradient pass
+ * alone hides its exps behind its stores, and keeping costs a store per exp
+ * (fkl and rkl recompute). The exp counts below assume the cache; the CPU
+ * emitter recomputes when a row is too long for it or the gradient stores
+ * are non-temporal, the PTX emitter always.
+ *
  * Legend: N = rows (tokens), V = vocabulary (columns). */
 #ifndef KD_FUSE_H
 #define KD_FUSE_H
@@ -62,6 +73,8 @@ typedef struct kd_fuse_node {
   int slot;         /* NRED: its row array in the kernel arguments */
   kd_node_id fold_a, fold_c, fold_f; /* FOLDED: exp(a - c) * f; fold_f KD_NONE means 1 */
   int mulz;         /* FOLDED: f is taken as 0 where the exp is 0 (MULZ) */
+  int exp_group;    /* ELEM exp(a - c), c = lse(a) or max(a): the online group whose exps
+                     * exp(a - m) give it in later passes (one multiply by exp(m - c)), or -1 */
 } kd_fuse_node;
 
 /* One online group: the reductions of one pass that share a running max. */
@@ -69,11 +82,13 @@ typedef struct kd_fuse_group {
   kd_node_id a;        /* the ELEM node whose running max is kept */
   int pass;
   int nexp;            /* 1 when a member needs exp(a - max) (LSE, FOLDED), else 0 */
+  int cached;          /* a later pass reads exp(a - c) from its exps (see exp_group) */
 } kd_fuse_group;
 
 typedef struct kd_fuse_stage {
   int npasses;
-  int exps[KD_FUSE_MAX_PASSES]; /* exps per element in each pass (EXP nodes + groups) */
+  int exps[KD_FUSE_MAX_PASSES]; /* exps per element in each pass (EXP nodes + groups; a
+                                 * cached exp counts in its group's pass only) */
   int logs[KD_FUSE_MAX_PASSES]; /* logs per element in each pass */
   int has_rows;                 /* runs a row kernel (else it only has global work) */
 } kd_fuse_stage;

@@ -23,11 +23,14 @@ typedef struct expect {
  * softmax-weighted loss sum online), pass 1 writes the gradient; 2 exps per
  * element in each pass (p and q). ce: one exp for lse(s), one for softmax(s).
  * jsd and tvd need sum_i q_i g_i of the gradient, which reads the log-sum-
- * exps: a third pass. The count of valid rows is a stage of its own with no
- * pass over the logits (labels only), so masking adds a stage, not a pass. */
+ * exps: a third pass. That middle pass stores nothing, so it takes p and q
+ * from pass 0's kept exps (fuse.h, "Cached exps"), and so does the gradient
+ * pass: 2 exps per element in all. The count of valid rows is a stage of
+ * its own with no pass over the logits (labels only), so masking adds a
+ * stage, not a pass. */
 static const expect cases[] = {
   {TL_FKL, 0, 2, 2, 4, 0}, {TL_FKL, 1, 2, 2, 4, 0}, {TL_RKL, 0, 2, 2, 3, 0}, {TL_RKL, 1, 2, 2, 3, 0},
-  {TL_CE, 1, 2, 2, 2, 0},  {TL_JSD, 0, 2, 3, 6, 0}, {TL_TVD, 0, 2, 3, 6, 0},
+  {TL_CE, 1, 2, 2, 2, 0},  {TL_JSD, 0, 2, 3, 2, 0}, {TL_TVD, 0, 2, 3, 2, 0},
   /* the loss alone: the softmax-weighted sums fold into the log-sum-exp
    * pass, so forward and reverse KL read each row once, and the count of
    * valid rows shares their stage (no row work reads it) */

@@ -1,7 +1,7 @@
 /* Every fused loss kernel against the reference executor (ir/refexec.h,
  * double precision, unfused) on random inputs: odd and huge vocabularies,
  * one row, logits of magnitude 1e4, -inf teacher logits, temperatures from
- * 0.05 to 20, masked and all-masked batches, bf16 inputs. Also: the result
+ * 0.05 to 20, masked and all-masked batches, bf16 inputs, kept exps. Also: the result
  * does not depend on the thread count (bit for bit).
  *
  * Tolerances: the table in kcheck.c. The vector width is also forced to 4
@@ -66,6 +66,11 @@ static const tcase cases[] = {
   /* non-temporal gradient stores: rows start at every alignment (V odd) */
   {TL_FKL, 5, 7, 2, 0, 0, 0, KD_F32, 0, 1, 0},  {TL_RKL, 7, 1001, 1, 0, 0, 1, KD_F32, 0, 1, 0},
   {TL_JSD, 3, 37, 2, 0, 0, 0, KD_F32, 8, 1, 0}, {TL_CE, 4, 50257, 1, 0, 0, 1, KD_BF16, 0, 1, 0},
+  /* kept exps (passes/fuse.h, "Cached exps"): many blocks, a reference
+   * that moves in mid-block (magnitude 1e4), -inf, another width; rows too
+   * long for the row cache (recomputed) */
+  {TL_JSD, 2, 20000, 1, 1e4, 0, 0, KD_F32, 4, 0, 0}, {TL_TVD, 3, 5000, 2, 1e4, 0.3, 1, KD_F32, 0, 0, 0},
+  {TL_JSD, 1, 140000, 1, 0, 0, 0, KD_F32, 0, 0, 0}, {TL_TVD, 2, 140000, 1, 1e4, 0, 0, KD_F32, 0, 0, 0},
   /* the loss alone: forward KL and reverse KL fold into one pass */
   {TL_FKL, 4, 1000, 2, 0, 0, 1, KD_F32, 0, 0, 1}, {TL_RKL, 3, 33, 1, 0, 0.3, 0, KD_F32, 0, 0, 1},
   {TL_JSD, 3, 500, 1, 0, 0, 0, KD_BF16, 0, 0, 1},
