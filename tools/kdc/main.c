@@ -12,7 +12,7 @@ static const kdc_command commands[] = {
   {"eval-loss", "evaluate a spec's objective and its gradient on logits in .npy files",
    kdc_cmd_eval_loss},
   {"tokenize", "write a text file's bytes as a token file (.bin) for training", kdc_cmd_tokenize},
-  {"compile-loss", "compile a spec's objective to an object file or to PTX", kdc_cmd_compile_loss},
+  {"compile-loss", "compile a spec's objective to a library, an object file or PTX", kdc_cmd_compile_loss},
 };
 
 static void usage(FILE *out) {
