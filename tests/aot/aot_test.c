@@ -9,6 +9,7 @@
  *   - NAME_eval's loss and gradient against the reference, at 1 and 2
  *     threads, and the two bit for bit the same (the result must not depend
  *     on threads);
+ *   - fkl compiled for bf16 logits, against the reference on the same values;
  *   - both libraries loaded at once (their runtimes are private);
  *   - only NAME_eval and NAME_info are exported (NAME_program and the
  *     runtime are not visible through dlsym);
@@ -108,13 +109,14 @@ static int read_npy_f32(const char *path, float *out, size_t n) {
   return !ok;
 }
 
-/* The reference: `kdc eval-loss --reference` on the inputs written to work. */
-static int reference(const char *spec, double *loss, float *grad) {
+/* The reference: `kdc eval-loss --reference` on the inputs written to work
+ * (t.npy and s.npy, or with dtype "_bf16" t_bf16.npy and s_bf16.npy). */
+static int reference(const char *spec, const char *dtype, double *loss, float *grad) {
   char out[4096];
   snprintf(out, sizeof out, "%s/ref_%s.txt", work, spec);
-  if (run("'%s' eval-loss '%s/%s.kd' --teacher '%s/t.npy' --student '%s/s.npy' --labels '%s/l.npy' "
-          "--grad-out '%s/ref_grad.npy' --reference > '%s'",
-          kdc, examples, spec, work, work, work, work, out)) {
+  if (run("'%s' eval-loss '%s/%s.kd' --teacher '%s/t%s.npy' --student '%s/s%s.npy' "
+          "--labels '%s/l.npy' --grad-out '%s/ref_grad.npy' --reference > '%s'",
+          kdc, examples, spec, work, dtype, work, dtype, work, work, out)) {
     fail("%s: eval-loss --reference failed", spec);
     return 1;
   }
@@ -253,7 +255,7 @@ static void check_spec(const char *spec, void **handle) {
          in.has_labels, in.has_grad, in.max_threads);
   double ref_loss, loss1 = NAN, loss2 = NAN;
   static float ref_grad[N * V], grad1[N * V], grad2[N * V];
-  if (reference(spec, &ref_loss, ref_grad)) return;
+  if (reference(spec, "", &ref_loss, ref_grad)) return;
   char err[256] = "";
   int st = eval(teacher, student, labels, N, V, grad1, &loss1, 1, err, sizeof err);
   if (!st) st = eval(teacher, student, labels, N, V, grad2, &loss2, 2, err, sizeof err);
@@ -268,6 +270,44 @@ static void check_spec(const char *spec, void **handle) {
   printf("%s: loss %.9g (reference %.9g)\n", spec, loss1, ref_loss);
   check_errors(spec, eval);
   check_static(spec, loss1, grad1);
+}
+
+/* --dtype bf16: the library reads bfloat16 (uint16_t) logits; info says so,
+ * and it agrees with the reference on the same bf16 values. */
+static void check_bf16(void) {
+  static uint16_t tb[N * V], sb[N * V];
+  static float grad[N * V], ref_grad[N * V];
+  char path[4096], err[256] = "";
+  for (int i = 0; i < N * V; i++) { /* truncation: any 16 top bits are a bf16 value */
+    uint32_t u, w;
+    memcpy(&u, &teacher[i], 4), memcpy(&w, &student[i], 4);
+    tb[i] = (uint16_t)(u >> 16), sb[i] = (uint16_t)(w >> 16);
+  }
+  snprintf(path, sizeof path, "%s/t_bf16.npy", work);
+  write_npy(path, "<u2", N, V, tb, sizeof tb);
+  snprintf(path, sizeof path, "%s/s_bf16.npy", work);
+  write_npy(path, "<u2", N, V, sb, sizeof sb);
+  if (run("'%s' compile-loss '%s/fkl.kd' --labels --dtype bf16 -o '%s/libfkl_bf16.so'", kdc,
+          examples, work)) {
+    fail("fkl bf16: compile-loss failed");
+    return;
+  }
+  snprintf(path, sizeof path, "%s/libfkl_bf16.so", work);
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  eval_fn eval = NULL;
+  info_fn get_info = NULL;
+  if (h) *(void **)&eval = dlsym(h, "fkl_bf16_eval"), *(void **)&get_info = dlsym(h, "fkl_bf16_info");
+  info in = {0};
+  double loss = NAN, ref_loss;
+  if (!eval || !get_info || get_info(&in) || in.teacher_dtype != 1 || in.student_dtype != 1)
+    fail("fkl bf16: not loaded, or info dtypes %d %d", in.teacher_dtype, in.student_dtype);
+  else if (!reference("fkl", "_bf16", &ref_loss, ref_grad)) {
+    int st = eval(tb, sb, labels, N, V, grad, &loss, 2, err, sizeof err);
+    if (st) fail("fkl bf16: eval returned %d: %s", st, err);
+    else compare("fkl_bf16.so", loss, grad, ref_loss, ref_grad);
+    printf("fkl bf16: loss %.9g (reference %.9g)\n", loss, ref_loss);
+  }
+  if (h) dlclose(h);
 }
 
 static int dir_is_empty(const char *path) {
@@ -331,6 +371,7 @@ int main(int argc, char **argv) {
   void *fkl = NULL, *jsd = NULL;
   check_spec("fkl", &fkl);
   check_spec("jsd", &jsd);
+  check_bf16();
   check_missing_cc();
   if (!dir_is_empty(tmp)) fail("kdc left files in its temporary directory %s", tmp);
   if (fkl) dlclose(fkl);
