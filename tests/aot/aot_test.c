@@ -17,6 +17,7 @@
  *     with CC) gives the same bits as the .so;
  *   - bad arguments (vocab 0, negative n_rows, no labels, no gradient array,
  *     too many threads) return 5 with a message, never crash;
+ *   - a bad --kind or --name: exit status 2;
  *   - CC set to a program that does not exist: exit status 1, a message
  *     naming it, and no output, header or temporary file left behind.
  * Legend: N = rows, V = vocabulary. */
@@ -373,6 +374,10 @@ int main(int argc, char **argv) {
   check_spec("jsd", &jsd);
   check_bf16();
   check_missing_cc();
+  /* usage errors: exit status 2 */
+  if (run("'%s' compile-loss '%s/fkl.kd' --kind dynamic -o '%s/x.so' 2>/dev/null", kdc, examples, work) != 2 ||
+      run("'%s' compile-loss '%s/fkl.kd' --name 9lives -o '%s/x.so' 2>/dev/null", kdc, examples, work) != 2)
+    fail("a bad --kind or --name is not a usage error");
   if (!dir_is_empty(tmp)) fail("kdc left files in its temporary directory %s", tmp);
   if (fkl) dlclose(fkl);
   if (jsd) dlclose(jsd);

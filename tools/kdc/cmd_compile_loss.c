@@ -87,13 +87,14 @@ typedef struct compile_args {
 } compile_args;
 
 static bool kind_of(const char *s, out_kind *k) {
-  for (int i = 0; i < 4; i++)
+  for (size_t i = 0; i < sizeof out_kind_names / sizeof out_kind_names[0]; i++)
     if (!strcmp(s, out_kind_names[i])) return *k = (out_kind)i, true;
   return false;
 }
 
+/* ... and short enough for the symbols derived from it (NAME_program, ...). */
 static bool is_c_identifier(const char *s) {
-  if (!*s || isdigit((unsigned char)*s)) return false;
+  if (!*s || isdigit((unsigned char)*s) || strlen(s) > 100) return false;
   for (; *s; s++)
     if (!isalnum((unsigned char)*s) && *s != '_') return false;
   return true;
@@ -150,7 +151,7 @@ static int parse(int argc, char **argv, compile_args *a) {
   if (a->kind && !kind_of(a->kind, &(out_kind){0}))
     return compile_usage_error("--kind is object, asm, shared or static, not ", a->kind);
   if (a->name && !is_c_identifier(a->name))
-    return compile_usage_error("--name needs a C identifier, not ", a->name);
+    return compile_usage_error("--name needs a C identifier of at most 100 characters, not ", a->name);
   return KDC_EXIT_OK;
 }
 
