@@ -289,18 +289,18 @@ static int link_shared(const char *dir, const char *name, const char *out) {
   char text[600];
   snprintf(text, sizeof text, "{\n  global: %s_eval; %s_info;\n  local: *;\n};\n", name, name);
   snprintf(script, sizeof script, "-Wl,--version-script=%s", map);
-  if (write_text(map, text)) return KDC_EXIT_USER;
+  if (write_text(map, text) || write_bytes(rt, kd_rtarchive, kd_rtarchive_size)) return KDC_EXIT_USER;
   const char *args[] = {"-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o", out, glue, obj,
                         rt, script, "-Wl,--no-undefined", "-lpthread", "-lm", NULL};
   return run_tool("CC", "cc", KD_NEED_CC, args);
 }
 
-/* libNAME.a: the runtime archive with the kernels and the glue added, so a
+/* libNAME.a: a copy of the runtime archive with the kernels and the glue added, so a
  * C program links it with -lpthread -lm alone. */
 static int link_static(const char *dir, const char *name, const char *out) {
-  char glue[4096], glue_o[4096], obj[4096], rt[4096];
+  char glue[4096], glue_o[4096], obj[4096];
   join(glue, sizeof glue, dir, "abi.c"), join(glue_o, sizeof glue_o, dir, "abi.o");
-  join(obj, sizeof obj, dir, "loss.o"), join(rt, sizeof rt, dir, "libkdc_runtime.a");
+  join(obj, sizeof obj, dir, "loss.o");
   const char *cc[] = {"-c", "-fPIC", "-O2", "-fvisibility=hidden", "-o", glue_o, glue, NULL};
   int rc = run_tool("CC", "cc", KD_NEED_CC, cc);
   /* archive members are named after their files: give them the loss's name,
@@ -338,8 +338,6 @@ static int build_library(const kd_graph *g, const kd_loss_options *o, out_kind k
     fprintf(stderr, CMD ": cannot write %s\n", path);
     rc = KDC_EXIT_USER;
   }
-  join(path, sizeof path, dir, "libkdc_runtime.a");
-  if (!rc) rc = write_bytes(path, kd_rtarchive, kd_rtarchive_size);
   if (!rc) rc = k == OUT_SHARED ? link_shared(dir, o->name, tmp) : link_static(dir, o->name, tmp);
   if (!rc && rename(tmp, out)) {
     fprintf(stderr, CMD ": cannot write %s: %s\n", out, strerror(errno));
