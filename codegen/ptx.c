@@ -267,7 +267,11 @@ static LLVMValueRef emit_unary(emitter *e, kd_opcode op, LLVMValueRef x, vclass 
                                  : LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, "");
     return LLVMBuildSelect(e->b, pos, one, LLVMBuildSelect(e->b, neg, mone, x, ""), "");
   }
-  default: return x; /* CAST (already converted), STOPGRAD */
+  case KD_IR_CAST: /* already converted */
+  case KD_IR_STOPGRAD: return x;
+  default: /* TANH: the model ops are not row-kernel ops */
+    fail(e, KD_ERR_UNSUPPORTED, "ptx: %s has no emitter", kd_opcode_name(op));
+    return x;
   }
 }
 

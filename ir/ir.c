@@ -177,7 +177,7 @@ static kd_dtype kd_compute_dtype(kd_dtype t) { return t == KD_BF16 ? KD_F32 : t;
 static bool kd_op_makes_float(kd_opcode op) {
   switch (op) {
   case KD_IR_EXP: case KD_IR_LOG: case KD_IR_SQRT: case KD_IR_POW: case KD_IR_DIV:
-  case KD_IR_LSE: case KD_IR_SOFTMAX: case KD_IR_LOG_SOFTMAX:
+  case KD_IR_TANH: case KD_IR_LSE: case KD_IR_SOFTMAX: case KD_IR_LOG_SOFTMAX:
     return true;
   default:
     return false;
@@ -227,6 +227,141 @@ static const char *kd_shape_str(const kd_graph *g, int rank, const kd_dim *shape
 
 static bool kd_dim_ok(const kd_graph *g, kd_dim d) {
   return !KD_DIM_IS_SYM(d) || (size_t)KD_DIM_SYM_INDEX(d) < g->nsyms;
+}
+
+/* ---- model ops ---------------------------------------------------------- */
+
+int kd_perm_pack(int rank, const int *perm) {
+  int packed = rank << 16;
+  for (int i = 0; i < rank; i++) packed |= (perm[i] & 15) << (4 * i);
+  return packed;
+}
+
+int kd_perm_unpack(int packed, int *perm) {
+  int rank = (packed >> 16) & 7, seen = 0;
+  if (packed < 0 || rank > KD_MAX_RANK || (packed >> 19)) return -1;
+  if (packed & ~(0x70000 | ((1 << (4 * rank)) - 1))) return -1;
+  for (int i = 0; i < rank; i++) {
+    perm[i] = (packed >> (4 * i)) & 15;
+    if (perm[i] >= rank || (seen >> perm[i]) & 1) return -1;
+    seen |= 1 << perm[i];
+  }
+  return rank;
+}
+
+/* Whether two shapes hold the same number of elements for every binding of
+ * the symbols: the same symbols as often, and equal constant products. */
+static bool kd_same_size(int ra, const kd_dim *a, int rb, const kd_dim *b) {
+  int64_t pa = 1, pb = 1;
+  kd_dim sa[KD_MAX_RANK], sb[KD_MAX_RANK];
+  int na = 0, nb = 0;
+  for (int i = 0; i < ra; i++) {
+    if (KD_DIM_IS_SYM(a[i])) sa[na++] = a[i];
+    else if (a[i] == 0 || pa > INT64_MAX / a[i]) return false;
+    else pa *= a[i];
+  }
+  for (int i = 0; i < rb; i++) {
+    if (KD_DIM_IS_SYM(b[i])) sb[nb++] = b[i];
+    else if (b[i] == 0 || pb > INT64_MAX / b[i]) return false;
+    else pb *= b[i];
+  }
+  if (pa != pb || na != nb) return false;
+  for (int i = 0; i < na; i++) { /* a multiset comparison: na <= 4 */
+    int j = 0;
+    while (j < nb && sb[j] != sa[i]) j++;
+    if (j == nb) return false;
+    sb[j] = sb[--nb];
+  }
+  return true;
+}
+
+static bool kd_is_int(kd_dtype t) { return t == KD_I32 || t == KD_I64; }
+
+/* RESHAPE, PERMUTE, MATMUL, GATHER_ROWS and SCATTER_ADD_ROWS. RESHAPE and
+ * SCATTER_ADD_ROWS take their shape as given (checked by the caller). */
+static bool kd_infer_model(const kd_graph *g, kd_node *n, const kd_node *const *s, char *err,
+                           size_t errlen) {
+  char b1[96], b2[96];
+  const char *opname = kd_opcode_name(n->op);
+  switch (n->op) {
+  case KD_IR_RESHAPE:
+    if (!kd_same_size(s[0]->rank, s[0]->shape, n->rank, n->shape)) {
+      snprintf(err, errlen, "reshape: %s and %s do not have the same size",
+               kd_shape_str(g, s[0]->rank, s[0]->shape, b1, sizeof b1),
+               kd_shape_str(g, n->rank, n->shape, b2, sizeof b2));
+      return false;
+    }
+    n->dtype = s[0]->dtype;
+    return true;
+  case KD_IR_PERMUTE: {
+    int perm[KD_MAX_RANK];
+    if (kd_perm_unpack(n->axis, perm) != s[0]->rank) {
+      snprintf(err, errlen, "permute: not a permutation of %d axes", s[0]->rank);
+      return false;
+    }
+    n->rank = s[0]->rank;
+    for (int i = 0; i < n->rank; i++) n->shape[i] = s[0]->shape[perm[i]];
+    n->dtype = s[0]->dtype;
+    return true;
+  }
+  case KD_IR_MATMUL: {
+    const kd_node *a = s[0], *b = s[1];
+    bool shared = b->rank == 2;
+    bool ok = a->rank >= 2 && b->rank >= 2 && (shared || b->rank == a->rank) &&
+              a->shape[a->rank - 1] == b->shape[b->rank - 2];
+    for (int i = 0; ok && !shared && i + 2 < a->rank; i++) ok = a->shape[i] == b->shape[i];
+    if (!ok) {
+      snprintf(err, errlen, "matmul: %s times %s",
+               kd_shape_str(g, a->rank, a->shape, b1, sizeof b1),
+               kd_shape_str(g, b->rank, b->shape, b2, sizeof b2));
+      return false;
+    }
+    n->dtype = kd_promote(a, b);
+    if (!kd_dtype_is_float(n->dtype)) {
+      snprintf(err, errlen, "matmul of %s tensors", kd_dtype_name(n->dtype));
+      return false;
+    }
+    n->rank = a->rank;
+    memcpy(n->shape, a->shape, sizeof n->shape);
+    n->shape[n->rank - 1] = b->shape[b->rank - 1];
+    return true;
+  }
+  case KD_IR_GATHER_ROWS:
+  case KD_IR_SCATTER_ADD_ROWS: {
+    bool gather = n->op == KD_IR_GATHER_ROWS;
+    const kd_node *t = s[0], *ids = s[1];
+    if (!kd_is_int(ids->dtype) || !kd_dtype_is_float(t->dtype)) {
+      snprintf(err, errlen, "%s: needs float rows and integer ids, not %s and %s", opname,
+               kd_dtype_name(t->dtype), kd_dtype_name(ids->dtype));
+      return false;
+    }
+    if (gather) {
+      if (t->rank != 2 || ids->rank + 1 > KD_MAX_RANK) {
+        snprintf(err, errlen, "gather_rows: a table of rank %d, ids of rank %d", t->rank,
+                 ids->rank);
+        return false;
+      }
+      n->rank = ids->rank + 1;
+      memcpy(n->shape, ids->shape, sizeof n->shape);
+      n->shape[ids->rank] = t->shape[1];
+    } else {
+      bool ok = n->rank == 2 && t->rank == ids->rank + 1 && n->shape[1] == t->shape[ids->rank];
+      for (int i = 0; ok && i < ids->rank; i++) ok = t->shape[i] == ids->shape[i];
+      if (!ok) {
+        snprintf(err, errlen, "scatter_add_rows: rows %s at ids %s into %s",
+                 kd_shape_str(g, t->rank, t->shape, b1, sizeof b1),
+                 kd_shape_str(g, ids->rank, ids->shape, b2, sizeof b2),
+                 n->rank == 2 ? "a table" : "a table that is not of rank 2");
+        return false;
+      }
+    }
+    n->dtype = kd_compute_dtype(t->dtype);
+    return true;
+  }
+  default:
+    snprintf(err, errlen, "%s: no shape rule", opname);
+    return false;
+  }
 }
 
 /* Derives n's dtype, rank and shape from its op, sources (ids below `limit`)
@@ -353,7 +488,9 @@ static bool kd_infer(const kd_graph *g, kd_node *n, size_t limit, char *err, siz
     if (!all && kd_opcode_class(n->op) == KD_CLASS_REDUCE) n->shape[n->axis] = 1;
     return true;
   }
-  case KD_CLASS_OTHER: /* EXPAND */
+  case KD_CLASS_OTHER:
+    if (n->op == KD_IR_PERMUTE || n->op == KD_IR_MATMUL || n->op == KD_IR_GATHER_ROWS)
+      return kd_infer_model(g, n, s, err, errlen);
     if (n->rank < 0 || n->rank > KD_MAX_RANK) {
       snprintf(err, errlen, "%s: rank %d is not in 0..%d", opname, n->rank, KD_MAX_RANK);
       return false;
@@ -363,6 +500,7 @@ static bool kd_infer(const kd_graph *g, kd_node *n, size_t limit, char *err, siz
         snprintf(err, errlen, "%s: dimension %d is an unknown symbol", opname, i);
         return false;
       }
+    if (n->op != KD_IR_EXPAND) return kd_infer_model(g, n, s, err, errlen);
     {
       kd_node target = *n;
       int r;
@@ -522,6 +660,46 @@ kd_node_id kd_expand(kd_graph *g, kd_node_id a, int rank, const kd_dim *shape) {
   kd_node n = kd_proto(KD_IR_EXPAND, 1);
   n.src[0] = a;
   if (!kd_shape_in(g, &n, rank, shape)) return KD_NONE;
+  return kd_push(g, &n);
+}
+
+kd_node_id kd_reshape(kd_graph *g, kd_node_id a, int rank, const kd_dim *shape) {
+  kd_node n = kd_proto(KD_IR_RESHAPE, 1);
+  n.src[0] = a;
+  if (!kd_shape_in(g, &n, rank, shape)) return KD_NONE;
+  return kd_push(g, &n);
+}
+
+kd_node_id kd_permute(kd_graph *g, kd_node_id a, const int *perm) {
+  const kd_node *an = kd_graph_node(g, a);
+  kd_node n = kd_proto(KD_IR_PERMUTE, 1);
+  n.src[0] = a;
+  n.axis = an ? kd_perm_pack(an->rank, perm) : 0;
+  return kd_push(g, &n);
+}
+
+kd_node_id kd_matmul(kd_graph *g, kd_node_id a, kd_node_id b) {
+  kd_node n = kd_proto(KD_IR_MATMUL, 2);
+  n.src[0] = a;
+  n.src[1] = b;
+  return kd_push(g, &n);
+}
+
+kd_node_id kd_gather_rows(kd_graph *g, kd_node_id table, kd_node_id ids) {
+  kd_node n = kd_proto(KD_IR_GATHER_ROWS, 2);
+  n.src[0] = table;
+  n.src[1] = ids;
+  return kd_push(g, &n);
+}
+
+kd_node_id kd_scatter_add_rows(kd_graph *g, kd_node_id rows, kd_node_id ids, kd_dim nrows) {
+  const kd_node *r = kd_graph_node(g, rows);
+  kd_node n = kd_proto(KD_IR_SCATTER_ADD_ROWS, 2);
+  n.src[0] = rows;
+  n.src[1] = ids;
+  n.rank = 2;
+  n.shape[0] = nrows;
+  n.shape[1] = r && r->rank > 0 ? r->shape[r->rank - 1] : 0;
   return kd_push(g, &n);
 }
 
@@ -693,6 +871,13 @@ void kd_graph_print(const kd_graph *g, FILE *out) {
     case KD_IR_INPUT: fprintf(out, " \"%s\"", n->name); break;
     case KD_IR_CONST: fputc(' ', out); kd_print_double(out, n->value); break;
     case KD_IR_IOTA: fprintf(out, " axis=%d", n->axis); break;
+    case KD_IR_PERMUTE: {
+      int perm[KD_MAX_RANK], r = kd_perm_unpack(n->axis, perm);
+      fputs(", perm=[", out);
+      for (int k = 0; k < r; k++) fprintf(out, "%s%d", k ? ", " : "", perm[k]);
+      fputc(']', out);
+      break;
+    }
     default:
       if (kd_opcode_class(n->op) == KD_CLASS_REDUCE || kd_opcode_class(n->op) == KD_CLASS_ROW)
         kd_print_axis(out, n->axis);

@@ -80,7 +80,8 @@ typedef struct kd_node {
   int nsrc;
   kd_node_id src[KD_MAX_SRC];
   double value;     /* CONST */
-  int axis;         /* REDUCE: an axis or KD_AXIS_ALL; ROW, IOTA: an axis */
+  int axis;         /* REDUCE: an axis or KD_AXIS_ALL; ROW, IOTA: an axis;
+                       PERMUTE: the permutation, packed (KD_PERM_PACK) */
   const char *name; /* INPUT: the input's name; others: optional, for printing */
 } kd_node;
 
@@ -120,6 +121,26 @@ kd_node_id kd_row(kd_graph *g, kd_opcode op, kd_node_id a, int axis);
 /* a broadcast to `shape` (numpy rules): what autodiff makes of a gradient
  * that is constant along some axes of its input. */
 kd_node_id kd_expand(kd_graph *g, kd_node_id a, int rank, const kd_dim *shape);
+/* Model ops (see ops.def). kd_reshape keeps the elements in C order; the
+ * sizes must agree: the same symbols, each as often, and the same product of
+ * constant dims. kd_permute: out dim i is a's dim perm[i] (perm has a's
+ * rank). kd_matmul: a [.., M, K] times b [K, N] (shared by every leading
+ * index) or b [.., K, N] with a's leading dims. kd_gather_rows: rows of
+ * table [V, D] at integer ids [..] -> [.., D] (an id outside 0..V-1 is an
+ * error when run). kd_scatter_add_rows: the adjoint of a gather: a zero
+ * table [V, D] (V given) plus row g[i] at ids[i] for every i. */
+kd_node_id kd_reshape(kd_graph *g, kd_node_id a, int rank, const kd_dim *shape);
+kd_node_id kd_permute(kd_graph *g, kd_node_id a, const int *perm);
+kd_node_id kd_matmul(kd_graph *g, kd_node_id a, kd_node_id b);
+kd_node_id kd_gather_rows(kd_graph *g, kd_node_id table, kd_node_id ids);
+kd_node_id kd_scatter_add_rows(kd_graph *g, kd_node_id rows, kd_node_id ids, kd_dim nrows);
+
+/* A permutation of rank <= KD_MAX_RANK packed into kd_node.axis: 4 bits per
+ * axis, plus the rank in bits 16..18 (so [0] differs from no permutation). */
+int kd_perm_pack(int rank, const int *perm);
+/* Unpacks into perm[KD_MAX_RANK]; returns the rank, or -1 if not valid. */
+int kd_perm_unpack(int packed, int *perm);
+
 /* A copy of node `n` of another graph with new sources (for passes that
  * rebuild graphs); shape and dtype are inferred anew. */
 kd_node_id kd_clone(kd_graph *g, const kd_node *n, const kd_node_id *src);

@@ -153,6 +153,7 @@ static double kd_ref_unary(kd_opcode op, kd_dtype dtype, double x) {
     if (dtype == KD_I32 || dtype == KD_I64) return trunc(x);
     return x;
   case KD_IR_STOPGRAD: return x;
+  case KD_IR_TANH: return tanh(x);
   default: return NAN;
   }
 }
@@ -228,6 +229,93 @@ static double kd_ref_reduce(kd_opcode op, const kd_ref_row *w) {
   }
 }
 
+/* ---- model ops ---------------------------------------------------------- */
+
+/* The strides of a C-order array of shape v. */
+static void kd_ref_strides(const kd_ref_value *v, size_t *st) {
+  size_t s = 1;
+  for (int i = v->rank - 1; i >= 0; i--) {
+    st[i] = s;
+    s *= (size_t)v->shape[i];
+  }
+}
+
+/* out dim i is a's dim perm[i]: walk out in order, read a through strides. */
+static void kd_ref_permute(const kd_node *n, const kd_ref_value *a, kd_ref_value *v) {
+  int perm[KD_MAX_RANK];
+  size_t ast[KD_MAX_RANK];
+  kd_perm_unpack(n->axis, perm); /* valid: the graph was verified */
+  kd_ref_strides(a, ast);
+  for (size_t i = 0; i < v->size; i++) {
+    size_t lin = i, off = 0;
+    for (int k = v->rank - 1; k >= 0; k--) {
+      off += (lin % (size_t)v->shape[k]) * ast[perm[k]];
+      lin /= (size_t)v->shape[k];
+    }
+    v->data[i] = a->data[off];
+  }
+}
+
+/* The oracle's matmul is a triple loop per batch index; b [K, N] is shared
+ * by every batch index, b [.., K, N] has one matrix per index. */
+static void kd_ref_matmul(const kd_ref_value *a, const kd_ref_value *b, kd_ref_value *v) {
+  size_t M = (size_t)a->shape[a->rank - 2], K = (size_t)a->shape[a->rank - 1];
+  size_t N = (size_t)b->shape[b->rank - 1];
+  size_t batch = M && N ? v->size / (M * N) : 0;
+  for (size_t p = 0; p < batch; p++) {
+    const double *A = a->data + p * M * K, *B = b->data + (b->rank == 2 ? 0 : p * K * N);
+    double *C = v->data + p * M * N;
+    for (size_t i = 0; i < M; i++)
+      for (size_t j = 0; j < N; j++) {
+        double acc = 0;
+        for (size_t k = 0; k < K; k++) acc += A[i * K + k] * B[k * N + j];
+        C[i * N + j] = acc;
+      }
+  }
+}
+
+/* GATHER_ROWS (table a, ids b) and SCATTER_ADD_ROWS (rows a, ids b). */
+static kd_status kd_ref_rows(kd_ref *r, kd_node_id id, const kd_node *n, const kd_ref_value *a,
+                             const kd_ref_value *b, kd_ref_value *v) {
+  bool gather = n->op == KD_IR_GATHER_ROWS;
+  size_t D = (size_t)v->shape[v->rank - 1];
+  int64_t V = gather ? a->shape[0] : v->shape[0];
+  if (!gather) memset(v->data, 0, v->size * sizeof(double));
+  for (size_t i = 0; i < b->size; i++) {
+    double x = b->data[i];
+    if (!(x >= 0 && x < (double)V))
+      return kd_ref_fail(r, KD_ERR_INVALID, "%%%d: %s: id %g at %zu is outside 0..%lld", (int)id,
+                         kd_opcode_name(n->op), x, i, (long long)V - 1);
+    size_t row = (size_t)x;
+    for (size_t k = 0; k < D; k++) {
+      if (gather) v->data[i * D + k] = a->data[row * D + k];
+      else v->data[row * D + k] += a->data[i * D + k];
+    }
+  }
+  return KD_OK;
+}
+
+static kd_status kd_ref_other(kd_ref *r, kd_node_id id, const kd_node *n, kd_ref_value *v) {
+  const kd_ref_value *a = &r->v[n->src[0]], *b = n->nsrc > 1 ? &r->v[n->src[1]] : NULL;
+  int64_t st0[KD_MAX_RANK];
+  switch (n->op) {
+  case KD_IR_EXPAND:
+    kd_ref_bstrides(a, v, st0);
+    for (size_t i = 0; i < v->size; i++) v->data[i] = a->data[kd_ref_offset(v, st0, i)];
+    return KD_OK;
+  case KD_IR_RESHAPE:
+    memcpy(v->data, a->data, v->size * sizeof(double));
+    return KD_OK;
+  case KD_IR_PERMUTE: kd_ref_permute(n, a, v); return KD_OK;
+  case KD_IR_MATMUL: kd_ref_matmul(a, b, v); return KD_OK;
+  case KD_IR_GATHER_ROWS:
+  case KD_IR_SCATTER_ADD_ROWS: return kd_ref_rows(r, id, n, a, b, v);
+  default:
+    return kd_ref_fail(r, KD_ERR_UNSUPPORTED, "%%%d: %s has no reference semantics", (int)id,
+                       kd_opcode_name(n->op));
+  }
+}
+
 /* Computes node n into v, its sources' values being ready. */
 static kd_status kd_ref_node(kd_ref *r, kd_node_id id, const kd_node *n, kd_ref_value *v) {
   kd_status st = kd_ref_shape(r, id, n, v);
@@ -294,10 +382,8 @@ static kd_status kd_ref_node(kd_ref *r, kd_node_id id, const kd_node *n, kd_ref_
       }
     return KD_OK;
   }
-  case KD_CLASS_OTHER: /* EXPAND */
-    kd_ref_bstrides(a, v, st0);
-    for (size_t i = 0; i < v->size; i++) v->data[i] = a->data[kd_ref_offset(v, st0, i)];
-    return KD_OK;
+  case KD_CLASS_OTHER:
+    return kd_ref_other(r, id, n, v);
   }
   return kd_ref_fail(r, KD_ERR_UNSUPPORTED, "%%%d: %s has no reference semantics", (int)id,
                      kd_opcode_name(n->op));

@@ -70,6 +70,10 @@ static kd_status classify(fuse_ctx *c) {
     if (!classify_shape(c, n, &f->kind))
       return unsupported(c, id, "%s has a shape that is neither [N, V], [N, 1] nor a scalar",
                          kd_opcode_name(n->op));
+    if (n->op == KD_IR_TANH ||
+        (kd_opcode_class(n->op) == KD_CLASS_OTHER && n->op != KD_IR_EXPAND))
+      return unsupported(c, id, "%s is a model op: row kernels do not take it",
+                         kd_opcode_name(n->op));
     if (n->op == KD_IR_SOFTMAX || n->op == KD_IR_LOG_SOFTMAX)
       return unsupported(c, id, "%s must be canonicalised first", kd_opcode_name(n->op));
     if (n->op == KD_IR_EXPAND) f->role = KD_ROLE_IDENTITY;

@@ -58,6 +58,12 @@ kd_status kd_pass_dce(const kd_graph *in, kd_graph **out, char *err, size_t errl
 kd_status kd_autodiff(const kd_graph *in, const char *of, const char *wrt, const char *grad_name,
                       kd_graph **out, char *err, size_t errlen);
 
+/* The same for several inputs at once (a model's parameters): one backward
+ * walk, output grad_names[i] = d output(`of`) / d input(wrt[i]). */
+kd_status kd_autodiff_many(const kd_graph *in, const char *of, size_t nwrt,
+                           const char *const *wrt, const char *const *grad_names,
+                           kd_graph **out, char *err, size_t errlen);
+
 /* The pipeline after lowering, in order. */
 typedef struct kd_pass {
   const char *name; /* what `kdc emit-ir --after NAME` takes */

@@ -53,7 +53,8 @@ static bool kd_given_dtype(kd_opcode op) {
   return op == KD_IR_CONST || op == KD_IR_CAST || op == KD_IR_INPUT;
 }
 static bool kd_given_shape(kd_opcode op) {
-  return op == KD_IR_INPUT || op == KD_IR_IOTA || op == KD_IR_EXPAND;
+  return op == KD_IR_INPUT || op == KD_IR_IOTA || op == KD_IR_EXPAND || op == KD_IR_RESHAPE ||
+         op == KD_IR_SCATTER_ADD_ROWS;
 }
 
 static uint64_t kd_mix(uint64_t h, uint64_t v) {
@@ -175,6 +176,14 @@ kd_node_id kd_rw_expand(kd_rw *rw, kd_node_id a, int rank, const kd_dim *shape) 
 
 kd_node_id kd_rw_iota(kd_rw *rw, int rank, const kd_dim *shape, int axis) {
   kd_node n = kd_rw_proto(KD_IR_IOTA, 0, NULL, axis);
+  n.rank = rank;
+  for (int i = 0; i < rank; i++) n.shape[i] = shape[i];
+  return kd_rw_emit(rw, &n);
+}
+
+kd_node_id kd_rw_op(kd_rw *rw, kd_opcode op, int nsrc, const kd_node_id *src, int axis, int rank,
+                    const kd_dim *shape) {
+  kd_node n = kd_rw_proto(op, nsrc, src, axis);
   n.rank = rank;
   for (int i = 0; i < rank; i++) n.shape[i] = shape[i];
   return kd_rw_emit(rw, &n);

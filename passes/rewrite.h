@@ -38,6 +38,10 @@ kd_node_id kd_rw_select(kd_rw *rw, kd_node_id c, kd_node_id a, kd_node_id b);
 kd_node_id kd_rw_reduce(kd_rw *rw, kd_opcode op, kd_node_id a, int axis);
 kd_node_id kd_rw_expand(kd_rw *rw, kd_node_id a, int rank, const kd_dim *shape);
 kd_node_id kd_rw_iota(kd_rw *rw, int rank, const kd_dim *shape, int axis);
+/* Any op: sources, the axis attribute (a PERMUTE's packed permutation) and,
+ * for ops that take it as given (RESHAPE, SCATTER_ADD_ROWS), the shape. */
+kd_node_id kd_rw_op(kd_rw *rw, kd_opcode op, int nsrc, const kd_node_id *src, int axis, int rank,
+                    const kd_dim *shape);
 
 static inline const kd_node *kd_rw_node(const kd_rw *rw, kd_node_id id) {
   return kd_graph_node(rw->g, id);
