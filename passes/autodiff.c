@@ -55,12 +55,25 @@ static void kd_ad_acc(kd_ad *ad, kd_node_id src, kd_node_id c) {
   ad->adj[src] = ad->adj[src] == KD_NONE ? c : kd_rw_binary(&ad->rw, KD_IR_ADD, ad->adj[src], c);
 }
 
-/* G at the full shape of node y: the shape-changing rules below need it
- * (an adjoint may have stayed smaller, see the top of the file). */
+/* G at exactly the shape of node y: the shape-changing rules below and the
+ * final gradients need it. An adjoint may have stayed smaller (see the top
+ * of the file), or be of a higher rank when y (a bias [D]) was broadcast
+ * into [B, T, D]: kd_ad_unbroadcast sums the leading axes to 1, and a
+ * reshape drops them. */
 static kd_node_id kd_ad_full(kd_ad *ad, kd_node_id G, kd_node_id y) {
   const kd_node *gn = kd_rw_node(&ad->rw, G), *yn = kd_rw_node(&ad->rw, y);
   if (!gn || !yn || kd_shape_eq(gn, yn)) return G;
   kd_node t = *yn; /* a copy: the nodes move as the graph grows */
+  if (gn->rank > t.rank) {
+    G = kd_ad_unbroadcast(ad, G, y);
+    gn = kd_rw_node(&ad->rw, G);
+    if (!gn) return KD_NONE;
+    kd_dim shape[KD_MAX_RANK];
+    for (int i = 0; i < t.rank; i++) shape[i] = gn->shape[gn->rank - t.rank + i];
+    G = kd_rw_op(&ad->rw, KD_IR_RESHAPE, 1, &G, 0, t.rank, shape);
+    gn = kd_rw_node(&ad->rw, G);
+    if (!gn || kd_shape_eq(gn, &t)) return G;
+  }
   return kd_rw_expand(&ad->rw, G, t.rank, t.shape);
 }
 
@@ -267,10 +280,8 @@ static kd_status kd_ad_run(kd_ad *ad, const char *of, size_t nwrt, const char *c
   /* Each gradient has its input's shape (and a float dtype). */
   for (size_t w = 0; w < nwrt; w++) {
     kd_node_id g = ad->adj[ad->x[w]];
-    kd_node xn = *kd_rw_node(&ad->rw, ad->map[ad->x[w]]); /* a copy: the nodes move */
     if (g == KD_NONE) g = kd_rw_const(&ad->rw, 0, KD_F32);
-    if (!kd_shape_eq(kd_rw_node(&ad->rw, g), &xn))
-      g = kd_rw_expand(&ad->rw, g, xn.rank, xn.shape);
+    g = kd_ad_full(ad, g, ad->map[ad->x[w]]);
     kd_set_name(ad->rw.g, g, grad_names[w]);
     if (g == KD_NONE || kd_graph_add_output(ad->rw.g, grad_names[w], g) != KD_OK) {
       snprintf(ad->msg, sizeof ad->msg, "%s",
