@@ -100,7 +100,8 @@ static const kd_init kd_ones = {KD_INIT_ONES, 0, 0};
 static kd_node_id kd_layers_mean(kd_layers *L, kd_node_id x, int64_t d) {
   const kd_node *n = kd_layers_node(L, x);
   if (!n) return KD_NONE;
-  return B(DIV, kd_reduce(L->g, KD_IR_SUM, x, n->rank - 1), C((double)d));
+  int axis = n->rank - 1; /* n moves when the graph grows */
+  return B(DIV, kd_reduce(L->g, KD_IR_SUM, x, axis), C((double)d));
 }
 
 /* y = x W (+ b), W with init std `std`. */
