@@ -17,6 +17,10 @@
  *     SOFTMAX and LOG_SOFTMAX are exp(x - lse) and x - lse, so an all -inf
  *     row gives nan (as torch does): canonicalised graphs mask such rows.
  *   - RMAX of a row is its maximum (nan if any element is nan).
+ *   - model ops: MATMUL is a triple loop per batch index (the oracle, not
+ *     the fast path); RESHAPE copies in C order; PERMUTE reads through the
+ *     permuted strides; GATHER_ROWS and SCATTER_ADD_ROWS give
+ *     KD_ERR_INVALID for an id outside 0 .. rows - 1, naming the node.
  *
  * Inputs are bound by name; a symbol (N, V) takes its size from the first
  * bound input that uses it, and any later disagreement is an error. */
