@@ -2,8 +2,8 @@
  * its parameters): kd_autodiff_many gives every gradient in one backward
  * walk; each is compared, through the reference executor, with central
  * finite differences of the scalar output "loss" (step: tu_fd's, relative
- * 1e-5), straight out of autodiff and again after simplify, cse and dce
- * (which must not change a value). A tensor of more than GC_SAMPLES elements
+ * 1e-5), straight out of autodiff, again after simplify, cse and dce
+ * (which must not change a value), and on the canonicalised graph. A tensor of more than GC_SAMPLES elements
  * is checked at GC_SAMPLES spread positions, so a whole model stays within a
  * second; a wrong rule shows in every element it touches, not in one. */
 #ifndef KD_GRADCHECK_H
@@ -86,6 +86,14 @@ static inline void gc_check(const char *what, const kd_graph *g, kd_ref_input *i
   if (s) TU_CHECK(kd_pass_cse(s, &c, err, sizeof err) == KD_OK, "%s: %s", what, err);
   if (c) TU_CHECK(kd_pass_dce(c, &dd, err, sizeof err) == KD_OK, "%s: %s", what, err);
   if (dd) gc_compare(what, "simplified", dd, in, nin, wrt, nwrt, fd, atol, rtol);
+  kd_graph *cg = NULL, *cd = NULL; /* canonicalised first, as the pipeline does */
+  TU_CHECK(kd_pass_canonicalize(g, &cg, err, sizeof err) == KD_OK, "%s: %s", what, err);
+  if (cg)
+    TU_CHECK(kd_autodiff_many(cg, "loss", nwrt, wn, gn, &cd, err, sizeof err) == KD_OK,
+             "%s: %s", what, err);
+  if (cd) gc_compare(what, "canonicalised", cd, in, nin, wrt, nwrt, fd, atol, rtol);
+  kd_graph_free(cg);
+  kd_graph_free(cd);
   kd_graph_free(d);
   kd_graph_free(s);
   kd_graph_free(c);

@@ -94,6 +94,8 @@ static void test_distill(void) {
              "student: logits are [B, T, 256]");
     TU_CHECK(count_params(&st) == gpt_params(1, 128, 256, 128), "student: %zu parameters",
              count_params(&st));
+    printf("student: %zu nodes, %zu parameter tensors, %zu parameters\n", kd_graph_size(st.g),
+           st.layers.nparams, count_params(&st));
     kd_model_free(&st);
   }
   if (lower(p, "teacher", &te) == KD_OK) {
@@ -105,6 +107,8 @@ static void test_distill(void) {
              "teacher: four blocks only");
     TU_CHECK(count_params(&te) == gpt_params(4, 256, 256, 128), "teacher: %zu parameters",
              count_params(&te));
+    printf("teacher: %zu nodes, %zu parameter tensors, %zu parameters\n", kd_graph_size(te.g),
+           te.layers.nparams, count_params(&te));
     const kd_param *proj = kd_layers_find(&te.layers, "blocks.2.attn.proj.weight");
     TU_CHECK(proj && fabs(proj->init.std - 0.02 / sqrt(8)) < 1e-15, "teacher: residual init std");
     kd_model_free(&te);
