@@ -2,11 +2,15 @@
  * time of kdc's compiled loss + gradient, its effective bandwidth, the same
  * run's copy bandwidth (bench/stream.h) and the fraction of it reached, and
  * PyTorch eager for the same shape and threads (bench/torch_losses.py, when
- * python3 can import torch).
+ * the Python interpreter can import torch).
  *
  *   kdc_loss_bench [--shapes 512x32000,2048x32000,4096x50257,512x128256]
  *                  [--threads 1,2] [--loss fkl,rkl,...] [--repeats 5]
- *                  [--specs DIR] [--no-torch] [--nontemporal 0|1]
+ *                  [--specs DIR] [--no-torch] [--python PY] [--nontemporal 0|1]
+ *
+ * The baseline's interpreter is --python, else $KDC_PYTHON, else python3
+ * from PATH (Debian's python3-torch is importable from /usr/bin/python3
+ * only, not from a pyenv or venv python3 that comes first on PATH).
  *
  * Each divergence is the spec examples/losses/<name>.kd taken through the
  * whole compiler (check, lower, pipeline, fuse, LLVM), so the figures are
@@ -47,6 +51,7 @@ typedef struct options {
   int repeats;
   const char *specs;
   int torch;
+  const char *python; /* the interpreter that runs torch_losses.py */
   int nontemporal;
 } options;
 
@@ -81,6 +86,7 @@ static int parse_args(int argc, char **argv, options *o) {
   o->repeats = 5;
   o->specs = KDC_EXAMPLES_DIR;
   o->torch = 1;
+  o->python = getenv("KDC_PYTHON") && *getenv("KDC_PYTHON") ? getenv("KDC_PYTHON") : "python3";
   o->nontemporal = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -94,6 +100,7 @@ static int parse_args(int argc, char **argv, options *o) {
     else if (!strcmp(a, "--loss")) lo = argv[++i];
     else if (!strcmp(a, "--repeats")) o->repeats = atoi(argv[++i]);
     else if (!strcmp(a, "--specs")) o->specs = argv[++i];
+    else if (!strcmp(a, "--python")) o->python = argv[++i];
     else if (!strcmp(a, "--nontemporal")) o->nontemporal = atoi(argv[++i]);
     else return 0;
   }
@@ -106,7 +113,8 @@ static int parse_args(int argc, char **argv, options *o) {
   for (int i = 0; i < nt; i++) o->threads[i] = atoi(items[i]);
   o->nthreads = nt;
   o->nloss = split_list(lo, o->loss, MAX_ITEMS);
-  return o->repeats >= 1 && o->nshapes && o->nthreads && o->nloss;
+  /* it goes into a shell command in single quotes */
+  return o->repeats >= 1 && o->nshapes && o->nthreads && o->nloss && !strchr(o->python, '\'');
 }
 
 /* The spec's objective through the whole pipeline; NULL on error (printed). */
@@ -133,10 +141,10 @@ static kd_graph *compile_spec(const char *dir, const char *name) {
  * 0 when torch is unavailable. */
 static int torch_row(const options *o, const char *name, int64_t n, int64_t v, int threads,
                      double *ms, double *gbs) {
-  char cmd[1024], line[4096] = "";
+  char cmd[2048], line[4096] = "";
   snprintf(cmd, sizeof cmd,
-           "python3 %s/torch_losses.py --one %s --shape %lldx%lld --threads %d --repeats %d 2>/dev/null",
-           KDC_BENCH_DIR, name, (long long)n, (long long)v, threads, o->repeats);
+           "'%s' '%s/torch_losses.py' --one %s --shape %lldx%lld --threads %d --repeats %d 2>/dev/null",
+           o->python, KDC_BENCH_DIR, name, (long long)n, (long long)v, threads, o->repeats);
   FILE *p = popen(cmd, "r");
   if (!p) return 0;
   while (fgets(line, sizeof line, p)) {}
@@ -148,8 +156,10 @@ static int torch_row(const options *o, const char *name, int64_t n, int64_t v, i
   return 1;
 }
 
-static int torch_available(void) {
-  return system("python3 -c 'import torch' >/dev/null 2>&1") == 0;
+static int torch_available(const options *o) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s' -c 'import torch' >/dev/null 2>&1", o->python);
+  return system(cmd) == 0;
 }
 
 static void fill(float *x, size_t n, uint64_t seed) {
@@ -170,12 +180,18 @@ int main(int argc, char **argv) {
   memset(&o, 0, sizeof o);
   if (!parse_args(argc, argv, &o)) {
     fprintf(stderr, "usage: kdc_loss_bench [--shapes NxV,...] [--threads 1,2] [--loss fkl,...] "
-                    "[--repeats R] [--specs DIR] [--no-torch] [--nontemporal 0|1]\n");
+                    "[--repeats R] [--specs DIR] [--no-torch] [--python PY] [--nontemporal 0|1]\n"
+                    "  PY: the interpreter for the PyTorch baseline (default $KDC_PYTHON, else "
+                    "python3)\n");
     return 2;
   }
-  if (o.torch && !torch_available()) {
-    printf("# PyTorch baseline: n/a (python3 cannot import torch; see bench/torch_losses.py)\n");
+  if (o.torch && !torch_available(&o)) {
+    printf("# PyTorch baseline: n/a (%s cannot import torch: --python or KDC_PYTHON names the\n"
+           "# interpreter; see bench/torch_losses.py)\n", o.python);
     o.torch = 0;
+  } else if (o.torch) {
+    printf("# PyTorch baseline: %s bench/torch_losses.py, eager forward + backward, same shape and "
+           "threads\n", o.python);
   }
   size_t maxn = 0;
   for (int i = 0; i < o.nshapes; i++)
