@@ -88,6 +88,7 @@ typedef struct emitter {
   LLVMValueRef *gval; /* [n] global scalars */
   LLVMValueRef *rval; /* [n] row scalars of the current row */
   LLVMValueRef *vval; /* [n] element vectors of the current vector body */
+  LLVMValueRef *vzero; /* [n] lanes where vval is 0, when known for free (exps), else NULL */
   LLVMValueRef scratch; /* the row kernel's [nscratch, V] floats */
   int *slot_load;       /* [n] the slot a node is loaded from in this pass, or -1 */
   cache_plan cache;     /* of the stage being emitted */
@@ -285,7 +286,8 @@ static LLVMValueRef emit_binary(emitter *e, const kd_node *n, LLVMValueRef a, LL
   case KD_IR_MULZ: {
     if (!f) return LLVMBuildMul(e->b, a, b, "");
     /* exactly 0 where a == 0, even for b = inf or nan */
-    LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, a, LLVMConstNull(LLVMTypeOf(a)), "");
+    LLVMValueRef z = e->vzero[n->src[0]]; /* set in vector bodies only */
+    if (!z) z = LLVMBuildFCmp(e->b, LLVMRealOEQ, a, LLVMConstNull(LLVMTypeOf(a)), "");
     return LLVMBuildSelect(e->b, z, LLVMConstNull(LLVMTypeOf(a)), LLVMBuildFMul(e->b, a, b, ""), "");
   }
   case KD_IR_DIV: return LLVMBuildFDiv(e->b, a, b, "");
@@ -497,7 +499,7 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   }
   if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
   if (is_softmax_exp(e, n))
-    return e->vval[id] = kd_emit_exp_nonpos(e->b, elem_value(e, n->src[0]));
+    return e->vval[id] = kd_emit_exp_nonpos_z(e->b, elem_value(e, n->src[0]), &e->vzero[id]);
   LLVMValueRef shifted = shift_by_scalar(e, id);
   if (shifted) return e->vval[id] = shifted;
   LLVMValueRef v[KD_MAX_SRC] = {0};
@@ -602,15 +604,16 @@ static LLVMValueRef phi(emitter *e, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlo
   return p;
 }
 
-static LLVMValueRef fold_contrib(emitter *e, kd_node_id id, LLVMValueRef w) {
+/* w * f for a folded sum; under MULZ 0 where w is (wz: the lanes where w
+ * is 0). */
+static LLVMValueRef fold_contrib(emitter *e, kd_node_id id, LLVMValueRef w, LLVMValueRef wz) {
   const kd_fuse_node *f = fnode(e, id);
   if (f->fold_f == KD_NONE) return w;
   LLVMValueRef x = elem_value(e, f->fold_f);
   x = convert(e, x, class_of(gnode(e, f->fold_f)->dtype), CL_F);
   LLVMValueRef p = LLVMBuildFMul(e->b, w, x, "");
   if (!f->mulz) return p;
-  LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, w, LLVMConstNull(e->vf), "");
-  return LLVMBuildSelect(e->b, z, LLVMConstNull(e->vf), p, "");
+  return LLVMBuildSelect(e->b, wz, LLVMConstNull(e->vf), p, "");
 }
 
 static LLVMValueRef masked(emitter *e, LLVMValueRef v, LLVMValueRef neutral) {
@@ -692,17 +695,18 @@ static void store_output(emitter *e, kd_node_id id) {
  * state (maxes then accumulators) in place and stores outputs. */
 static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   memset(e->vval, 0, e->n * sizeof *e->vval);
+  memset(e->vzero, 0, e->n * sizeof *e->vzero);
   LLVMValueRef *m = state, *acc = state + pl->ng;
   LLVMValueRef ninf = kd_ir_fconst(e->vf, -INFINITY), zero = LLVMConstNull(e->vf);
   for (int gi = 0; gi < pl->ng; gi++) {
     LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
                                        class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
     /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
-    LLVMValueRef w = kd_emit_exp_nonpos(e->b, rescale(e, pl, gi, x, &m[gi], acc));
+    LLVMValueRef wz, w = kd_emit_exp_nonpos_z(e->b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi) continue;
-      LLVMValueRef c = fnode(e, pl->red[r])->role == KD_ROLE_FOLDED ? fold_contrib(e, pl->red[r], w) : w;
+      LLVMValueRef c = fnode(e, pl->red[r])->role == KD_ROLE_FOLDED ? fold_contrib(e, pl->red[r], w, wz) : w;
       acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, c, zero), "");
     }
   }
@@ -1303,7 +1307,8 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   e.vval = calloc(e.n + 1, sizeof *e.vval);
   e.slot_load = malloc((e.n + 1) * sizeof *e.slot_load);
   e.xscale = calloc(e.n + 1, sizeof *e.xscale);
-  if (!e.gval || !e.rval || !e.vval || !e.slot_load || !e.xscale) e.st = KD_ERR_NOMEM;
+  e.vzero = calloc(e.n + 1, sizeof *e.vzero);
+  if (!e.gval || !e.rval || !e.vval || !e.vzero || !e.slot_load || !e.xscale) e.st = KD_ERR_NOMEM;
   for (size_t i = 0; !e.st && i < e.n; i++) e.slot_load[i] = -1;
   e.b = LLVMCreateBuilderInContext(e.C);
   e.be = LLVMCreateBuilderInContext(e.C);
@@ -1332,6 +1337,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   free(e.vval);
   free(e.slot_load);
   free(e.xscale);
+  free(e.vzero);
   return e.st;
 }
 

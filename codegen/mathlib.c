@@ -98,10 +98,15 @@ LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, res, "exp");
 }
 
-LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x) {
+LLVMValueRef kd_emit_exp_nonpos_z(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero) {
   LLVMTypeRef ty = LLVMTypeOf(x);
   LLVMValueRef small = LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, EXP_LO), "");
+  if (zero) *zero = small; /* exp_core is at least FLT_MIN from EXP_LO up */
   return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, x), "exp");
+}
+
+LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x) {
+  return kd_emit_exp_nonpos_z(b, x, NULL);
 }
 
 /* log(x) = e ln2 + log(m), x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f)

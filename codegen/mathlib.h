@@ -26,6 +26,9 @@ LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x);
  * fewer; exp(-inf) is still exactly 0. A NaN or a larger x gives an
  * unspecified value. */
 LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x);
+/* The same, and *zero = (result == 0) for free (the underflow test it
+ * makes anyway), for a MULZ that would compare the result with 0 again. */
+LLVMValueRef kd_emit_exp_nonpos_z(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero);
 
 /* A constant of type ty (a scalar or a vector, splatted). */
 LLVMValueRef kd_ir_fconst(LLVMTypeRef ty, double v);
