@@ -1,0 +1,249 @@
+/* The model fast path's compute kernels (kernels.h): sgemm glue, row gathers
+ * and scatters, permutes. */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- matrix products ---------------------------------------------------- */
+
+void kd_blas_set_threads(int n) { openblas_set_num_threads(n > 0 ? n : 1); }
+int kd_blas_threads(void) { return openblas_get_num_threads(); }
+
+static bool blas_size_ok(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c) {
+  if (p->batch < 0 || !blas_size_ok(p->m) || !blas_size_ok(p->n) || !blas_size_ok(p->k))
+    return KD_ERR_INVALID;
+  int m = (int)p->m, n = (int)p->n, k = (int)p->k;
+  int lda = p->trans_a ? m : k; /* A is [K, M] or [M, K] */
+  int ldb = p->trans_b ? k : n; /* B is [N, K] or [K, N] */
+  if (!blas_size_ok(lda) || !blas_size_ok(ldb)) return KD_ERR_INVALID;
+  if (m == 0 || n == 0) return KD_OK;
+  for (int64_t i = 0; i < p->batch; i++)
+    cblas_sgemm(CblasRowMajor, p->trans_a ? CblasTrans : CblasNoTrans,
+                p->trans_b ? CblasTrans : CblasNoTrans, m, n, k, p->alpha,
+                a + i * p->stride_a, lda > 0 ? lda : 1, b + i * p->stride_b, ldb > 0 ? ldb : 1,
+                p->beta, c + i * p->stride_c, n);
+  return KD_OK;
+}
+
+kd_status kd_matmul(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
+                    const float *b, float *c) {
+  /* a shared b: the batch's rows are one [B*M, K] matrix */
+  kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = n, .k = k,
+               .alpha = 1, .beta = 0, .stride_a = m * k, .stride_b = k * n, .stride_c = m * n};
+  return kd_gemm_run(&p, a, b, c);
+}
+
+kd_status kd_matmul_grad_a(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+                           const float *dc, const float *b, float beta, float *da) {
+  /* da [M, K] = dc [M, N] @ b^T, b stored [K, N] */
+  kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = k, .k = n,
+               .trans_b = true, .alpha = 1, .beta = beta,
+               .stride_a = m * n, .stride_b = k * n, .stride_c = m * k};
+  return kd_gemm_run(&p, dc, b, da);
+}
+
+kd_status kd_matmul_grad_b(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+                           const float *a, const float *dc, float beta, float *db) {
+  /* db [K, N] = a^T @ dc, a stored [M, K]; with a shared b, the sum over the
+     batch is the product of the stacked [B*M, K] and [B*M, N] matrices */
+  kd_gemm p = {.batch = b_shared ? 1 : batch, .m = k, .n = n, .k = b_shared ? batch * m : m,
+               .trans_a = true, .alpha = 1, .beta = beta,
+               .stride_a = m * k, .stride_b = m * n, .stride_c = k * n};
+  return kd_gemm_run(&p, a, dc, db);
+}
+
+/* ---- gather and scatter of rows ----------------------------------------- */
+
+/* The first id outside [0, V), reported in err; KD_OK when all are in. */
+static kd_status check_ids(const int64_t *ids, int64_t n, int64_t V, char *err, size_t errlen) {
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] >= 0 && ids[i] < V) continue;
+    if (err && errlen)
+      snprintf(err, errlen, "id %lld at position %lld is outside the table's %lld rows",
+               (long long)ids[i], (long long)i, (long long)V);
+    return KD_ERR_INVALID;
+  }
+  return KD_OK;
+}
+
+typedef struct gather_ctx {
+  const float *table;
+  const int64_t *ids;
+  int64_t D;
+  float *out;
+} gather_ctx;
+
+static void gather_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const gather_ctx *c = vctx;
+  size_t row = (size_t)c->D * sizeof(float);
+  for (int64_t i = begin; i < end; i++)
+    memcpy(c->out + i * c->D, c->table + c->ids[i] * c->D, row);
+}
+
+/* Rows per chunk: about 16 KiB of floats, so a chunk outweighs waking a
+   worker. */
+static int64_t row_grain(int64_t D) { return D >= 4096 ? 1 : 4096 / (D > 0 ? D : 1); }
+
+kd_status kd_gather_rows(kd_pool *pool, const float *table, int64_t V, int64_t D,
+                         const int64_t *ids, int64_t n, float *out, char *err, size_t errlen) {
+  if (V < 0 || D < 0 || n < 0) return KD_ERR_INVALID;
+  kd_status st = check_ids(ids, n, V, err, errlen);
+  if (st != KD_OK) return st;
+  gather_ctx c = {table, ids, D, out};
+  kd_pool_parallel_for(pool, n, row_grain(D), gather_chunk, &c);
+  return KD_OK;
+}
+
+typedef struct scatter_ctx {
+  const float *rows;
+  const int64_t *start; /* [V + 1]: destination v takes order[start[v] .. start[v + 1]) */
+  const int64_t *order; /* [n]: source rows, by destination, then by position */
+  int64_t D;
+  bool accumulate;
+  float *table;
+} scatter_ctx;
+
+static void scatter_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const scatter_ctx *c = vctx;
+  for (int64_t v = begin; v < end; v++) {
+    int64_t D = c->D;
+    float *restrict dst = c->table + v * D; /* rows and table never overlap */
+    if (!c->accumulate) memset(dst, 0, (size_t)D * sizeof(float));
+    for (int64_t j = c->start[v]; j < c->start[v + 1]; j++) {
+      const float *restrict src = c->rows + c->order[j] * D;
+      for (int64_t d = 0; d < D; d++) dst[d] += src[d];
+    }
+  }
+}
+
+kd_status kd_scatter_add_rows(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
+                              int64_t V, int64_t D, bool accumulate, float *table, char *err,
+                              size_t errlen) {
+  if (V < 0 || D < 0 || n < 0) return KD_ERR_INVALID;
+  kd_status st = check_ids(ids, n, V, err, errlen);
+  if (st != KD_OK) return st;
+  int64_t *start = calloc((size_t)V + 1, sizeof *start);
+  int64_t *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+  if (!start || !order) {
+    free(start);
+    free(order);
+    return KD_ERR_NOMEM;
+  }
+  /* counting sort, stable: positions stay increasing within a destination */
+  for (int64_t i = 0; i < n; i++) start[ids[i] + 1]++;
+  for (int64_t v = 0; v < V; v++) start[v + 1] += start[v];
+  for (int64_t i = 0; i < n; i++) order[start[ids[i]]++] = i;
+  for (int64_t v = V; v > 0; v--) start[v] = start[v - 1]; /* undo the increments */
+  start[0] = 0;
+  scatter_ctx c = {rows, start, order, D, accumulate, table};
+  kd_pool_parallel_for(pool, V, row_grain(D), scatter_chunk, &c);
+  free(start);
+  free(order);
+  return KD_OK;
+}
+
+/* ---- permutes ------------------------------------------------------------ */
+
+enum { TILE = 16 };
+
+/* A permute as a 4-d strided copy: out [o0, o1, o2, o3] C-contiguous, read
+   at in + sum(i_d * s[d]). Either s[3] == 1 (rows copy) or out dim p has
+   s[p] == 1 and the (p, 3) plane is copied in tiles. */
+typedef struct permute_ctx {
+  const float *in;
+  float *out;
+  int64_t o[4], s[4];
+  int p; /* the out dim read contiguously; 3 for row copies */
+  int64_t q[2];  /* tiled case: the two other dims (sizes o[q[0]], o[q[1]]) */
+} permute_ctx;
+
+static void permute_rows(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const permute_ctx *c = vctx;
+  size_t row = (size_t)c->o[3] * sizeof(float);
+  for (int64_t r = begin; r < end; r++) { /* r = (i0 * o1 + i1) * o2 + i2 */
+    int64_t i2 = r % c->o[2], i1 = r / c->o[2] % c->o[1], i0 = r / c->o[2] / c->o[1];
+    memcpy(c->out + r * c->o[3], c->in + i0 * c->s[0] + i1 * c->s[1] + i2 * c->s[2], row);
+  }
+}
+
+static void permute_tiles(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const permute_ctx *c = vctx;
+  int p = c->p;
+  int64_t ostride[4] = {c->o[1] * c->o[2] * c->o[3], c->o[2] * c->o[3], c->o[3], 1};
+  int64_t qa = c->q[0], qb = c->q[1];
+  for (int64_t r = begin; r < end; r++) { /* r = ia * o[qb] + ib over the other dims */
+    int64_t ia = r / c->o[qb], ib = r % c->o[qb];
+    const float *in = c->in + ia * c->s[qa] + ib * c->s[qb];
+    float *out = c->out + ia * ostride[qa] + ib * ostride[qb];
+    for (int64_t p0 = 0; p0 < c->o[p]; p0 += TILE) {
+      int64_t p1 = p0 + TILE < c->o[p] ? p0 + TILE : c->o[p];
+      for (int64_t j0 = 0; j0 < c->o[3]; j0 += TILE) {
+        int64_t j1 = j0 + TILE < c->o[3] ? j0 + TILE : c->o[3];
+        for (int64_t ip = p0; ip < p1; ip++)
+          for (int64_t j = j0; j < j1; j++) out[ip * ostride[p] + j] = in[ip + j * c->s[3]];
+      }
+    }
+  }
+}
+
+kd_status kd_permute(kd_pool *pool, const float *in, int rank, const int64_t *shape,
+                     const int *perm, float *out) {
+  if (rank < 1 || rank > 4) return KD_ERR_INVALID;
+  bool seen[4] = {false, false, false, false};
+  for (int d = 0; d < rank; d++) {
+    if (shape[d] < 0 || perm[d] < 0 || perm[d] >= rank || seen[perm[d]]) return KD_ERR_INVALID;
+    seen[perm[d]] = true;
+  }
+  /* in strides, with size-1 dims squeezed out (their stride never counts),
+     so the dim read contiguously below always has a size > 1 */
+  int64_t istride[4], total = 1;
+  for (int d = rank - 1; d >= 0; d--) {
+    istride[d] = shape[d] == 1 ? 0 : total;
+    total *= shape[d];
+  }
+  if (total == 0) return KD_OK;
+  /* the out dims of size > 1, right-aligned in 4 dims padded with 1s */
+  permute_ctx c = {.in = in, .out = out, .o = {1, 1, 1, 1}, .s = {0, 0, 0, 0}, .p = 3};
+  int j = 4;
+  for (int i = rank - 1; i >= 0; i--)
+    if (shape[perm[i]] > 1) {
+      c.o[--j] = shape[perm[i]];
+      c.s[j] = istride[perm[i]];
+    }
+  if (c.s[3] == 1 || c.o[3] == 1) { /* the last axis stays: contiguous rows */
+    kd_pool_parallel_for(pool, c.o[0] * c.o[1] * c.o[2], c.o[3] >= 256 ? 1 : 256 / c.o[3] + 1,
+                         permute_rows, &c);
+    return KD_OK;
+  }
+  for (int d = 0; d < 3; d++)
+    if (c.s[d] == 1) c.p = d;
+  int nq = 0;
+  for (int d = 0; d < 3; d++)
+    if (d != c.p) c.q[nq++] = d;
+  kd_pool_parallel_for(pool, c.o[c.q[0]] * c.o[c.q[1]], 1, permute_tiles, &c);
+  return KD_OK;
+}
+
+kd_status kd_split_heads(kd_pool *pool, const float *in, int64_t B, int64_t T, int64_t H,
+                         int64_t Dh, float *out) {
+  static const int perm[4] = {0, 2, 1, 3};
+  int64_t shape[4] = {B, T, H, Dh};
+  return kd_permute(pool, in, 4, shape, perm, out);
+}
+
+kd_status kd_merge_heads(kd_pool *pool, const float *in, int64_t B, int64_t H, int64_t T,
+                         int64_t Dh, float *out) {
+  static const int perm[4] = {0, 2, 1, 3};
+  int64_t shape[4] = {B, H, T, Dh};
+  return kd_permute(pool, in, 4, shape, perm, out);
+}

@@ -1,0 +1,97 @@
+/* Compute kernels of the model fast path: the products, gathers and layout
+ * changes a compiled training step calls between its fused row kernels.
+ *
+ * The runtime knows no IR: plain f32 pointers, sizes and strides, all arrays
+ * row-major (C order) and contiguous unless a stride says otherwise. The
+ * IR op each kernel implements is named next to it (ir/ops.def, semantics in
+ * ir/refexec.c).
+ *
+ * Threads. Matrix products go through OpenBLAS sgemm on its own threads;
+ * everything else runs on our kd_pool. The two never run at once: a step
+ * calls sgemm from the thread that drives the step, never from inside a
+ * pool task (OpenBLAS's pthread build would nest its threads inside ours,
+ * 2 x 2 threads on 2 cores). kd_blas_set_threads gives OpenBLAS as many
+ * threads as the pool has, so a step uses the same cores throughout.
+ *
+ * Determinism: every kernel gives bit-identical results whatever the
+ * thread count; kd_scatter_add_rows sums each destination row in the
+ * order of the ids, never with float atomics.
+ *
+ * Legend: B = batch, M, K, N = matrix sizes, V = table rows, D = row width,
+ * T = sequence, H = heads, Dh = head width. */
+#ifndef KD_KERNELS_H
+#define KD_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+#include "threadpool.h"
+
+/* OpenBLAS's thread count (n <= 0: 1); kd_blas_threads reads it back. */
+void kd_blas_set_threads(int n);
+int kd_blas_threads(void);
+
+/* The general batched product, one cblas_sgemm per batch item:
+ *   C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b],   b in [0, batch)
+ * op(A) is [M, K] (A is stored [K, M] when trans_a), op(B) is [K, N] (stored
+ * [N, K] when trans_b), C is [M, N]. stride_* is the number of floats from
+ * one batch item to the next; stride_b = 0 shares one B across the batch.
+ * beta = 0 overwrites C (NaNs in it are ignored, as BLAS specifies).
+ * KD_ERR_INVALID on a negative size. */
+typedef struct kd_gemm {
+  int64_t batch, m, n, k;
+  bool trans_a, trans_b;
+  float alpha, beta;
+  int64_t stride_a, stride_b, stride_c;
+} kd_gemm;
+kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c);
+
+/* MATMUL and its two adjoints, for a [B, M, K] and b [K, N] (b_shared) or
+ * b [B, K, N]; c, dc are [B, M, N]. beta = 1 accumulates into the output
+ * (a gradient that has other contributions), beta = 0 overwrites it.
+ *   forward:  c  = a @ b               shared b: one [B*M, K] x [K, N] call
+ *   grad_a:   da = dc @ b^T            shared b: one [B*M, N] x [N, K] call
+ *   grad_b:   db = a^T @ dc            shared b: summed over the batch, as
+ *             one [K, B*M] x [B*M, N] call (db is [K, N]); else [B, K, N] */
+kd_status kd_matmul(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
+                    const float *b, float *c);
+kd_status kd_matmul_grad_a(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+                           const float *dc, const float *b, float beta, float *da);
+kd_status kd_matmul_grad_b(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+                           const float *a, const float *dc, float beta, float *db);
+
+/* GATHER_ROWS (the embedding's forward): out[i, :] = table[ids[i], :] for
+ * i in [0, n); table [V, D], out [n, D]. An id outside [0, V) gives
+ * KD_ERR_INVALID with "id 300 at position 17 is outside the table's 256
+ * rows" in err, and out unwritten. */
+kd_status kd_gather_rows(kd_pool *pool, const float *table, int64_t V, int64_t D,
+                         const int64_t *ids, int64_t n, float *out, char *err, size_t errlen);
+
+/* SCATTER_ADD_ROWS (its adjoint): table[ids[i], :] += rows[i, :] for every
+ * i, each destination row summed in increasing i; table is zeroed first
+ * unless accumulate. The ids are sorted by destination (a counting sort,
+ * n + V + 1 scratch indices) and the pool splits the destination rows;
+ * rows and table must not overlap.
+ * Errors as kd_gather_rows, table then untouched; KD_ERR_NOMEM. */
+kd_status kd_scatter_add_rows(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
+                              int64_t V, int64_t D, bool accumulate, float *table, char *err,
+                              size_t errlen);
+
+/* PERMUTE: out dim i is in dim perm[i], for rank 1..4; shape is in's. A
+ * permutation that keeps the last axis copies contiguous rows; one that
+ * moves it transposes in 16 x 16 tiles, so both reads and writes run along
+ * cache lines. KD_ERR_INVALID on a bad rank or permutation. */
+kd_status kd_permute(kd_pool *pool, const float *in, int rank, const int64_t *shape,
+                     const int *perm, float *out);
+
+/* Attention's head split and merge: [B, T, H, Dh] -> [B, H, T, Dh] and back
+ * ([B, H, T, Dh] -> [B, T, H, Dh] is the same swap of the middle axes with
+ * T and H exchanged). */
+kd_status kd_split_heads(kd_pool *pool, const float *in, int64_t B, int64_t T, int64_t H,
+                         int64_t Dh, float *out);
+kd_status kd_merge_heads(kd_pool *pool, const float *in, int64_t B, int64_t H, int64_t T,
+                         int64_t Dh, float *out);
+
+#endif /* KD_KERNELS_H */
