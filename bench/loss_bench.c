@@ -81,7 +81,7 @@ static int split_list(char *s, char **items, int max) {
 static int parse_args(int argc, char **argv, options *o) {
   static char shapes[] = "512x32000,2048x32000,4096x50257,512x128256";
   static char threads[] = "1,2";
-  static char losses[] = "fkl,rkl,jsd,tvd,sym_kl,skew_fkl,skew_rkl,ce";
+  static char losses[] = "fkl,rkl,jsd,tvd,sym_kl,skew_fkl,skew_rkl,abkd,ce";
   char *sh = shapes, *th = threads, *lo = losses;
   o->repeats = 5;
   o->specs = KDC_EXAMPLES_DIR;
