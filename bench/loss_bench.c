@@ -6,7 +6,8 @@
  *
  *   kdc_loss_bench [--shapes 512x32000,2048x32000,4096x50257,512x128256]
  *                  [--threads 1,2] [--loss fkl,rkl,...] [--repeats 5]
- *                  [--specs DIR] [--no-torch] [--python PY] [--nontemporal 0|1]
+ *                  [--specs DIR] [--no-torch] [--python PY] [--torch-repeats R]
+ *                  [--nontemporal 0|1]
  *
  * The baseline's interpreter is --python, else $KDC_PYTHON, else python3
  * from PATH (Debian's python3-torch is importable from /usr/bin/python3
@@ -48,7 +49,7 @@ typedef struct options {
   int threads[MAX_ITEMS], nthreads;
   char *loss[MAX_ITEMS];
   int nloss;
-  int repeats;
+  int repeats, torch_repeats; /* PyTorch eager is 10-50 times slower: fewer repeats */
   const char *specs;
   int torch;
   const char *python; /* the interpreter that runs torch_losses.py */
@@ -101,6 +102,7 @@ static int parse_args(int argc, char **argv, options *o) {
     else if (!strcmp(a, "--repeats")) o->repeats = atoi(argv[++i]);
     else if (!strcmp(a, "--specs")) o->specs = argv[++i];
     else if (!strcmp(a, "--python")) o->python = argv[++i];
+    else if (!strcmp(a, "--torch-repeats")) o->torch_repeats = atoi(argv[++i]);
     else if (!strcmp(a, "--nontemporal")) o->nontemporal = atoi(argv[++i]);
     else return 0;
   }
@@ -113,8 +115,9 @@ static int parse_args(int argc, char **argv, options *o) {
   for (int i = 0; i < nt; i++) o->threads[i] = atoi(items[i]);
   o->nthreads = nt;
   o->nloss = split_list(lo, o->loss, MAX_ITEMS);
+  if (!o->torch_repeats) o->torch_repeats = o->repeats;
   /* it goes into a shell command in single quotes */
-  return o->repeats >= 1 && o->nshapes && o->nthreads && o->nloss && !strchr(o->python, '\'');
+  return o->repeats >= 1 && o->torch_repeats >= 1 && o->nshapes && o->nthreads && o->nloss && !strchr(o->python, '\'');
 }
 
 /* The spec's objective through the whole pipeline; NULL on error (printed). */
@@ -144,7 +147,7 @@ static int torch_row(const options *o, const char *name, int64_t n, int64_t v, i
   char cmd[2048], line[4096] = "";
   snprintf(cmd, sizeof cmd,
            "'%s' '%s/torch_losses.py' --one %s --shape %lldx%lld --threads %d --repeats %d 2>/dev/null",
-           o->python, KDC_BENCH_DIR, name, (long long)n, (long long)v, threads, o->repeats);
+           o->python, KDC_BENCH_DIR, name, (long long)n, (long long)v, threads, o->torch_repeats);
   FILE *p = popen(cmd, "r");
   if (!p) return 0;
   while (fgets(line, sizeof line, p)) {}
@@ -180,7 +183,8 @@ int main(int argc, char **argv) {
   memset(&o, 0, sizeof o);
   if (!parse_args(argc, argv, &o)) {
     fprintf(stderr, "usage: kdc_loss_bench [--shapes NxV,...] [--threads 1,2] [--loss fkl,...] "
-                    "[--repeats R] [--specs DIR] [--no-torch] [--python PY] [--nontemporal 0|1]\n"
+                    "[--repeats R] [--specs DIR] [--no-torch] [--python PY] [--torch-repeats R]\n"
+                    "       [--nontemporal 0|1]\n"
                     "  PY: the interpreter for the PyTorch baseline (default $KDC_PYTHON, else "
                     "python3)\n");
     return 2;
@@ -191,7 +195,7 @@ int main(int argc, char **argv) {
     o.torch = 0;
   } else if (o.torch) {
     printf("# PyTorch baseline: %s bench/torch_losses.py, eager forward + backward, same shape and "
-           "threads\n", o.python);
+           "threads, best of %d\n", o.python, o.torch_repeats);
   }
   size_t maxn = 0;
   for (int i = 0; i < o.nshapes; i++)
