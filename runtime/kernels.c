@@ -161,8 +161,8 @@ typedef struct permute_ctx {
   const float *in;
   float *out;
   int64_t o[4], s[4];
-  int p; /* the out dim read contiguously; 3 for row copies */
-  int64_t q[2];  /* tiled case: the two other dims (sizes o[q[0]], o[q[1]]) */
+  int p;    /* the out dim read contiguously; 3 for row copies */
+  int q[2]; /* tiled case: the two other out dims */
 } permute_ctx;
 
 static void permute_rows(void *vctx, int64_t begin, int64_t end, int worker) {
@@ -180,18 +180,17 @@ static void permute_tiles(void *vctx, int64_t begin, int64_t end, int worker) {
   const permute_ctx *c = vctx;
   int p = c->p;
   int64_t ostride[4] = {c->o[1] * c->o[2] * c->o[3], c->o[2] * c->o[3], c->o[3], 1};
-  int64_t qa = c->q[0], qb = c->q[1];
-  for (int64_t r = begin; r < end; r++) { /* r = ia * o[qb] + ib over the other dims */
-    int64_t ia = r / c->o[qb], ib = r % c->o[qb];
+  int qa = c->q[0], qb = c->q[1];
+  int64_t ptiles = (c->o[p] + TILE - 1) / TILE;
+  for (int64_t r = begin; r < end; r++) { /* r = (ia * o[qb] + ib) * ptiles + tile of dim p */
+    int64_t p0 = r % ptiles * TILE, ia = r / ptiles / c->o[qb], ib = r / ptiles % c->o[qb];
+    int64_t p1 = p0 + TILE < c->o[p] ? p0 + TILE : c->o[p];
     const float *in = c->in + ia * c->s[qa] + ib * c->s[qb];
     float *out = c->out + ia * ostride[qa] + ib * ostride[qb];
-    for (int64_t p0 = 0; p0 < c->o[p]; p0 += TILE) {
-      int64_t p1 = p0 + TILE < c->o[p] ? p0 + TILE : c->o[p];
-      for (int64_t j0 = 0; j0 < c->o[3]; j0 += TILE) {
-        int64_t j1 = j0 + TILE < c->o[3] ? j0 + TILE : c->o[3];
-        for (int64_t ip = p0; ip < p1; ip++)
-          for (int64_t j = j0; j < j1; j++) out[ip * ostride[p] + j] = in[ip + j * c->s[3]];
-      }
+    for (int64_t j0 = 0; j0 < c->o[3]; j0 += TILE) {
+      int64_t j1 = j0 + TILE < c->o[3] ? j0 + TILE : c->o[3];
+      for (int64_t ip = p0; ip < p1; ip++)
+        for (int64_t j = j0; j < j1; j++) out[ip * ostride[p] + j] = in[ip + j * c->s[3]];
     }
   }
 }
@@ -230,7 +229,9 @@ kd_status kd_permute(kd_pool *pool, const float *in, int rank, const int64_t *sh
   int nq = 0;
   for (int d = 0; d < 3; d++)
     if (d != c.p) c.q[nq++] = d;
-  kd_pool_parallel_for(pool, c.o[c.q[0]] * c.o[c.q[1]], 1, permute_tiles, &c);
+  /* one task per strip of TILE rows of dim p in each (q0, q1) plane */
+  kd_pool_parallel_for(pool, c.o[c.q[0]] * c.o[c.q[1]] * ((c.o[c.p] + TILE - 1) / TILE), 1,
+                       permute_tiles, &c);
   return KD_OK;
 }
 

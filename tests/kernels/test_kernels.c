@@ -84,6 +84,10 @@ static void test_gemm_general(void) {
       CHECK(gemm_check(&p, a, b, c0, c) == 0);
       free(a), free(b), free(c0), free(c);
     }
+  /* beta = 0 overwrites C: NaNs already there do not leak into it */
+  float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {1, -1, 2}, c[2] = {NAN, NAN};
+  kd_gemm p = {.batch = 1, .m = 2, .n = 1, .k = 3, .alpha = 1};
+  CHECK(kd_gemm_run(&p, a, b, c) == KD_OK && c[0] == 5 && c[1] == 11);
   kd_gemm neg = {.batch = 1, .m = -1, .n = 1, .k = 1};
   float x = 0;
   CHECK(kd_gemm_run(&neg, &x, &x, &x) == KD_ERR_INVALID);

@@ -81,7 +81,6 @@ static void test_views(void) {
            p.values[a].last);
   TU_CHECK(p.arena_bytes == 768 && p.value_bytes == 768, "views: arena %lld, values %lld",
            (long long)p.arena_bytes, (long long)p.value_bytes);
-  /* a view of an output's base keeps the base to the end */
   kd_memplan_free(&p);
   kd_graph_free(g);
 }
