@@ -249,14 +249,16 @@ static LLVMValueRef emit_unary(emitter *e, kd_opcode op, LLVMValueRef x, vclass 
     return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, ""),
                            LLVMBuildNeg(e->b, x, ""), x, "");
   case KD_IR_SIGN: {
-    LLVMValueRef one = c == CL_F ? kd_ir_fconst(t, 1) : kd_ir_iconst(t, 1);
-    LLVMValueRef mone = c == CL_F ? kd_ir_fconst(t, -1) : kd_ir_iconst(t, -1);
-    LLVMValueRef pos = c == CL_F ? LLVMBuildFCmp(e->b, LLVMRealOGT, x, zero, "")
-                                 : LLVMBuildICmp(e->b, LLVMIntSGT, x, zero, "");
-    LLVMValueRef neg = c == CL_F ? LLVMBuildFCmp(e->b, LLVMRealOLT, x, zero, "")
-                                 : LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, "");
-    /* 0 and nan stay themselves */
-    return LLVMBuildSelect(e->b, pos, one, LLVMBuildSelect(e->b, neg, mone, x, ""), "");
+    if (c == CL_F) {
+      /* copysign(1, x), but 0 and nan stay themselves: one compare, not two */
+      LLVMValueRef args[2] = {kd_ir_fconst(t, 1), x};
+      LLVMValueRef s1 = kd_ir_intrinsic(e->b, "llvm.copysign", t, args, 2);
+      return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealUEQ, x, zero, ""), x, s1, "");
+    }
+    LLVMValueRef pos = LLVMBuildICmp(e->b, LLVMIntSGT, x, zero, "");
+    LLVMValueRef neg = LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, "");
+    return LLVMBuildSelect(e->b, pos, kd_ir_iconst(t, 1),
+                           LLVMBuildSelect(e->b, neg, kd_ir_iconst(t, -1), x, ""), "");
   }
   case KD_IR_CAST: /* already converted */
   case KD_IR_STOPGRAD: return x;
