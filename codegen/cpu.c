@@ -501,7 +501,7 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   }
   if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
   if (is_softmax_exp(e, n))
-    return e->vval[id] = kd_emit_exp_nonpos_z(e->b, elem_value(e, n->src[0]), &e->vzero[id]);
+    return e->vval[id] = kd_emit_exp_row(e->b, elem_value(e, n->src[0]), &e->vzero[id]);
   LLVMValueRef shifted = shift_by_scalar(e, id);
   if (shifted) return e->vval[id] = shifted;
   LLVMValueRef v[KD_MAX_SRC] = {0};
@@ -704,7 +704,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
                                        class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
     /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
-    LLVMValueRef wz, w = kd_emit_exp_nonpos_z(e->b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
+    LLVMValueRef wz, w = kd_emit_exp_row(e->b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi) continue;

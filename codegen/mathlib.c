@@ -68,8 +68,10 @@ static LLVMValueRef horner(LLVMBuilderRef b, LLVMValueRef x, const double *c, in
  * float and bits(t) << 23 is n << 23 (the magic's own bits shift out). e^r
  * is a degree-6 polynomial fitted for relative error on the reduced range
  * (1.7e-8 before rounding); 2^n is added straight into the exponent bits,
- * which cannot overflow or go subnormal in this range. 15 instructions. */
-static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc) {
+ * which cannot overflow or go subnormal in this range. 15 instructions.
+ * With `onestep`, r = x - n ln2 with ln2 rounded to f32 once (1.9e-9 off):
+ * one FMA less, and r is off by |n| 1.9e-9. */
+static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc, int onestep) {
   static const double p[] = {1.3836845755577087e-3, 8.374815806746483e-3, 4.166822507977486e-2,
                              1.6666419804096222e-1, 4.9999991059303284e-1, 1.0, 1.0};
   LLVMTypeRef ty = LLVMTypeOf(xc);
@@ -78,8 +80,8 @@ static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc) {
   LLVMValueRef t = kd_ir_fma(b, xc, kd_ir_fconst(ty, 1.44269504088896341), magic);
   LLVMValueRef fn = LLVMBuildFSub(b, t, magic, "");
   /* r = x - n ln2 in two steps (ln2 = C1 + C2, C1 exact in 9 bits) */
-  LLVMValueRef r = kd_ir_fma(b, fn, kd_ir_fconst(ty, -0.693359375), xc);
-  r = kd_ir_fma(b, fn, kd_ir_fconst(ty, 2.12194440e-4), r);
+  LLVMValueRef r = kd_ir_fma(b, fn, kd_ir_fconst(ty, onestep ? -0.69314718055994531 : -0.693359375), xc);
+  if (!onestep) r = kd_ir_fma(b, fn, kd_ir_fconst(ty, 2.12194440e-4), r);
   LLVMValueRef y = horner(b, r, p, 7);
   LLVMValueRef n23 = LLVMBuildShl(b, LLVMBuildBitCast(b, t, ity, ""), kd_ir_iconst(ity, 23), "");
   LLVMValueRef bits = LLVMBuildAdd(b, LLVMBuildBitCast(b, y, ity, ""), n23, "");
@@ -90,7 +92,7 @@ static LLVMValueRef exp_core(LLVMBuilderRef b, LLVMValueRef xc) {
  * poison: it has no float-to-int conversion); the selects replace it. */
 LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
   LLVMTypeRef ty = LLVMTypeOf(x);
-  LLVMValueRef res = exp_core(b, x);
+  LLVMValueRef res = exp_core(b, x, 0);
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, EXP_LO), ""),
                         kd_ir_fconst(ty, 0.0), res, "");
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOGT, x, kd_ir_fconst(ty, EXP_HI), ""),
@@ -98,15 +100,19 @@ LLVMValueRef kd_emit_exp(LLVMBuilderRef b, LLVMValueRef x) {
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, res, "exp");
 }
 
-LLVMValueRef kd_emit_exp_nonpos_z(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero) {
+static LLVMValueRef exp_nonpos(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero, int onestep) {
   LLVMTypeRef ty = LLVMTypeOf(x);
   LLVMValueRef small = LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, EXP_LO), "");
   if (zero) *zero = small; /* exp_core is at least FLT_MIN from EXP_LO up */
-  return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, x), "exp");
+  return LLVMBuildSelect(b, small, kd_ir_fconst(ty, 0.0), exp_core(b, x, onestep), "exp");
 }
 
 LLVMValueRef kd_emit_exp_nonpos(LLVMBuilderRef b, LLVMValueRef x) {
-  return kd_emit_exp_nonpos_z(b, x, NULL);
+  return exp_nonpos(b, x, NULL, 0);
+}
+
+LLVMValueRef kd_emit_exp_row(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero) {
+  return exp_nonpos(b, x, zero, 1);
 }
 
 /* log(x) = e ln2 + log(m), x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f)
