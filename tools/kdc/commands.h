@@ -20,5 +20,7 @@ int kdc_cmd_emit_ir(int argc, char **argv);
 int kdc_cmd_eval_loss(int argc, char **argv);
 int kdc_cmd_tokenize(int argc, char **argv);
 int kdc_cmd_compile_loss(int argc, char **argv);
+int kdc_cmd_init(int argc, char **argv);
+int kdc_cmd_params(int argc, char **argv);
 
 #endif /* KDC_COMMANDS_H */

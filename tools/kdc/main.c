@@ -13,6 +13,9 @@ static const kdc_command commands[] = {
    kdc_cmd_eval_loss},
   {"tokenize", "write a text file's bytes as a token file (.bin) for training", kdc_cmd_tokenize},
   {"compile-loss", "compile a spec's objective to a library, an object file or PTX", kdc_cmd_compile_loss},
+  {"init", "write a model instance's initialised weights (safetensors)", kdc_cmd_init},
+  {"params", "list a model instance's parameters; check a weights file against them",
+   kdc_cmd_params},
 };
 
 static void usage(FILE *out) {
