@@ -71,6 +71,7 @@ static const tcase cases[] = {
    * long for the row cache (recomputed) */
   {TL_JSD, 2, 20000, 1, 1e4, 0, 0, KD_F32, 4, 0, 0}, {TL_TVD, 3, 5000, 2, 1e4, 0.3, 1, KD_F32, 0, 0, 0},
   {TL_JSD, 1, 140000, 1, 0, 0, 0, KD_F32, 0, 0, 0}, {TL_TVD, 2, 140000, 1, 1e4, 0, 0, KD_F32, 0, 0, 0},
+  {TL_TVD, 2, 4096, 1, 30, 0, 0, KD_F32, 0, 0, 0}, /* whole blocks, no tail, at any width up to 64 */
   /* the loss alone: forward KL and reverse KL fold into one pass */
   {TL_FKL, 4, 1000, 2, 0, 0, 1, KD_F32, 0, 0, 1}, {TL_RKL, 3, 33, 1, 0, 0.3, 0, KD_F32, 0, 0, 1},
   {TL_JSD, 3, 500, 1, 0, 0, 0, KD_BF16, 0, 0, 1},
