@@ -216,12 +216,12 @@ static int kd_params_same_shape(const kd_ptensor *t, const kd_st_tensor *f) {
   return 1;
 }
 
-/* "N tensors missing: ..." or "N unexpected tensors: ...". */
-static void kd_params_missing(const kd_params *P, const kd_safetensors *st, const char *path,
+/* "N tensors missing: ..." and "N unexpected tensors: ..."; each returns N. */
+static int kd_params_missing(const kd_params *P, const kd_safetensors *st, const char *path,
                               char *err, size_t errlen) {
   int n = 0;
   for (int i = 0; i < P->n; i++) n += !kd_st_find(st, P->t[i].name);
-  if (!n) return;
+  if (!n) return 0;
   char list[1024] = "";
   size_t k = 0;
   for (int i = 0, listed = 0; i < P->n && listed < KD_PARAMS_LIST; i++) {
@@ -233,13 +233,14 @@ static void kd_params_missing(const kd_params *P, const kd_safetensors *st, cons
   if (n > KD_PARAMS_LIST && k < sizeof list)
     snprintf(list + k, sizeof list - k, " and %d more", n - KD_PARAMS_LIST);
   kd_params_line(err, errlen, "%s: %d tensor%s missing: %s", path, n, n == 1 ? "" : "s", list);
+  return n;
 }
 
-static void kd_params_unexpected(const kd_params *P, const kd_safetensors *st, const char *path,
+static int kd_params_unexpected(const kd_params *P, const kd_safetensors *st, const char *path,
                                  char *err, size_t errlen) {
   int n = 0, count = kd_st_count(st);
   for (int i = 0; i < count; i++) n += kd_params_find(P, kd_st_at(st, i)->name) < 0;
-  if (!n) return;
+  if (!n) return 0;
   char list[1536] = "";
   size_t k = 0;
   for (int i = 0, listed = 0; i < count && listed < KD_PARAMS_LIST; i++) {
@@ -255,14 +256,14 @@ static void kd_params_unexpected(const kd_params *P, const kd_safetensors *st, c
   if (n > KD_PARAMS_LIST && k < sizeof list)
     snprintf(list + k, sizeof list - k, " and %d more", n - KD_PARAMS_LIST);
   kd_params_line(err, errlen, "%s: %d unexpected tensor%s: %s", path, n, n == 1 ? "" : "s", list);
+  return n;
 }
 
 kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const char *path,
                           char *err, size_t errlen) {
   if (err && errlen) err[0] = 0;
-  kd_params_missing(P, st, path, err, errlen);
-  kd_params_unexpected(P, st, path, err, errlen);
-  int bad = 0;
+  int bad = 0, named = kd_params_missing(P, st, path, err, errlen);
+  named += kd_params_unexpected(P, st, path, err, errlen);
   for (int i = 0; i < P->n; i++) {
     const kd_ptensor *t = &P->t[i];
     const kd_st_tensor *f = kd_st_find(st, t->name);
@@ -283,7 +284,7 @@ kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const ch
   }
   if (bad > KD_PARAMS_LIST)
     kd_params_line(err, errlen, "%s: ... and %d more mismatches", path, bad - KD_PARAMS_LIST);
-  return err && errlen && err[0] ? KD_ERR_FORMAT : KD_OK;
+  return named || bad ? KD_ERR_FORMAT : KD_OK;
 }
 
 /* ---- loading -------------------------------------------------------------- */

@@ -234,6 +234,13 @@ static void test_validation(void) {
            "%s: tensor \"layer.bias\": shape [1, 3] in the file, [3] in the model\n"
            "%s: tensor \"norm.weight\": dtype I32, not F32, BF16 or F16", path, path, path);
   expect_load_error(path, msg);
+  /* Without a message buffer the answer is the same. */
+  kd_params M = model3();
+  kd_safetensors *st = NULL;
+  CHECK(kd_st_open(path, &st, NULL, 0) == KD_OK);
+  if (st) CHECK(kd_params_check(&M, st, path, NULL, 0) == KD_ERR_FORMAT);
+  kd_st_close(st);
+  kd_params_free(&M);
 
   /* Not safetensors at all: the reader's message, values unchanged. */
   CHECK(write_bytes(path, "nope", 4) == 0);
