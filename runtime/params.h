@@ -24,8 +24,8 @@
  * the floats are the same wherever libm's log, cos and sin are (sqrt is
  * exact IEEE), and since a result is rounded from double to float, a
  * last-bit difference in double changes a float in about one case in 2^29.
- * Box-Muller rather than the Ziggurat: no tables, two libm calls per pair
- * of values, and init is not a hot path (124M values in about a second). */
+ * Box-Muller rather than the Ziggurat: no tables, and init is not a hot
+ * path: about 16 ns a value at -O2 on one core (130M values in 2.1 s). */
 #ifndef KD_PARAMS_H
 #define KD_PARAMS_H
 
