@@ -13,9 +13,9 @@
 #include "dtype.h"
 #include "fileio.h"
 
-#define KD_PARAMS_ALIGN 64                           /* bytes */
+#define KD_PARAMS_ALIGN   64                                /* bytes */
 #define KD_PARAMS_ALIGN_F (KD_PARAMS_ALIGN / sizeof(float)) /* floats */
-#define KD_PARAMS_LIST 5 /* names listed per problem before "and K more" */
+#define KD_PARAMS_LIST    5 /* names listed per problem before "and K more" */
 
 const char *kd_pinit_str(kd_pinit init, char *buf, size_t len) {
   switch (init.kind) {
@@ -47,13 +47,16 @@ kd_status kd_params_add(kd_params *P, const char *name, int rank, const int64_t 
   for (int d = 0; d < rank; d++) {
     /* 2^40 floats bound every dimension and the product: no overflow below. */
     if (shape[d] < 1 || shape[d] > (INT64_C(1) << 40) || numel > (INT64_C(1) << 40) / shape[d])
-      return kd_errf(err, errlen, KD_ERR_INVALID, "parameter \"%s\": dimension %d is %" PRId64
-                     " (each must be >= 1, the total at most 2^40)", name, d, shape[d]);
+      return kd_errf(err, errlen, KD_ERR_INVALID,
+                     "parameter \"%s\": dimension %d is %" PRId64
+                     " (each must be >= 1, the total at most 2^40)",
+                     name, d, shape[d]);
     numel *= shape[d];
   }
   if (init.kind == KD_PINIT_NORMAL && !(init.std >= 0 && isfinite(init.std) && isfinite(init.mean)))
-    return kd_errf(err, errlen, KD_ERR_INVALID, "parameter \"%s\": normal(%g, %g) is not a distribution",
-                   name, init.mean, init.std);
+    return kd_errf(err, errlen, KD_ERR_INVALID,
+                   "parameter \"%s\": normal(%g, %g) is not a distribution", name, init.mean,
+                   init.std);
   if (P->n == P->cap) {
     int cap = P->cap ? 2 * P->cap : 16;
     kd_ptensor *t = realloc(P->t, (size_t)cap * sizeof *t);
@@ -97,6 +100,14 @@ void kd_params_free(kd_params *P) {
 
 float *kd_params_data(const kd_params *P, int i) {
   return P->arena ? P->arena + P->t[i].offset : NULL;
+}
+
+const char *kd_params_shape_str(int rank, const int64_t *shape, char *buf, size_t len) {
+  size_t k = (size_t)snprintf(buf, len, "[");
+  for (int d = 0; d < rank && k < len; d++)
+    k += (size_t)snprintf(buf + k, len - k, "%s%" PRId64, d ? ", " : "", shape[d]);
+  if (k < len) snprintf(buf + k, len - k, "]");
+  return buf;
 }
 
 int64_t kd_params_count(const kd_params *P) {
@@ -154,7 +165,8 @@ kd_status kd_params_init(kd_params *P, uint64_t seed, char *err, size_t errlen) 
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static void kd_params_line(char *err, size_t errlen, const char *fmt, ...) {
+static void
+kd_params_line(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || !errlen) return;
   size_t at = strlen(err);
   if (at && at + 1 < errlen) err[at++] = '\n', err[at] = 0;
@@ -163,13 +175,6 @@ static void kd_params_line(char *err, size_t errlen, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(err + at, errlen - at, fmt, ap);
   va_end(ap);
-}
-
-static void kd_params_shape_str(char *buf, size_t len, int rank, const int64_t *shape) {
-  size_t k = (size_t)snprintf(buf, len, "[");
-  for (int d = 0; d < rank && k < len; d++)
-    k += (size_t)snprintf(buf + k, len - k, "%s%" PRId64, d ? ", " : "", shape[d]);
-  if (k < len) snprintf(buf + k, len - k, "]");
 }
 
 /* Levenshtein distance, or a large number for names past 127 bytes. */
@@ -218,7 +223,7 @@ static int kd_params_same_shape(const kd_ptensor *t, const kd_st_tensor *f) {
 
 /* "N tensors missing: ..." and "N unexpected tensors: ..."; each returns N. */
 static int kd_params_missing(const kd_params *P, const kd_safetensors *st, const char *path,
-                              char *err, size_t errlen) {
+                             char *err, size_t errlen) {
   int n = 0;
   for (int i = 0; i < P->n; i++) n += !kd_st_find(st, P->t[i].name);
   if (!n) return 0;
@@ -227,7 +232,8 @@ static int kd_params_missing(const kd_params *P, const kd_safetensors *st, const
   for (int i = 0, listed = 0; i < P->n && listed < KD_PARAMS_LIST; i++) {
     if (kd_st_find(st, P->t[i].name)) continue;
     if (k < sizeof list)
-      k += (size_t)snprintf(list + k, sizeof list - k, "%s\"%s\"", listed ? ", " : "", P->t[i].name);
+      k +=
+          (size_t)snprintf(list + k, sizeof list - k, "%s\"%s\"", listed ? ", " : "", P->t[i].name);
     listed++;
   }
   if (n > KD_PARAMS_LIST && k < sizeof list)
@@ -237,7 +243,7 @@ static int kd_params_missing(const kd_params *P, const kd_safetensors *st, const
 }
 
 static int kd_params_unexpected(const kd_params *P, const kd_safetensors *st, const char *path,
-                                 char *err, size_t errlen) {
+                                char *err, size_t errlen) {
   int n = 0, count = kd_st_count(st);
   for (int i = 0; i < count; i++) n += kd_params_find(P, kd_st_at(st, i)->name) < 0;
   if (!n) return 0;
@@ -259,8 +265,8 @@ static int kd_params_unexpected(const kd_params *P, const kd_safetensors *st, co
   return n;
 }
 
-kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const char *path,
-                          char *err, size_t errlen) {
+kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const char *path, char *err,
+                          size_t errlen) {
   if (err && errlen) err[0] = 0;
   int bad = 0, named = kd_params_missing(P, st, path, err, errlen);
   named += kd_params_unexpected(P, st, path, err, errlen);
@@ -273,10 +279,9 @@ kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const ch
     if (bad++ >= KD_PARAMS_LIST) continue;
     if (!shape_ok) {
       char a[192], b[192];
-      kd_params_shape_str(a, sizeof a, f->rank, f->shape);
-      kd_params_shape_str(b, sizeof b, t->rank, t->shape);
       kd_params_line(err, errlen, "%s: tensor \"%s\": shape %s in the file, %s in the model", path,
-                     t->name, a, b);
+                     t->name, kd_params_shape_str(f->rank, f->shape, a, sizeof a),
+                     kd_params_shape_str(t->rank, t->shape, b, sizeof b));
     }
     if (!dtype_ok)
       kd_params_line(err, errlen, "%s: tensor \"%s\": dtype %s, not F32, BF16 or F16", path,
@@ -327,7 +332,8 @@ kd_status kd_params_load_safetensors(kd_params *P, const char *path, char *err, 
   if (s == KD_OK) s = kd_params_check(P, st, path, err, errlen);
   if (s == KD_OK) s = kd_params_alloc(P, err, errlen);
   if (s == KD_OK)
-    for (int i = 0; i < P->n; i++) kd_params_copy(kd_params_data(P, i), kd_st_find(st, P->t[i].name));
+    for (int i = 0; i < P->n; i++)
+      kd_params_copy(kd_params_data(P, i), kd_st_find(st, P->t[i].name));
   kd_st_close(st);
   return s;
 }
@@ -336,7 +342,8 @@ kd_status kd_params_load_safetensors(kd_params *P, const char *path, char *err, 
 
 kd_status kd_params_save(const kd_params *P, const char *path, const kd_params_meta *meta,
                          char *err, size_t errlen) {
-  if (!P->arena) return kd_errf(err, errlen, KD_ERR_INVALID, "%s: the parameters have no values", path);
+  if (!P->arena)
+    return kd_errf(err, errlen, KD_ERR_INVALID, "%s: the parameters have no values", path);
   kd_st_tensor *ts = calloc((size_t)P->n + 1, sizeof *ts);
   if (!ts) return kd_errf(err, errlen, KD_ERR_NOMEM, "out of memory");
   for (int i = 0; i < P->n; i++) {
@@ -352,7 +359,8 @@ kd_status kd_params_save(const kd_params *P, const char *path, const kd_params_m
   const char *kv[8];
   int nmeta = 0;
   kv[2 * nmeta] = "format", kv[2 * nmeta++ + 1] = "kdc-params";
-  if (meta && meta->kdc_version) kv[2 * nmeta] = "kdc_version", kv[2 * nmeta++ + 1] = meta->kdc_version;
+  if (meta && meta->kdc_version)
+    kv[2 * nmeta] = "kdc_version", kv[2 * nmeta++ + 1] = meta->kdc_version;
   if (meta && meta->model) kv[2 * nmeta] = "model", kv[2 * nmeta++ + 1] = meta->model;
   if (meta && meta->seed) {
     snprintf(seed, sizeof seed, "%" PRIu64, *meta->seed);

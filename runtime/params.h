@@ -65,7 +65,7 @@ typedef struct kd_ptensor {
 typedef struct kd_params {
   kd_ptensor *t; /* in the order added */
   int n, cap;
-  float *arena;  /* NULL until allocated; 64-byte aligned */
+  float *arena;   /* NULL until allocated; 64-byte aligned */
   size_t nfloats; /* the arena's size, padding included */
 } kd_params;
 
@@ -82,6 +82,8 @@ void kd_params_free(kd_params *P);
 int kd_params_find(const kd_params *P, const char *name);
 /* Tensor i's values (numel floats), or NULL before the arena exists. */
 float *kd_params_data(const kd_params *P, int i);
+/* "[2, 3]" ("[]" for a scalar) into buf; returns buf. */
+const char *kd_params_shape_str(int rank, const int64_t *shape, char *buf, size_t len);
 /* The number of parameters: the sum of numel. */
 int64_t kd_params_count(const kd_params *P);
 
@@ -98,8 +100,8 @@ kd_status kd_params_init(kd_params *P, uint64_t seed, char *err, size_t errlen);
  *   PATH: tensor "a": dtype I32, not F32, BF16 or F16
  * (one line per shape or dtype mismatch, at most 5 of each, then a line
  * "PATH: ... and K more mismatches"). path only names the file in messages. */
-kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const char *path,
-                          char *err, size_t errlen);
+kd_status kd_params_check(const kd_params *P, const kd_safetensors *st, const char *path, char *err,
+                          size_t errlen);
 /* Opens path, checks it as above and only then copies every tensor in,
  * converting BF16 and F16 to float (exactly: both widen without rounding).
  * All or nothing: on any error the values are unchanged. */

@@ -24,7 +24,8 @@
 static kd_params make_set(const char *const *names, int n, const int64_t *dims, kd_pinit init) {
   kd_params P = {0};
   char err[256];
-  for (int i = 0; i < n; i++) CHECK(kd_params_add(&P, names[i], 2, dims, init, err, sizeof err) == KD_OK);
+  for (int i = 0; i < n; i++)
+    CHECK(kd_params_add(&P, names[i], 2, dims, init, err, sizeof err) == KD_OK);
   return P;
 }
 
@@ -97,7 +98,9 @@ static void test_seeds_and_names(void) {
   for (int i = 0; i < 4; i++) {
     uint32_t bits;
     memcpy(&bits, &kd_params_data(&P1, 0)[i], 4);
-    if (bits != want[i]) fprintf(stderr, "a[%d] = 0x%08x (%g), want 0x%08x\n", i, bits, kd_params_data(&P1, 0)[i], want[i]);
+    if (bits != want[i])
+      fprintf(stderr, "a[%d] = 0x%08x (%g), want 0x%08x\n", i, bits, kd_params_data(&P1, 0)[i],
+              want[i]);
     CHECK(bits == want[i]);
   }
   kd_params_free(&P1);
@@ -113,7 +116,8 @@ static void test_add_errors(void) {
   CHECK(kd_params_add(&P, "", 1, ok, kd_pinit_zeros(), err, sizeof err) == KD_ERR_INVALID);
   CHECK(!strcmp(err, "parameter with an empty name"));
   CHECK(kd_params_add(&P, "w", 2, zero, kd_pinit_zeros(), err, sizeof err) == KD_ERR_INVALID);
-  CHECK(!strcmp(err, "parameter \"w\": dimension 1 is 0 (each must be >= 1, the total at most 2^40)"));
+  CHECK(!strcmp(err,
+                "parameter \"w\": dimension 1 is 0 (each must be >= 1, the total at most 2^40)"));
   CHECK(kd_params_add(&P, "w", 1, ok, kd_pinit_normal(0, -1), err, sizeof err) == KD_ERR_INVALID);
   CHECK(!strcmp(err, "parameter \"w\": normal(0, -1) is not a distribution"));
   CHECK(kd_params_add(&P, "w", 9, ok, kd_pinit_zeros(), err, sizeof err) == KD_ERR_INVALID);
@@ -215,24 +219,29 @@ static void test_validation(void) {
   const kd_st_tensor extra[] = {T2("layer.weight", 4, 3), T1("layer.bias", 3), T1("norm.weight", 3),
                                 T1("norm.wieght", 3), T1("x", 1)};
   write_file(path, extra, 5);
-  snprintf(msg, sizeof msg, "%s: 2 unexpected tensors: \"norm.wieght\" (did you mean \"norm.weight\"?), \"x\"", path);
+  snprintf(msg, sizeof msg,
+           "%s: 2 unexpected tensors: \"norm.wieght\" (did you mean \"norm.weight\"?), \"x\"",
+           path);
   expect_load_error(path, msg);
 
-  const kd_st_tensor many[] = {T1("a1", 1), T1("a2", 1), T1("a3", 1), T1("a4", 1), T1("a5", 1),
-                               T1("a6", 1), T1("a7", 1)};
+  const kd_st_tensor many[] = {T1("a1", 1), T1("a2", 1), T1("a3", 1), T1("a4", 1),
+                               T1("a5", 1), T1("a6", 1), T1("a7", 1)};
   write_file(path, many, 7);
   snprintf(msg, sizeof msg,
            "%s: 3 tensors missing: \"layer.weight\", \"layer.bias\", \"norm.weight\"\n"
-           "%s: 7 unexpected tensors: \"a1\", \"a2\", \"a3\", \"a4\", \"a5\" and 2 more", path, path);
+           "%s: 7 unexpected tensors: \"a1\", \"a2\", \"a3\", \"a4\", \"a5\" and 2 more",
+           path, path);
   expect_load_error(path, msg);
 
-  const kd_st_tensor shape[] = {T2("layer.weight", 3, 4), T2("layer.bias", 1, 3),
+  const kd_st_tensor shape[] = {T2("layer.weight", 3, 4),
+                                T2("layer.bias", 1, 3),
                                 {"norm.weight", KD_ST_I32, 1, {3}, NULL, 0}};
   write_file(path, shape, 3);
   snprintf(msg, sizeof msg,
            "%s: tensor \"layer.weight\": shape [3, 4] in the file, [4, 3] in the model\n"
            "%s: tensor \"layer.bias\": shape [1, 3] in the file, [3] in the model\n"
-           "%s: tensor \"norm.weight\": dtype I32, not F32, BF16 or F16", path, path, path);
+           "%s: tensor \"norm.weight\": dtype I32, not F32, BF16 or F16",
+           path, path, path);
   expect_load_error(path, msg);
   /* Without a message buffer the answer is the same. */
   kd_params M = model3();
@@ -256,8 +265,8 @@ static void test_validation(void) {
 static void test_half_dtypes(void) {
   char path[512], err[ERRLEN];
   tmpdir_file(path, sizeof path, "half.safetensors");
-  const uint16_t bf[3] = {0x3f80, 0xc040, 0x3c23};      /* 1, -3, 0.00994873046875 */
-  const uint16_t hf[3] = {0x0001, 0xfbff, 0x7c00};      /* 2^-24, -65504, inf */
+  const uint16_t bf[3] = {0x3f80, 0xc040, 0x3c23}; /* 1, -3, 0.00994873046875 */
+  const uint16_t hf[3] = {0x0001, 0xfbff, 0x7c00}; /* 2^-24, -65504, inf */
   const float wbf[3] = {1.0f, -3.0f, 0.00994873046875f};
   const float whf[3] = {5.9604644775390625e-08f, -65504.0f, INFINITY};
   kd_st_tensor ts[2] = {{"b", KD_ST_BF16, 1, {3}, bf, 6}, {"h", KD_ST_F16, 1, {3}, hf, 6}};

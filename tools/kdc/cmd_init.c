@@ -18,7 +18,7 @@
 #include "model_params.h"
 
 typedef struct kdc_params_args {
-  const char *cmd;   /* "init" or "params", for messages */
+  const char *cmd; /* "init" or "params", for messages */
   const char *spec;
   const char *model;
   const char *out;   /* init: -o */
@@ -97,7 +97,8 @@ static int parse_args(int argc, char **argv, kdc_params_args *a, void (*usage)(F
     } else if (!init && !strcmp(s, "--check") && has_value) {
       a->check = argv[++i];
     } else if (s[0] == '-' || a->spec) {
-      fprintf(stderr, "kdc %s: unexpected argument '%s' (see 'kdc %s --help')\n", a->cmd, s, a->cmd);
+      fprintf(stderr, "kdc %s: unexpected argument '%s' (see 'kdc %s --help')\n", a->cmd, s,
+              a->cmd);
       return KDC_EXIT_USAGE;
     } else {
       a->spec = s;
@@ -186,14 +187,16 @@ int kdc_cmd_init(int argc, char **argv) {
   uint64_t seed = a.has_seed ? a.seed : default_seed(prog, inst);
   char err[512];
   if (!out) {
-    fprintf(stderr, "kdc init: '%s' has no `load` file: give one with -o FILE.safetensors\n", a.model);
+    fprintf(stderr, "kdc init: '%s' has no `load` file: give one with -o FILE.safetensors\n",
+            a.model);
     rc = KDC_EXIT_USAGE;
   } else if (!a.force && access(out, F_OK) == 0) {
     fprintf(stderr, "kdc init: %s exists; --force replaces it\n", out);
     rc = KDC_EXIT_USER;
   } else {
     kd_params_meta meta = {.kdc_version = KDC_VERSION, .model = a.model, .seed = &seed};
-    if (kd_params_init(&P, seed, err, sizeof err) || kd_params_save(&P, out, &meta, err, sizeof err)) {
+    if (kd_params_init(&P, seed, err, sizeof err) ||
+        kd_params_save(&P, out, &meta, err, sizeof err)) {
       fprintf(stderr, "kdc init: %s\n", err);
       rc = KDC_EXIT_USER;
     } else {
@@ -206,25 +209,23 @@ int kdc_cmd_init(int argc, char **argv) {
   return rc;
 }
 
+/* One row per tensor, columns as wide as their longest entry. */
 static void print_params(const kd_params *P) {
   int wname = 4, wshape = 5;
-  char shape[160], init[64];
+  char shape[256], init[64];
   for (int i = 0; i < P->n; i++) {
-    int n = (int)strlen(P->t[i].name);
+    const kd_ptensor *t = &P->t[i];
+    int n = (int)strlen(t->name),
+        m = (int)strlen(kd_params_shape_str(t->rank, t->shape, shape, sizeof shape));
     if (n > wname) wname = n;
+    if (m > wshape) wshape = m;
   }
-  for (int pass = 0; pass < 2; pass++) { /* widths, then rows */
-    if (pass) printf("%-*s  %-*s  %s\n", wname, "name", wshape, "shape", "init");
-    for (int i = 0; i < P->n; i++) {
-      const kd_ptensor *t = &P->t[i];
-      size_t k = (size_t)snprintf(shape, sizeof shape, "[");
-      for (int d = 0; d < t->rank; d++)
-        k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%" PRId64, d ? ", " : "", t->shape[d]);
-      snprintf(shape + k, sizeof shape - k, "]");
-      if (!pass && (int)strlen(shape) > wshape) wshape = (int)strlen(shape);
-      if (pass)
-        printf("%-*s  %-*s  %s\n", wname, t->name, wshape, shape, kd_pinit_str(t->init, init, sizeof init));
-    }
+  printf("%-*s  %-*s  %s\n", wname, "name", wshape, "shape", "init");
+  for (int i = 0; i < P->n; i++) {
+    const kd_ptensor *t = &P->t[i];
+    printf("%-*s  %-*s  %s\n", wname, t->name, wshape,
+           kd_params_shape_str(t->rank, t->shape, shape, sizeof shape),
+           kd_pinit_str(t->init, init, sizeof init));
   }
   printf("total: %" PRId64 " parameters in %d tensors\n", kd_params_count(P), P->n);
 }

@@ -1,7 +1,7 @@
 /* A lowered model's parameters as a kd_params (model_params.h). */
 #include "model_params.h"
 
-#include <stdio.h>
+#include "fileio.h"
 
 static kd_pinit kd_pinit_of(kd_init init) {
   switch (init.kind) {
@@ -17,17 +17,15 @@ kd_status kd_model_params(const kd_model *m, kd_params *P, char *err, size_t err
     const kd_param *p = &m->layers.params[i];
     const kd_node *n = kd_graph_node(m->g, p->id);
     int64_t shape[KD_PARAMS_MAX_RANK];
-    if (n->rank > KD_PARAMS_MAX_RANK) {
-      snprintf(err, errlen, "parameter \"%s\": rank %d is above %d", p->name, n->rank,
-               KD_PARAMS_MAX_RANK);
-      return KD_ERR_INVALID;
-    }
+    if (n->rank > KD_PARAMS_MAX_RANK)
+      return kd_errf(err, errlen, KD_ERR_INVALID, "parameter \"%s\": rank %d is above %d", p->name,
+                     n->rank, KD_PARAMS_MAX_RANK);
     for (int d = 0; d < n->rank; d++) {
-      if (KD_DIM_IS_SYM(n->shape[d])) {
-        snprintf(err, errlen, "parameter \"%s\": dimension %d is the symbol %s; parameters need "
-                 "concrete shapes", p->name, d, kd_graph_sym_name(m->g, n->shape[d]));
-        return KD_ERR_INVALID;
-      }
+      if (KD_DIM_IS_SYM(n->shape[d]))
+        return kd_errf(err, errlen, KD_ERR_INVALID,
+                       "parameter \"%s\": dimension %d is the symbol %s; "
+                       "parameters need concrete shapes",
+                       p->name, d, kd_graph_sym_name(m->g, n->shape[d]));
       shape[d] = n->shape[d];
     }
     kd_status st = kd_params_add(P, p->name, n->rank, shape, kd_pinit_of(p->init), err, errlen);
