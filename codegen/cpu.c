@@ -438,14 +438,35 @@ static LLVMValueRef shift_by_scalar(emitter *e, kd_node_id id) {
   return LLVMBuildFSub(e->b, LLVMBuildFSub(e->b, vh, x, ""), vl, ""); /* c - x */
 }
 
-/* exp(a - lse(a)) or exp(a - max(a)): the argument is <= 0 up to rounding,
- * so the cheaper exp applies. */
+/* > 0, not >= 0: 0 * -inf would be a NaN that exp_row does not keep */
+static int is_pos_const(const emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  return n->op == KD_IR_CONST && n->value > 0 && n->value <= FLT_MAX;
+}
+
+/* Whether an element value is <= 0 up to rounding by construction: a -
+ * lse(a), a - max(a), a positive constant times one, a sum of two (the
+ * log-probabilities of a softmax, p^a q^b's exponent). */
+static int is_nonpos(const emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  switch (n->op) {
+  case KD_IR_SUB: {
+    const kd_node *r = gnode(e, n->src[1]);
+    return fnode(e, n->src[1])->role == KD_ROLE_ROWRED &&
+           (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == n->src[0];
+  }
+  case KD_IR_ADD: return is_nonpos(e, n->src[0]) && is_nonpos(e, n->src[1]);
+  case KD_IR_MUL:
+    return (is_pos_const(e, n->src[0]) && is_nonpos(e, n->src[1])) ||
+           (is_pos_const(e, n->src[1]) && is_nonpos(e, n->src[0]));
+  default: return 0;
+  }
+}
+
+/* exp of a value <= 0 (softmax probabilities and their powers): the cheaper
+ * exp applies. */
 static int is_softmax_exp(const emitter *e, const kd_node *n) {
-  if (n->op != KD_IR_EXP || class_of(n->dtype) != CL_F) return 0;
-  const kd_node *d = gnode(e, n->src[0]);
-  if (d->op != KD_IR_SUB || fnode(e, d->src[1])->role != KD_ROLE_ROWRED) return 0;
-  const kd_node *r = gnode(e, d->src[1]);
-  return (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == d->src[0];
+  return n->op == KD_IR_EXP && class_of(n->dtype) == CL_F && is_nonpos(e, n->src[0]);
 }
 
 static LLVMValueRef scratch_ptr(emitter *e, int slot, LLVMValueRef col) {
