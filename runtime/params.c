@@ -165,8 +165,7 @@ kd_status kd_params_init(kd_params *P, uint64_t seed, char *err, size_t errlen) 
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static void
-kd_params_line(char *err, size_t errlen, const char *fmt, ...) {
+static void kd_params_line(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || !errlen) return;
   size_t at = strlen(err);
   if (at && at + 1 < errlen) err[at++] = '\n', err[at] = 0;
@@ -198,8 +197,8 @@ static int kd_params_distance(const char *a, const char *b) {
   return row[nb];
 }
 
-/* The model's name closest to an unexpected one: at most 3 edits, and
-   fewer than a third of the name's length (so "x" suggests nothing). */
+/* The model's name closest to an unexpected one: at most 3 edits and at
+   most a third of the name's length (so "x" suggests nothing). */
 static const char *kd_params_suggest(const kd_params *P, const char *name) {
   const char *best = NULL;
   int bestd = 4, limit = (int)strlen(name) / 3;
@@ -231,9 +230,9 @@ static int kd_params_missing(const kd_params *P, const kd_safetensors *st, const
   size_t k = 0;
   for (int i = 0, listed = 0; i < P->n && listed < KD_PARAMS_LIST; i++) {
     if (kd_st_find(st, P->t[i].name)) continue;
+    const char *name = P->t[i].name;
     if (k < sizeof list)
-      k +=
-          (size_t)snprintf(list + k, sizeof list - k, "%s\"%s\"", listed ? ", " : "", P->t[i].name);
+      k += (size_t)snprintf(list + k, sizeof list - k, "%s\"%s\"", listed ? ", " : "", name);
     listed++;
   }
   if (n > KD_PARAMS_LIST && k < sizeof list)
@@ -340,6 +339,14 @@ kd_status kd_params_load_safetensors(kd_params *P, const char *path, char *err, 
 
 /* ---- saving --------------------------------------------------------------- */
 
+_Static_assert(KD_PARAMS_MAX_RANK == KD_ST_MAX_RANK, "a parameter's shape is a tensor's");
+
+/* Appends the pair (key, value) to kv unless value is NULL; returns the count. */
+static int kd_params_meta_put(const char **kv, int n, const char *key, const char *value) {
+  if (value) kv[2 * n] = key, kv[2 * n + 1] = value, n++;
+  return n;
+}
+
 kd_status kd_params_save(const kd_params *P, const char *path, const kd_params_meta *meta,
                          char *err, size_t errlen) {
   if (!P->arena)
@@ -355,17 +362,13 @@ kd_status kd_params_save(const kd_params *P, const char *path, const kd_params_m
     ts[i].data = kd_params_data(P, i);
     ts[i].nbytes = (size_t)t->numel * sizeof(float);
   }
-  char seed[24];
+  char seed[24] = "";
+  if (meta && meta->seed) snprintf(seed, sizeof seed, "%" PRIu64, *meta->seed);
   const char *kv[8];
-  int nmeta = 0;
-  kv[2 * nmeta] = "format", kv[2 * nmeta++ + 1] = "kdc-params";
-  if (meta && meta->kdc_version)
-    kv[2 * nmeta] = "kdc_version", kv[2 * nmeta++ + 1] = meta->kdc_version;
-  if (meta && meta->model) kv[2 * nmeta] = "model", kv[2 * nmeta++ + 1] = meta->model;
-  if (meta && meta->seed) {
-    snprintf(seed, sizeof seed, "%" PRIu64, *meta->seed);
-    kv[2 * nmeta] = "seed", kv[2 * nmeta++ + 1] = seed;
-  }
+  int nmeta = kd_params_meta_put(kv, 0, "format", "kdc-params");
+  nmeta = kd_params_meta_put(kv, nmeta, "kdc_version", meta ? meta->kdc_version : NULL);
+  nmeta = kd_params_meta_put(kv, nmeta, "model", meta ? meta->model : NULL);
+  nmeta = kd_params_meta_put(kv, nmeta, "seed", seed[0] ? seed : NULL);
   kd_status s = kd_st_write(path, ts, P->n, kv, nmeta, err, errlen);
   free(ts);
   return s;

@@ -164,6 +164,11 @@ static void test_save_load(void) {
     CHECK(kd_st_find(st, "layer.weight")->dtype == KD_ST_F32);
   }
   kd_st_close(st);
+  /* Without meta only the format is recorded. */
+  CHECK(kd_params_save(&P, path, NULL, err, sizeof err) == KD_OK);
+  CHECK(kd_st_open(path, &st, err, sizeof err) == KD_OK);
+  if (st) CHECK(kd_st_metadata_count(st) == 1 && kd_st_metadata_get(st, "format"));
+  kd_st_close(st);
   /* A load into a set with no arena yet allocates it. */
   kd_params R = {0};
   const int64_t w[] = {4, 3}, b[] = {3};
