@@ -85,9 +85,9 @@ tiny_teacher.safetensors: ... and 12 more mismatches' \
 # User errors (1) and usage errors (2).
 expect 2 "" "kdc init: 'student' has no \`load\` file: give one with -o FILE.safetensors" \
   -- init tiny.kd --model student
-expect 1 "" "kdc init: tiny.kd: no model instance 'nosuch' (instances: teacher, student, wide)" \
+expect 1 "" "kdc init: tiny.kd: no model instance 'nosuch' (instances: teacher, student, wide, deep)" \
   -- init tiny.kd --model nosuch -o x.safetensors
-expect 1 "" "kdc params: tiny.kd: 'gpt' is a model definition, not an instance (instances: teacher, student, wide)" \
+expect 1 "" "kdc params: tiny.kd: 'gpt' is a model definition, not an instance (instances: teacher, student, wide, deep)" \
   -- params tiny.kd --model gpt
 expect 2 "" "kdc init: no --model NAME (see 'kdc init --help')" -- init tiny.kd
 expect 2 "" "kdc params: no SPEC.kd (see 'kdc params --help')" -- params --model student

@@ -68,6 +68,23 @@ with safe_open(path, "np") as f:
 check(meta.get("format") == "kdc-params" and meta.get("model") == "teacher"
       and meta.get("seed") == "11" and meta.get("kdc_version"), f"metadata {meta}")
 
+# One more block leaves every tensor the teacher has, drawn from the same
+# spec, bit for bit as it was: streams come from (seed, name), not from the
+# order. (The residual projections' std depends on the depth, so those
+# differ, and must.)
+deep_path = os.path.join(WORK, "deep.safetensors")
+r = kdc("init", SPEC, "--model", "deep", "-o", deep_path, "--seed", "11")
+check(r.returncode == 0, f"kdc init deep: {r.stderr}")
+deep = load_file(deep_path)
+r = kdc("params", SPEC, "--model", "deep")
+deep_init = {line.split()[0]: line.rsplit("]", 1)[1].strip() for line in r.stdout.splitlines()[1:-1]}
+same = [k for k in tensors if deep_init.get(k) == want[k][1]]
+check(len(same) == 26 and len(deep) == 42, f"{len(same)} tensors share a spec, {len(deep)} in deep")
+for k in same:
+    check(np.array_equal(deep[k], tensors[k]), f"{k} changed when a block was added")
+for k in set(tensors) - set(same):
+    check(not np.array_equal(deep[k], tensors[k]), f"{k} kept its values under another std")
+
 # A foreign file: the same tensors as F16 pass --check; one as F64 does not.
 half = os.path.join(WORK, "half.safetensors")
 save_file({k: v.astype(np.float16) for k, v in tensors.items()}, half)
