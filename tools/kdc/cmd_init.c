@@ -134,7 +134,7 @@ static const kd_symbol *find_instance(const kd_program *prog, const kdc_params_a
 }
 
 /* Checks and lowers the spec and fills P; *inst gets the instance. */
-static int load_params(const kdc_params_args *a, kd_params *P, const kd_program **progp,
+static int load_params(const kdc_params_args *a, kd_params *P, kd_program **progp,
                        const kd_symbol **inst) {
   kd_check_options opts = {.no_file_check = true}; /* init writes the `load` file */
   kd_diag *diag = kd_diag_new(stderr);
@@ -177,7 +177,7 @@ int kdc_cmd_init(int argc, char **argv) {
   int rc = parse_args(argc, argv, &a, init_usage);
   if (rc >= 0) return rc;
   kd_params P = {0};
-  const kd_program *prog = NULL;
+  kd_program *prog = NULL;
   const kd_symbol *inst = NULL;
   if ((rc = load_params(&a, &P, &prog, &inst)) != KDC_EXIT_OK) {
     kd_params_free(&P);
@@ -205,7 +205,7 @@ int kdc_cmd_init(int argc, char **argv) {
     }
   }
   kd_params_free(&P);
-  kd_program_free((kd_program *)prog);
+  kd_program_free(prog);
   return rc;
 }
 
@@ -235,7 +235,7 @@ int kdc_cmd_params(int argc, char **argv) {
   int rc = parse_args(argc, argv, &a, params_usage);
   if (rc >= 0) return rc;
   kd_params P = {0};
-  const kd_program *prog = NULL;
+  kd_program *prog = NULL;
   const kd_symbol *inst = NULL;
   if ((rc = load_params(&a, &P, &prog, &inst)) == KDC_EXIT_OK) {
     print_params(&P);
@@ -253,6 +253,6 @@ int kdc_cmd_params(int argc, char **argv) {
     }
   }
   kd_params_free(&P);
-  kd_program_free((kd_program *)prog);
+  kd_program_free(prog);
   return rc;
 }
