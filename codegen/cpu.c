@@ -469,6 +469,25 @@ static int is_softmax_exp(const emitter *e, const kd_node *n) {
   return n->op == KD_IR_EXP && class_of(n->dtype) == CL_F && is_nonpos(e, n->src[0]);
 }
 
+/* Whether an element value is >= 0 and finite by construction: such an exp
+ * (at most 1), a moderate positive constant times one, a sum of two (a
+ * mixture of probabilities): its log needs no inf, negative or NaN case. */
+static int is_prob_mix(const emitter *e, kd_node_id id) {
+  const kd_node *n = gnode(e, id);
+  switch (n->op) {
+  case KD_IR_EXP: return is_softmax_exp(e, n);
+  case KD_IR_ADD: return is_prob_mix(e, n->src[0]) && is_prob_mix(e, n->src[1]);
+  case KD_IR_MUL:
+    for (int i = 0; i < 2; i++) {
+      const kd_node *c = gnode(e, n->src[i]);
+      if (c->op == KD_IR_CONST && c->value > 0 && c->value <= 1e6 && is_prob_mix(e, n->src[1 - i]))
+        return 1;
+    }
+    return 0;
+  default: return 0;
+  }
+}
+
 static LLVMValueRef scratch_ptr(emitter *e, int slot, LLVMValueRef col) {
   LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, slot), e->V, ""), col, "");
   return LLVMBuildGEP2(e->b, e->f32, e->scratch, &off, 1, "");
@@ -523,6 +542,8 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
   if (is_softmax_exp(e, n))
     return e->vval[id] = kd_emit_exp_row(e->b, elem_value(e, n->src[0]), &e->vzero[id]);
+  if (n->op == KD_IR_LOG && class_of(n->dtype) == CL_F && is_prob_mix(e, n->src[0]))
+    return e->vval[id] = kd_emit_log_finite(e->b, elem_value(e, n->src[0]));
   LLVMValueRef shifted = shift_by_scalar(e, id);
   if (shifted) return e->vval[id] = shifted;
   LLVMValueRef v[KD_MAX_SRC] = {0};

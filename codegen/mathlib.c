@@ -116,8 +116,9 @@ LLVMValueRef kd_emit_exp_row(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zer
 }
 
 /* log(x) = e ln2 + log(m), x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f)
- * = f - f^2/2 + f^3 P(f). Subnormal x is scaled by 2^23 first. */
-LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x) {
+ * = f - f^2/2 + f^3 P(f). Subnormal x is scaled by 2^23 first. `finite`: x
+ * is known to be >= 0 and finite (no inf, negative or NaN selects). */
+static LLVMValueRef log_core(LLVMBuilderRef b, LLVMValueRef x, int finite) {
   static const double p[] = {7.0376836292E-2,  -1.1514610310E-1, 1.1676998740E-1,
                              -1.2420140846E-1, 1.4249322787E-1,  -1.6668057665E-1,
                              2.0000714765E-1,  -2.4999993993E-1, 3.3333331174E-1};
@@ -150,11 +151,16 @@ LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x) {
   LLVMValueRef res = LLVMBuildFAdd(b, f, y, "");
   res = kd_ir_fma(b, e, kd_ir_fconst(ty, 0.693359375), res);
 
-  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, kd_ir_fconst(ty, INFINITY), ""), x, res,
-                        "");
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, kd_ir_fconst(ty, 0.0), ""),
                         kd_ir_fconst(ty, -INFINITY), res, "");
+  if (finite) return res;
+  res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOEQ, x, kd_ir_fconst(ty, INFINITY), ""), x, res,
+                        "");
   res = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, x, kd_ir_fconst(ty, 0.0), ""),
                         kd_ir_fconst(ty, NAN), res, "");
   return LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealUNO, x, x, ""), x, res, "log");
 }
+
+LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x) { return log_core(b, x, 0); }
+
+LLVMValueRef kd_emit_log_finite(LLVMBuilderRef b, LLVMValueRef x) { return log_core(b, x, 1); }

@@ -27,8 +27,9 @@ static int failures;
 typedef void (*apply_fn)(const float *x, float *y, int64_t n);
 
 /* void NAME(const float *x, float *y, i64 n): y = f(x), n a multiple of w */
-enum { EXP, LOG, EXPN, EXPR }; /* exp, log, exp for x <= 0, the row kernels' exp */
-static const char *fname[] = {"exp", "log", "exp_nonpos", "exp_row"};
+/* exp, log, exp for x <= 0, the row kernels' exp, log for finite x >= 0 */
+enum { EXP, LOG, EXPN, EXPR, LOGF };
+static const char *fname[] = {"exp", "log", "exp_nonpos", "exp_row", "log_finite"};
 
 static void build_apply(kd_module *m, const char *name, int w, int kind) {
   LLVMContextRef c = m->ctx;
@@ -50,8 +51,11 @@ static void build_apply(kd_module *m, const char *name, int w, int kind) {
   LLVMValueRef py = LLVMBuildGEP2(b, f32, LLVMGetParam(fn, 1), &i, 1, "");
   LLVMValueRef x = LLVMBuildLoad2(b, vt, px, "");
   LLVMSetAlignment(x, 4);
-  LLVMValueRef y = kind == LOG ? kd_emit_log(b, x) : kind == EXP ? kd_emit_exp(b, x)
-                   : kind == EXPN ? kd_emit_exp_nonpos(b, x) : kd_emit_exp_row(b, x, NULL);
+  LLVMValueRef y = kind == LOG    ? kd_emit_log(b, x)
+                   : kind == LOGF ? kd_emit_log_finite(b, x)
+                   : kind == EXP  ? kd_emit_exp(b, x)
+                   : kind == EXPN ? kd_emit_exp_nonpos(b, x)
+                                  : kd_emit_exp_row(b, x, NULL);
   LLVMSetAlignment(LLVMBuildStore(b, y, py), 4);
   LLVMValueRef next = LLVMBuildAdd(b, i, LLVMConstInt(i64, (unsigned)w, 0), "");
   LLVMValueRef zero = LLVMConstInt(i64, 0, 0);
@@ -149,7 +153,7 @@ int main(void) {
   kd_module m;
   kd_session_module_new(s, "test_mathlib", &m);
   for (int k = 0; k < 3; k++)
-    for (int kind = EXP; kind <= EXPR; kind++) {
+    for (int kind = EXP; kind <= LOGF; kind++) {
       char name[32];
       snprintf(name, sizeof name, "%s_%d", fname[kind], widths[k]);
       build_apply(&m, name, widths[k], kind);
@@ -182,8 +186,8 @@ int main(void) {
 
   size_t cap = (size_t)1 << 22;
   float *x = malloc(cap * sizeof *x), *y = malloc(cap * sizeof *y);
-  for (int kind = EXP; kind <= EXPR; kind++) {
-    int is_log = kind == LOG;
+  for (int kind = EXP; kind <= LOGF; kind++) {
+    int is_log = kind == LOG || kind == LOGF;
     /* exp_row's arguments go up to the lazy reference's 16 (codegen/cpu.c) */
     size_t n = is_log ? log_inputs(x, cap) : exp_inputs(x, cap, kind == EXP ? 89.0 : kind == EXPR ? 16.0 : 0.0);
     n -= n % 16;
@@ -215,6 +219,11 @@ int main(void) {
         expect_exact("exp(-0)", sy[4], 1.0f);
         expect_exact("exp(200)", sy[7], INFINITY);
         expect_exact("exp(-200)", sy[8], 0.0f);
+      } else if (kind == LOGF) { /* finite x >= 0 only */
+        expect_exact("log_finite(0)", sy[3], -INFINITY);
+        expect_exact("log_finite(-0)", sy[4], -INFINITY);
+        expect_exact("log_finite(1)", sy[5], 0.0f);
+        check("log_finite special", widths[k], sx + 9, sy + 9, 4, 1, 0);
       } else {
         expect_exact("log(-inf)", sy[0], NAN);
         expect_exact("log(inf)", sy[1], INFINITY);
