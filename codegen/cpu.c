@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "loss.h"
+#include "elementwise.h"
 #include "mathlib.h"
 #include "session.h"
 
@@ -62,7 +63,6 @@ typedef struct cache_plan {
   } load[MAX_CACHE * KD_FUSE_MAX_PASSES];
 } cache_plan;
 
-typedef enum vclass { CL_F, CL_I, CL_B } vclass;
 
 typedef struct emitter {
   const kd_schedule *s;
@@ -122,18 +122,9 @@ static void fail(emitter *e, kd_status st, const char *fmt, ...) {
 static const kd_node *gnode(const emitter *e, kd_node_id id) { return kd_graph_node(e->g, id); }
 static const kd_fuse_node *fnode(const emitter *e, kd_node_id id) { return &e->s->node[id]; }
 
-static vclass class_of(kd_dtype t) {
-  switch (t) {
-  case KD_I32:
-  case KD_I64: return CL_I;
-  case KD_BOOL: return CL_B;
-  default: return CL_F;
-  }
-}
-
-static LLVMTypeRef type_of(const emitter *e, vclass c, int vec) {
-  if (vec) return c == CL_F ? e->vf : c == CL_I ? e->vi64 : e->vi1;
-  return c == CL_F ? e->f64 : c == CL_I ? e->i64 : e->i1;
+static LLVMTypeRef type_of(const emitter *e, kd_vclass c, int vec) {
+  if (vec) return c == KD_CL_F ? e->vf : c == KD_CL_I ? e->vi64 : e->vi1;
+  return c == KD_CL_F ? e->f64 : c == KD_CL_I ? e->i64 : e->i1;
 }
 
 static LLVMValueRef i64c(const emitter *e, long long v) {
@@ -174,16 +165,16 @@ static LLVMValueRef load_field(emitter *e, int i, LLVMTypeRef ty) {
 
 /* ---- conversions ----------------------------------------------------------- */
 
-static LLVMValueRef convert(emitter *e, LLVMValueRef v, vclass from, vclass to) {
+static LLVMValueRef convert(emitter *e, LLVMValueRef v, kd_vclass from, kd_vclass to) {
   if (from == to) return v;
   LLVMTypeRef vt = LLVMTypeOf(v);
   int vec = LLVMGetTypeKind(vt) == LLVMVectorTypeKind;
   LLVMTypeRef t = type_of(e, to, vec);
-  if (to == CL_F) return from == CL_I ? LLVMBuildSIToFP(e->b, v, t, "") : LLVMBuildUIToFP(e->b, v, t, "");
-  if (to == CL_B)
-    return from == CL_F ? LLVMBuildFCmp(e->b, LLVMRealUNE, v, LLVMConstNull(vt), "")
+  if (to == KD_CL_F) return from == KD_CL_I ? LLVMBuildSIToFP(e->b, v, t, "") : LLVMBuildUIToFP(e->b, v, t, "");
+  if (to == KD_CL_B)
+    return from == KD_CL_F ? LLVMBuildFCmp(e->b, LLVMRealUNE, v, LLVMConstNull(vt), "")
                         : LLVMBuildICmp(e->b, LLVMIntNE, v, LLVMConstNull(vt), "");
-  if (from == CL_B) return LLVMBuildZExt(e->b, v, t, "");
+  if (from == KD_CL_B) return LLVMBuildZExt(e->b, v, t, "");
   /* F -> I truncates toward zero; NaN gives 0 and the range is clamped, so
    * fptosi never sees a value it would turn into poison */
   LLVMValueRef ok = LLVMBuildFCmp(e->b, LLVMRealORD, v, v, "");
@@ -196,8 +187,8 @@ static LLVMValueRef convert(emitter *e, LLVMValueRef v, vclass from, vclass to) 
 }
 
 /* A scalar (double / i64 / i1) broadcast into a vector of the loop's class. */
-static LLVMValueRef widen(emitter *e, LLVMValueRef x, vclass c) {
-  if (c == CL_F) x = LLVMBuildFPTrunc(e->b, x, e->f32, "");
+static LLVMValueRef widen(emitter *e, LLVMValueRef x, kd_vclass c) {
+  if (c == KD_CL_F) x = LLVMBuildFPTrunc(e->b, x, e->f32, "");
   return splat(e, x);
 }
 
@@ -213,130 +204,24 @@ static LLVMValueRef emit_log(emitter *e, LLVMValueRef x) {
                                                               : intrinsic1(e, "llvm.log", x);
 }
 
-static LLVMValueRef minmax(emitter *e, const char *name, LLVMValueRef a, LLVMValueRef b) {
-  LLVMValueRef args[2] = {a, b};
-  return kd_ir_intrinsic(e->b, name, LLVMTypeOf(a), args, 2);
-}
-
-/* pow with a small integer or 1/2 constant exponent by multiplications or
- * sqrt; otherwise exp(b log a) (a < 0 gives nan, as the reference does for
- * non-integer b). */
-static LLVMValueRef emit_pow(emitter *e, const kd_node *n, LLVMValueRef a, LLVMValueRef b) {
-  const kd_node *bn = gnode(e, n->src[1]);
-  LLVMTypeRef t = LLVMTypeOf(a);
-  if (bn->op == KD_IR_CONST) {
-    double k = bn->value;
-    if (k == 0.5) return intrinsic1(e, "llvm.sqrt", a);
-    if (k == floor(k) && fabs(k) <= 4) {
-      LLVMValueRef r = kd_ir_fconst(t, 1.0);
-      for (int i = 0; i < (int)fabs(k); i++) r = LLVMBuildFMul(e->b, r, a, "");
-      return k < 0 ? LLVMBuildFDiv(e->b, kd_ir_fconst(t, 1.0), r, "") : r;
-    }
-  }
-  return emit_exp(e, LLVMBuildFMul(e->b, b, emit_log(e, a), ""));
-}
-
-static LLVMValueRef emit_unary(emitter *e, kd_opcode op, LLVMValueRef x, vclass c) {
-  LLVMTypeRef t = LLVMTypeOf(x);
-  LLVMValueRef zero = LLVMConstNull(t);
-  switch (op) {
-  case KD_IR_NEG: return c == CL_F ? LLVMBuildFNeg(e->b, x, "") : LLVMBuildNeg(e->b, x, "");
-  case KD_IR_EXP: return emit_exp(e, x);
-  case KD_IR_LOG: return emit_log(e, x);
-  case KD_IR_SQRT: return intrinsic1(e, "llvm.sqrt", x);
-  case KD_IR_ABS:
-    if (c == CL_F) return intrinsic1(e, "llvm.fabs", x);
-    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, ""),
-                           LLVMBuildNeg(e->b, x, ""), x, "");
-  case KD_IR_SIGN: {
-    if (c == CL_F) {
-      /* copysign(1, x), but 0 and nan stay themselves: one compare, not two */
-      LLVMValueRef args[2] = {kd_ir_fconst(t, 1), x};
-      LLVMValueRef s1 = kd_ir_intrinsic(e->b, "llvm.copysign", t, args, 2);
-      return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealUEQ, x, zero, ""), x, s1, "");
-    }
-    LLVMValueRef pos = LLVMBuildICmp(e->b, LLVMIntSGT, x, zero, "");
-    LLVMValueRef neg = LLVMBuildICmp(e->b, LLVMIntSLT, x, zero, "");
-    return LLVMBuildSelect(e->b, pos, kd_ir_iconst(t, 1),
-                           LLVMBuildSelect(e->b, neg, kd_ir_iconst(t, -1), x, ""), "");
-  }
-  case KD_IR_CAST: /* already converted */
-  case KD_IR_STOPGRAD: return x;
-  default: /* TANH: the model ops are not row-kernel ops */
-    fail(e, KD_ERR_UNSUPPORTED, "codegen: %s has no emitter", kd_opcode_name(op));
-    return x;
-  }
-}
-
-static LLVMValueRef emit_compare(emitter *e, kd_opcode op, LLVMValueRef a, LLVMValueRef b,
-                                 vclass c) {
-  static const LLVMRealPredicate fp[] = {LLVMRealOLT, LLVMRealOLE, LLVMRealOGT,
-                                         LLVMRealOGE, LLVMRealOEQ, LLVMRealUNE};
-  static const LLVMIntPredicate ip[] = {LLVMIntSLT, LLVMIntSLE, LLVMIntSGT,
-                                        LLVMIntSGE, LLVMIntEQ,  LLVMIntNE};
-  int k = (int)op - (int)KD_IR_LT;
-  return c == CL_F ? LLVMBuildFCmp(e->b, fp[k], a, b, "") : LLVMBuildICmp(e->b, ip[k], a, b, "");
-}
-
-static LLVMValueRef emit_binary(emitter *e, const kd_node *n, LLVMValueRef a, LLVMValueRef b,
-                                vclass c) {
-  int f = c == CL_F;
-  switch (n->op) {
-  case KD_IR_ADD: return f ? LLVMBuildFAdd(e->b, a, b, "") : LLVMBuildAdd(e->b, a, b, "");
-  case KD_IR_SUB: return f ? LLVMBuildFSub(e->b, a, b, "") : LLVMBuildSub(e->b, a, b, "");
-  case KD_IR_MUL: return f ? LLVMBuildFMul(e->b, a, b, "") : LLVMBuildMul(e->b, a, b, "");
-  case KD_IR_MULZ: {
-    if (!f) return LLVMBuildMul(e->b, a, b, "");
-    /* exactly 0 where a == 0, even for b = inf or nan */
-    LLVMValueRef z = e->vzero[n->src[0]]; /* set in vector bodies only */
-    if (!z) z = LLVMBuildFCmp(e->b, LLVMRealOEQ, a, LLVMConstNull(LLVMTypeOf(a)), "");
-    return LLVMBuildSelect(e->b, z, LLVMConstNull(LLVMTypeOf(a)), LLVMBuildFMul(e->b, a, b, ""), "");
-  }
-  case KD_IR_DIV: return LLVMBuildFDiv(e->b, a, b, "");
-  case KD_IR_POW: return emit_pow(e, n, a, b);
-  case KD_IR_MAX:
-  case KD_IR_MIN:
-    if (f) return minmax(e, n->op == KD_IR_MAX ? "llvm.maximum" : "llvm.minimum", a, b);
-    return LLVMBuildSelect(
-        e->b, LLVMBuildICmp(e->b, n->op == KD_IR_MAX ? LLVMIntSGE : LLVMIntSLE, a, b, ""), a, b, "");
-  default:
-    fail(e, KD_ERR_UNSUPPORTED, "codegen: %s has no emitter", kd_opcode_name(n->op));
-    return LLVMGetPoison(LLVMTypeOf(a));
-  }
-}
-
 /* One node from its sources' values (all scalar or all vector). */
+static LLVMValueRef convert_cb(void *e, LLVMValueRef v, kd_vclass from, kd_vclass to) {
+  return convert(e, v, from, to);
+}
+static LLVMValueRef exp_cb(void *e, LLVMValueRef x) { return emit_exp(e, x); }
+static LLVMValueRef log_cb(void *e, LLVMValueRef x) { return emit_log(e, x); }
+
 static LLVMValueRef emit_op(emitter *e, kd_node_id id, LLVMValueRef *v) {
-  const kd_node *n = gnode(e, id);
-  vclass c = class_of(n->dtype);
-  vclass sc[KD_MAX_SRC];
-  for (int i = 0; i < n->nsrc; i++) sc[i] = class_of(gnode(e, n->src[i])->dtype);
-  if (fnode(e, id)->role == KD_ROLE_IDENTITY) return convert(e, v[0], sc[0], c);
-  switch (kd_opcode_class(n->op)) {
-  case KD_CLASS_UNARY:
-    return emit_unary(e, n->op, convert(e, v[0], sc[0], c), c);
-  case KD_CLASS_BINARY:
-    if (n->op >= KD_IR_LT && n->op <= KD_IR_NE) {
-      vclass cc = (sc[0] == CL_F || sc[1] == CL_F) ? CL_F : CL_I;
-      return emit_compare(e, n->op, convert(e, v[0], sc[0], cc), convert(e, v[1], sc[1], cc), cc);
-    }
-    return emit_binary(e, n, convert(e, v[0], sc[0], c), convert(e, v[1], sc[1], c), c);
-  case KD_CLASS_SELECT:
-    return LLVMBuildSelect(e->b, convert(e, v[0], sc[0], CL_B), convert(e, v[1], sc[1], c),
-                           convert(e, v[2], sc[2], c), "");
-  default:
-    fail(e, KD_ERR_UNSUPPORTED, "codegen: %%%d: %s is not supported here", (int)id,
-         kd_opcode_name(n->op));
-    return LLVMGetPoison(LLVMTypeOf(v[0] ? v[0] : LLVMConstNull(e->f64)));
-  }
+  kd_elem x = {e->b, e->g, e, convert_cb, exp_cb, log_cb, e->vzero, "codegen", &e->st, e->err, e->errlen};
+  return kd_elem_op(&x, id, v, fnode(e, id)->role == KD_ROLE_IDENTITY);
 }
 
 /* ---- global, row and element values ------------------------------------------ */
 
 static LLVMValueRef const_value(emitter *e, const kd_node *n) {
-  vclass c = class_of(n->dtype);
-  if (c == CL_F) return LLVMConstReal(e->f64, n->value);
-  if (c == CL_B) return LLVMConstInt(e->i1, n->value != 0, 0);
+  kd_vclass c = kd_vclass_of(n->dtype);
+  if (c == KD_CL_F) return LLVMConstReal(e->f64, n->value);
+  if (c == KD_CL_B) return LLVMConstInt(e->i1, n->value != 0, 0);
   return i64c(e, (long long)n->value);
 }
 
@@ -354,7 +239,7 @@ static LLVMValueRef global_value(emitter *e, kd_node_id id) {
     /* load in the entry block, convert there too */
     LLVMBuilderRef keep = e->b;
     e->b = e->be;
-    e->gval[id] = convert(e, load_global(e, id), CL_F, class_of(n->dtype));
+    e->gval[id] = convert(e, load_global(e, id), KD_CL_F, kd_vclass_of(n->dtype));
     e->b = keep;
   }
   return e->gval[id];
@@ -367,7 +252,7 @@ static LLVMValueRef row_value(emitter *e, kd_node_id id) {
   const kd_node *n = gnode(e, id);
   if (f->kind != KD_FUSE_ROW || f->role == KD_ROLE_ROWRED || f->role == KD_ROLE_FOLDED) {
     fail(e, KD_ERR_BACKEND, "codegen: %%%d used before its pass (a scheduler bug)", (int)id);
-    return LLVMGetPoison(type_of(e, class_of(n->dtype), 0));
+    return LLVMGetPoison(type_of(e, kd_vclass_of(n->dtype), 0));
   }
   if (n->op == KD_IR_INPUT) {
     if (id != e->s->labels) {
@@ -422,11 +307,11 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id);
  * when id is not such a node. */
 static LLVMValueRef shift_by_scalar(emitter *e, kd_node_id id) {
   const kd_node *n = gnode(e, id);
-  if ((n->op != KD_IR_ADD && n->op != KD_IR_SUB) || class_of(n->dtype) != CL_F) return NULL;
+  if ((n->op != KD_IR_ADD && n->op != KD_IR_SUB) || kd_vclass_of(n->dtype) != KD_CL_F) return NULL;
   int k = fnode(e, n->src[0])->kind == KD_FUSE_ELEM ? 1 : 0; /* the scalar operand */
   kd_node_id xs = n->src[1 - k], cs = n->src[k];
   if (fnode(e, xs)->kind != KD_FUSE_ELEM || fnode(e, cs)->kind == KD_FUSE_ELEM ||
-      class_of(gnode(e, cs)->dtype) != CL_F || class_of(gnode(e, xs)->dtype) != CL_F ||
+      kd_vclass_of(gnode(e, cs)->dtype) != KD_CL_F || kd_vclass_of(gnode(e, xs)->dtype) != KD_CL_F ||
       gnode(e, cs)->op == KD_IR_CONST)
     return NULL;
   LLVMValueRef x = elem_value(e, xs), c = row_value(e, cs);
@@ -466,7 +351,7 @@ static int is_nonpos(const emitter *e, kd_node_id id) {
 /* exp of a value <= 0 (softmax probabilities and their powers): the cheaper
  * exp applies. */
 static int is_softmax_exp(const emitter *e, const kd_node *n) {
-  return n->op == KD_IR_EXP && class_of(n->dtype) == CL_F && is_nonpos(e, n->src[0]);
+  return n->op == KD_IR_EXP && kd_vclass_of(n->dtype) == KD_CL_F && is_nonpos(e, n->src[0]);
 }
 
 /* Whether an element value is >= 0 and finite by construction: such an exp
@@ -530,7 +415,7 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   }
   const kd_fuse_node *f = fnode(e, id);
   const kd_node *n = gnode(e, id);
-  vclass c = class_of(n->dtype);
+  kd_vclass c = kd_vclass_of(n->dtype);
   if (f->kind != KD_FUSE_ELEM) return e->vval[id] = widen(e, row_value(e, id), c);
   if (n->op == KD_IR_INPUT) {
     if (id != e->s->teacher && id != e->s->student) {
@@ -539,10 +424,10 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
     }
     return e->vval[id] = load_logits(e, id);
   }
-  if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), CL_I, c);
+  if (n->op == KD_IR_IOTA) return e->vval[id] = convert(e, lane_index(e), KD_CL_I, c);
   if (is_softmax_exp(e, n))
     return e->vval[id] = kd_emit_exp_row(e->b, elem_value(e, n->src[0]), &e->vzero[id]);
-  if (n->op == KD_IR_LOG && class_of(n->dtype) == CL_F && is_prob_mix(e, n->src[0]))
+  if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0]))
     return e->vval[id] = kd_emit_log_finite(e->b, elem_value(e, n->src[0]));
   LLVMValueRef shifted = shift_by_scalar(e, id);
   if (shifted) return e->vval[id] = shifted;
@@ -654,7 +539,7 @@ static LLVMValueRef fold_contrib(emitter *e, kd_node_id id, LLVMValueRef w, LLVM
   const kd_fuse_node *f = fnode(e, id);
   if (f->fold_f == KD_NONE) return w;
   LLVMValueRef x = elem_value(e, f->fold_f);
-  x = convert(e, x, class_of(gnode(e, f->fold_f)->dtype), CL_F);
+  x = convert(e, x, kd_vclass_of(gnode(e, f->fold_f)->dtype), KD_CL_F);
   LLVMValueRef p = LLVMBuildFMul(e->b, w, x, "");
   if (!f->mulz) return p;
   return LLVMBuildSelect(e->b, wz, LLVMConstNull(e->vf), p, "");
@@ -718,7 +603,7 @@ static int is_max(const emitter *e, const pass_plan *pl, int r) {
 }
 
 static void store_output(emitter *e, kd_node_id id) {
-  LLVMValueRef v = convert(e, elem_value(e, id), class_of(gnode(e, id)->dtype), CL_F);
+  LLVMValueRef v = convert(e, elem_value(e, id), kd_vclass_of(gnode(e, id)->dtype), KD_CL_F);
   LLVMValueRef off = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, e->row, e->V, ""), e->j, "");
   LLVMValueRef p = LLVMBuildGEP2(e->b, e->f32, e->ptr_grad, &off, 1, "");
   if (e->mask) {
@@ -744,7 +629,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   LLVMValueRef ninf = kd_ir_fconst(e->vf, -INFINITY), zero = LLVMConstNull(e->vf);
   for (int gi = 0; gi < pl->ng; gi++) {
     LLVMValueRef x = masked(e, convert(e, elem_value(e, pl->ga[gi]),
-                                       class_of(gnode(e, pl->ga[gi])->dtype), CL_F), ninf);
+                                       kd_vclass_of(gnode(e, pl->ga[gi])->dtype), KD_CL_F), ninf);
     /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
     LLVMValueRef wz, w = kd_emit_exp_row(e->b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
@@ -757,7 +642,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int r = 0; r < pl->nr; r++) {
     if (pl->rgroup[r] >= 0) continue;
     kd_node_id src = gnode(e, pl->red[r])->src[0];
-    LLVMValueRef x = convert(e, elem_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
+    LLVMValueRef x = convert(e, elem_value(e, src), kd_vclass_of(gnode(e, src)->dtype), KD_CL_F);
     if (!is_max(e, pl, r)) {
       acc[r] = LLVMBuildFAdd(e->b, acc[r], masked(e, x, zero), "");
       continue;
@@ -839,13 +724,13 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const
       } else {
         /* folded: sum exp(a - c) f = exp(max - c) sum exp(a - max) f */
         LLVMValueRef c = convert(e, row_value(e, fnode(e, id)->fold_c),
-                                 class_of(gnode(e, fnode(e, id)->fold_c)->dtype), CL_F);
+                                 kd_vclass_of(gnode(e, fnode(e, id)->fold_c)->dtype), KD_CL_F);
         LLVMValueRef sh = emit_exp(e, LLVMBuildFSub(e->b, gmaxd[gi], c, ""));
         LLVMValueRef z = LLVMBuildFCmp(e->b, LLVMRealOEQ, total, LLVMConstReal(e->f64, 0), "");
         v = LLVMBuildSelect(e->b, z, total, LLVMBuildFMul(e->b, total, sh, ""), "");
       }
     }
-    e->rval[id] = convert(e, v, CL_F, class_of(n->dtype));
+    e->rval[id] = convert(e, v, KD_CL_F, kd_vclass_of(n->dtype));
   }
 }
 
@@ -902,7 +787,7 @@ static void choose_cached(emitter *e, int pass, kd_node_id id, const char *prev,
   const kd_node *n = gnode(e, id);
   cache_plan *c = &e->cache;
   memset(tmp, 0, e->n);
-  if (prev[id] && class_of(n->dtype) == CL_F && costly(e, id, tmp) &&
+  if (prev[id] && kd_vclass_of(n->dtype) == KD_CL_F && costly(e, id, tmp) &&
       c->nloads < MAX_CACHE * KD_FUSE_MAX_PASSES) {
     int sl = 0;
     while (sl < c->nslots && c->node[sl] != id) sl++;
@@ -1191,7 +1076,7 @@ static void emit_row_loop(emitter *e, LLVMValueRef begin, LLVMValueRef end, LLVM
     const kd_fuse_node *f = fnode(e, id);
     if (f->role != KD_ROLE_NRED || f->stage != e->stage) continue;
     kd_node_id src = gnode(e, id)->src[0];
-    LLVMValueRef v = convert(e, row_value(e, src), class_of(gnode(e, src)->dtype), CL_F);
+    LLVMValueRef v = convert(e, row_value(e, src), kd_vclass_of(gnode(e, src)->dtype), KD_CL_F);
     LLVMValueRef idx = LLVMBuildAdd(e->b, LLVMBuildMul(e->b, i64c(e, f->slot), e->N, ""), e->row, "");
     LLVMBuildStore(e->b, v, LLVMBuildGEP2(e->b, e->f64, e->ptr_rows, &idx, 1, ""));
   }
@@ -1268,7 +1153,7 @@ static LLVMValueRef emit_step(emitter *e, int k) {
     if (konst ? !(k == e->s->nstages && is_output(e, id)) : f->phase != k) continue;
     LLVMValueRef v;
     if (f->role == KD_ROLE_NRED) {
-      v = convert(e, emit_row_sum(e, f->slot), CL_F, class_of(n->dtype));
+      v = convert(e, emit_row_sum(e, f->slot), KD_CL_F, kd_vclass_of(n->dtype));
     } else if (n->op == KD_IR_CONST) {
       v = const_value(e, n);
     } else {
@@ -1278,7 +1163,7 @@ static LLVMValueRef emit_step(emitter *e, int k) {
     }
     e->gval[id] = v;
     LLVMValueRef idx = i64c(e, id);
-    LLVMBuildStore(e->b, convert(e, v, class_of(n->dtype), CL_F),
+    LLVMBuildStore(e->b, convert(e, v, kd_vclass_of(n->dtype), KD_CL_F),
                    LLVMBuildGEP2(e->b, e->f64, e->ptr_globals, &idx, 1, ""));
   }
   LLVMBuildRetVoid(e->b);
