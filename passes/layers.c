@@ -30,7 +30,7 @@ const char *kd_layers_error(const kd_layers *L) {
   return kd_graph_error(L->g);
 }
 
-const kd_param *kd_layers_find(const kd_layers *L, const char *name) {
+const kd_model_param *kd_layers_find(const kd_layers *L, const char *name) {
   for (size_t i = 0; i < L->nparams; i++)
     if (!strcmp(L->params[i].name, name)) return &L->params[i];
   return NULL;
@@ -77,7 +77,7 @@ kd_node_id kd_layer_param(kd_layers *L, const char *prefix, const char *suffix, 
   if (kd_layers_find(L, name)) return kd_layers_fail(L, "parameter %s is made twice", name);
   if (L->nparams == L->cap) {
     size_t cap = L->cap ? 2 * L->cap : 16;
-    kd_param *p = realloc(L->params, cap * sizeof *p);
+    kd_model_param *p = realloc(L->params, cap * sizeof *p);
     if (!p) return kd_layers_fail(L, "out of memory");
     L->params = p;
     L->cap = cap;
@@ -88,7 +88,7 @@ kd_node_id kd_layer_param(kd_layers *L, const char *prefix, const char *suffix, 
     free(copy);
     return id == KD_NONE ? KD_NONE : kd_layers_fail(L, "out of memory");
   }
-  L->params[L->nparams++] = (kd_param){copy, id, init};
+  L->params[L->nparams++] = (kd_model_param){copy, id, init};
   return id;
 }
 

@@ -32,11 +32,11 @@ typedef struct kd_init {
   double mean, std; /* NORMAL only */
 } kd_init;
 
-typedef struct kd_param {
+typedef struct kd_model_param {
   char *name;    /* "blocks.0.attn.qkv.weight": the input's name and the safetensors key */
   kd_node_id id; /* its INPUT node */
   kd_init init;
-} kd_param;
+} kd_model_param;
 
 typedef struct kd_layers {
   kd_graph *g;      /* not owned */
@@ -45,7 +45,7 @@ typedef struct kd_layers {
   double resid_std; /* the std of projections into the residual stream (attention's and
                        the MLP's last linear); GPT-2 takes 0.02 / sqrt(2 * layers) */
   double eps;       /* layernorm's and rmsnorm's epsilon: 1e-5 */
-  kd_param *params; /* in the order they were made */
+  kd_model_param *params; /* in the order they were made */
   size_t nparams, cap;
   char err[256];    /* the layers' own first error; "" if none */
 } kd_layers;
@@ -56,7 +56,7 @@ void kd_layers_init(kd_layers *L, kd_graph *g);
 void kd_layers_free(kd_layers *L);
 /* The first error of the layers or of the graph, or NULL. */
 const char *kd_layers_error(const kd_layers *L);
-const kd_param *kd_layers_find(const kd_layers *L, const char *name);
+const kd_model_param *kd_layers_find(const kd_layers *L, const char *name);
 
 /* A parameter input named `prefix.suffix` of the given constant shape. */
 kd_node_id kd_layer_param(kd_layers *L, const char *prefix, const char *suffix, int rank,

@@ -18,7 +18,6 @@
 
 /* Divergence calls are inlined; this bounds a divergence that calls itself. */
 #define KD_LOWER_MAX_DEPTH 64
-#define KD_LOWER_MAX_TEACHERS 8
 
 typedef enum kd_lval_kind {
   KD_LV_NUM,      /* num */
@@ -455,9 +454,11 @@ static void kd_scan_teachers(kd_lowering *L, const kd_ast *e) {
 }
 
 /* The objective to lower: the one named in the options, else the one the
- * (first) train block minimises, else the unnamed one, else the only one. */
+ * train block of the options (else the first) minimises, else the unnamed one, else the only one. */
 static const kd_ast *kd_find_objective(kd_lowering *L) {
-  const kd_symbol *train = kd_program_ntrains(L->prog) ? kd_program_train(L->prog, 0) : NULL;
+  const kd_symbol *train = L->opt->train                ? L->opt->train
+                           : kd_program_ntrains(L->prog) ? kd_program_train(L->prog, 0)
+                                                         : NULL;
   const char *want = L->opt->objective;
   const kd_symbol *found = NULL;
   kd_loc none = {0};
@@ -599,7 +600,28 @@ kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag 
     return st;
   }
   info->nteachers = L.nteachers;
+  for (int i = 0; i < L.nteachers; i++) info->teachers[i] = L.teachers[i];
   info->uses_labels = L.uses_labels;
+  *out = L.g;
+  return KD_OK;
+}
+
+kd_status kd_lower_cross_entropy(long long ignore_index, kd_graph **out) {
+  kd_lower_options opt = {.labels = true};
+  kd_lower_info info = {.ignore_index = ignore_index};
+  kd_lowering L = {.opt = &opt, .student = KD_NONE, .labels = KD_NONE};
+  *out = NULL;
+  if (!(L.g = kd_graph_new())) return KD_ERR_NOMEM;
+  L.N = kd_graph_sym(L.g, "N");
+  L.V = kd_graph_sym(L.g, "V");
+  kd_lval ce = kd_cross_entropy(&L, kd_student_input(&L), kd_labels_input(&L));
+  kd_node_id loss = kd_reduce_loss(&L, ce.id, &info);
+  char err[256];
+  if (loss == KD_NONE || kd_graph_add_output(L.g, "loss", loss) != KD_OK ||
+      kd_graph_verify(L.g, err, sizeof err) != KD_OK) {
+    kd_graph_free(L.g);
+    return KD_ERR_NOMEM; /* the builders fail only when out of memory */
+  }
   *out = L.g;
   return KD_OK;
 }

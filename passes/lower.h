@@ -42,9 +42,12 @@ typedef enum kd_vocab_align {
   KD_ALIGN_TRUNCATE, /* the longer one is cut to the shorter */
 } kd_vocab_align;
 
+#define KD_LOWER_MAX_TEACHERS 8
+
 typedef struct kd_lower_options {
-  const char *objective;  /* the objective's name; NULL: the one the first train block
-                             minimises, else the unnamed one, else the only one */
+  const char *objective;  /* the objective's name; NULL: the one `train` (else the first
+                             train block) minimises, else the unnamed one, else the only one */
+  const kd_symbol *train; /* the train block whose instance is the student; NULL: the first */
   kd_dtype teacher_dtype; /* KD_F32 or KD_BF16 (zero-initialised: KD_F32) */
   kd_dtype student_dtype;
   bool labels;            /* add "labels" and mask rows even if the objective reads no labels */
@@ -53,6 +56,7 @@ typedef struct kd_lower_options {
 /* What the caller needs to know beyond the graph. */
 typedef struct kd_lower_info {
   int nteachers;          /* teacher inputs: 0, 1 ("teacher") or more ("teacher.NAME") */
+  const kd_symbol *teachers[KD_LOWER_MAX_TEACHERS]; /* their instances, in that order */
   bool uses_labels;       /* the objective itself reads labels (cross_entropy(..., labels)) */
   bool sum;               /* reduction = "sum" (else "mean") */
   long long ignore_index;
@@ -68,5 +72,10 @@ typedef struct kd_lower_info {
  * NULL. */
 kd_status kd_lower(const kd_program *prog, const kd_lower_options *opt, kd_diag *diag,
                    kd_graph **out, kd_lower_info *info);
+
+/* The loss graph of `loss = cross_entropy(student.logits, labels)` with
+ * reduction "mean" and the given ignore_index, whatever a spec says: the
+ * trainer's validation metric. KD_ERR_NOMEM is the only failure. */
+kd_status kd_lower_cross_entropy(long long ignore_index, kd_graph **out);
 
 #endif /* KD_LOWER_H */

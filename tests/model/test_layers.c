@@ -323,10 +323,10 @@ static void test_specs(void) {
   kd_layers L;
   kd_node out;
   kd_graph *g = build(l_block, &L, &out);
-  const kd_param *qkv = kd_layers_find(&L, "blocks.0.attn.qkv.weight");
-  const kd_param *proj = kd_layers_find(&L, "blocks.0.mlp.proj.weight");
-  const kd_param *ln = kd_layers_find(&L, "blocks.0.ln_1.weight");
-  const kd_param *bias = kd_layers_find(&L, "blocks.0.ln_1.bias");
+  const kd_model_param *qkv = kd_layers_find(&L, "blocks.0.attn.qkv.weight");
+  const kd_model_param *proj = kd_layers_find(&L, "blocks.0.mlp.proj.weight");
+  const kd_model_param *ln = kd_layers_find(&L, "blocks.0.ln_1.weight");
+  const kd_model_param *bias = kd_layers_find(&L, "blocks.0.ln_1.bias");
   TU_CHECK(qkv && qkv->init.kind == KD_INIT_NORMAL && qkv->init.std == 0.02, "qkv: normal(0, 0.02)");
   TU_CHECK(proj && proj->init.kind == KD_INIT_NORMAL && proj->init.std == 0.01,
            "a residual projection takes resid_std");

@@ -34,7 +34,7 @@ static kd_status lower(const kd_program *p, const char *name, kd_model *m) {
 
 /* The parameter's shape as "[a, b]", or "none". */
 static const char *shape_of(const kd_model *m, const char *name, char *buf, size_t len) {
-  const kd_param *p = kd_layers_find(&m->layers, name);
+  const kd_model_param *p = kd_layers_find(&m->layers, name);
   if (!p) return "none";
   const kd_node *n = kd_graph_node(m->g, p->id);
   size_t k = (size_t)snprintf(buf, len, "[");
@@ -85,7 +85,7 @@ static void test_distill(void) {
       TU_CHECK(!strcmp(shape_of(&st, want[i][0], buf, sizeof buf), want[i][1]), "%s: %s, want %s",
                want[i][0], shape_of(&st, want[i][0], buf, sizeof buf), want[i][1]);
     }
-    const kd_param *proj = kd_layers_find(&st.layers, "blocks.0.mlp.proj.weight");
+    const kd_model_param *proj = kd_layers_find(&st.layers, "blocks.0.mlp.proj.weight");
     TU_CHECK(proj && fabs(proj->init.std - 0.02 / sqrt(2)) < 1e-15, "student: residual init std");
     TU_CHECK(st.vocab == 256, "student: vocabulary %lld", (long long)st.vocab);
     const kd_node *lg = kd_graph_node(st.g, kd_graph_find_output(st.g, "logits"));
@@ -109,7 +109,7 @@ static void test_distill(void) {
              count_params(&te));
     printf("teacher: %zu nodes, %zu parameter tensors, %zu parameters\n", kd_graph_size(te.g),
            te.layers.nparams, count_params(&te));
-    const kd_param *proj = kd_layers_find(&te.layers, "blocks.2.attn.proj.weight");
+    const kd_model_param *proj = kd_layers_find(&te.layers, "blocks.2.attn.proj.weight");
     TU_CHECK(proj && fabs(proj->init.std - 0.02 / sqrt(8)) < 1e-15, "teacher: residual init std");
     kd_model_free(&te);
   }

@@ -14,7 +14,7 @@ static kd_pinit kd_pinit_of(kd_init init) {
 
 kd_status kd_model_params(const kd_model *m, kd_params *P, char *err, size_t errlen) {
   for (size_t i = 0; i < m->layers.nparams; i++) {
-    const kd_param *p = &m->layers.params[i];
+    const kd_model_param *p = &m->layers.params[i];
     const kd_node *n = kd_graph_node(m->g, p->id);
     int64_t shape[KD_PARAMS_MAX_RANK];
     if (n->rank > KD_PARAMS_MAX_RANK)
