@@ -47,10 +47,10 @@ typedef enum kd_vocab_align {
 typedef struct kd_lower_options {
   const char *objective;  /* the objective's name; NULL: the one `train` (else the first
                              train block) minimises, else the unnamed one, else the only one */
-  const kd_symbol *train; /* the train block whose instance is the student; NULL: the first */
   kd_dtype teacher_dtype; /* KD_F32 or KD_BF16 (zero-initialised: KD_F32) */
   kd_dtype student_dtype;
   bool labels;            /* add "labels" and mask rows even if the objective reads no labels */
+  const kd_symbol *train; /* the train block whose instance is the student; NULL: the first */
 } kd_lower_options;
 
 /* What the caller needs to know beyond the graph. */

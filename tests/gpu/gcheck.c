@@ -41,7 +41,7 @@ static kd_graph *lower_spec(const char *name, kd_dtype dtype) {
   kd_diag *diag = kd_diag_new(stdout);
   kd_program *prog = NULL;
   kd_graph *g = NULL, *out = NULL;
-  kd_lower_options lo = {NULL, dtype, dtype, true};
+  kd_lower_options lo = {.teacher_dtype = dtype, .student_dtype = dtype, .labels = true};
   kd_status st = kd_check_file(path, NULL, diag, &prog);
   if (!st) st = kd_lower(prog, &lo, diag, &g, NULL);
   if (!st && (st = kd_pipeline_run(g, NULL, &out, err, sizeof err))) printf("FAIL %s: %s\n", path, err);
