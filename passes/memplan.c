@@ -157,47 +157,86 @@ static kd_status peak_live(kd_memplan *p) {
   return KD_OK;
 }
 
+/* The order: the caller's, checked to be a topological order of distinct
+   nodes, or the needed nodes in id order. */
+static kd_status schedule(const kd_graph *g, const kd_memplan_opts *opts, kd_memplan *out,
+                          char *err, size_t errlen) {
+  size_t n = kd_graph_size(g);
+  bool *mark = calloc(n + 1, sizeof *mark);
+  if (!mark) return KD_ERR_NOMEM;
+  if (!opts || !opts->order) {
+    mark_needed(g, mark);
+    for (size_t i = 0; i < n; i++)
+      if (mark[i]) out->order[out->norder++] = (kd_node_id)i;
+    free(mark);
+    return KD_OK;
+  }
+  kd_status st = opts->norder <= n ? KD_OK : KD_ERR_INVALID;
+  for (size_t i = 0; i < opts->norder && st == KD_OK; i++) {
+    kd_node_id id = opts->order[i];
+    const kd_node *node = kd_graph_node(g, id);
+    if (!node || mark[id]) {
+      st = KD_ERR_INVALID;
+      break;
+    }
+    for (int s = 0; s < node->nsrc; s++)
+      if (!mark[node->src[s]]) st = KD_ERR_INVALID;
+    mark[id] = true;
+    out->order[out->norder++] = id;
+  }
+  if (st != KD_OK) set_err(err, errlen, "memplan: %s", "the order is not a schedule of the graph");
+  free(mark);
+  return st;
+}
+
 kd_status kd_memplan_build(const kd_graph *g, const kd_sym_binding *bind, size_t nbind,
                            kd_memplan *out, char *err, size_t errlen) {
+  return kd_memplan_build_opts(g, bind, nbind, NULL, out, err, errlen);
+}
+
+kd_status kd_memplan_build_opts(const kd_graph *g, const kd_sym_binding *bind, size_t nbind,
+                                const kd_memplan_opts *opts, kd_memplan *out, char *err,
+                                size_t errlen) {
   memset(out, 0, sizeof *out);
   size_t n = kd_graph_size(g);
-  bool *needed = calloc(n + 1, sizeof *needed);
   out->nnodes = n;
   out->order = malloc((n + 1) * sizeof *out->order);
   out->values = calloc(n + 1, sizeof *out->values);
-  if (!needed || !out->order || !out->values) {
-    free(needed);
+  if (!out->order || !out->values) {
     kd_memplan_free(out);
+    set_err(err, errlen, "memplan: %s", "out of memory");
     return KD_ERR_NOMEM;
   }
-  mark_needed(g, needed);
-  kd_status st = KD_OK;
-  for (size_t i = 0; i < n && st == KD_OK; i++) {
-    const kd_node *node = kd_graph_node(g, (kd_node_id)i);
-    kd_mem_value *v = &out->values[i];
-    *v = (kd_mem_value){.kind = KD_MEM_NONE, .first = -1, .last = -1, .base = (kd_node_id)i,
-                        .offset = -1};
-    if (!needed[i]) continue;
+  for (size_t i = 0; i < n; i++)
+    out->values[i] = (kd_mem_value){.kind = KD_MEM_NONE, .first = -1, .last = -1,
+                                    .base = (kd_node_id)i, .offset = -1};
+  kd_status st = schedule(g, opts, out, err, errlen);
+  const bool *view = opts ? opts->view : NULL, *external = opts ? opts->external : NULL;
+  for (size_t i = 0; i < out->norder && st == KD_OK; i++) {
+    kd_node_id id = out->order[i];
+    const kd_node *node = kd_graph_node(g, id);
+    kd_mem_value *v = &out->values[id];
     v->bytes = node_bytes(g, node, bind, nbind, err, errlen);
     if (v->bytes < 0) {
       st = KD_ERR_INVALID;
       break;
     }
-    v->first = v->last = (int32_t)out->norder;
-    out->order[out->norder++] = (kd_node_id)i;
+    v->first = v->last = (int32_t)i;
     if (node->op == KD_IR_INPUT) {
       v->kind = KD_MEM_EXTERNAL;
       v->first = 0;
       out->external_bytes += v->bytes;
-    } else if (is_view(node->op)) {
+    } else if (view ? view[id] && node->nsrc > 0 : is_view(node->op)) {
       v->kind = KD_MEM_VIEW;
       v->base = out->values[node->src[0]].base;
+    } else if (external && external[id]) {
+      v->kind = KD_MEM_EXTERNAL;
+      out->external_bytes += v->bytes;
     } else if (node->op != KD_IR_CONST) {
       v->kind = KD_MEM_ARENA;
       out->value_bytes += align_up(v->bytes);
     }
   }
-  free(needed);
   if (st == KD_OK) {
     live_ranges(g, out);
     for (size_t i = 0; i < out->norder; i++) { /* inputs live throughout */

@@ -25,6 +25,7 @@
 #ifndef KD_MEMPLAN_H
 #define KD_MEMPLAN_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -62,7 +63,7 @@ typedef struct kd_memplan {
   int64_t arena_bytes;    /* the arena's size */
   int64_t value_bytes;    /* the arena values' sizes summed (aligned): memory without reuse */
   int64_t peak_bytes;     /* the most aligned bytes live at one step: arena_bytes >= this */
-  int64_t external_bytes; /* the scheduled inputs' sizes summed */
+  int64_t external_bytes; /* the scheduled inputs' (and external outputs') sizes summed */
 } kd_memplan;
 
 /* Plans g with every symbol bound (bind[i].name to bind[i].size).
@@ -71,6 +72,24 @@ typedef struct kd_memplan {
 kd_status kd_memplan_build(const kd_graph *g, const kd_sym_binding *bind, size_t nbind,
                            kd_memplan *out, char *err, size_t errlen);
 void kd_memplan_free(kd_memplan *p);
+
+/* The caller's schedule and memory kinds, for a planner of executed steps
+ * (codegen/stepgen.c). order lists the nodes to plan, each once, every
+ * node's sources before it (NULL: the default schedule above); liveness
+ * follows it. view[id] set plans node id as a view of its first source,
+ * whatever its op (NULL: RESHAPE, EXPAND and STOPGRAD, as above; given, it
+ * replaces that rule, so a RESHAPE the caller copies is not a view).
+ * external[id] set puts a non-view node in the caller's memory (an output
+ * written in place); INPUTs are always external. */
+typedef struct kd_memplan_opts {
+  const kd_node_id *order;
+  size_t norder;
+  const bool *view;     /* [kd_graph_size(g)] or NULL */
+  const bool *external; /* [kd_graph_size(g)] or NULL */
+} kd_memplan_opts;
+kd_status kd_memplan_build_opts(const kd_graph *g, const kd_sym_binding *bind, size_t nbind,
+                                const kd_memplan_opts *opts, kd_memplan *out, char *err,
+                                size_t errlen);
 
 /* A summary line, then one line per scheduled node (what `kdc emit-ir
  * --after memplan` will print):
