@@ -1,0 +1,1205 @@
+/* The step-program executor (step.h): allocation, validation, the byte
+ * format, printing, and the interpreter that runs instructions over an
+ * arena and the caller's slots.
+ *
+ * Numbers follow ir/refexec.c: every map computes in double and rounds once
+ * to dst's dtype, so f32 +, -, *, / and sqrt are bit for bit the float
+ * operation (double has more than 2 x 24 + 2 bits: no double rounding) and
+ * constants keep their double value; reductions and softmax accumulate in
+ * double in index order. The one departure is the f32 fast path's
+ * transcendentals: expf, logf, tanhf (glibc, within 1 or 2 ulps) instead of
+ * the double function rounded to float. */
+#include "step.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- names -------------------------------------------------------------- */
+
+static const char *const kd_step_kind_names[] = {"map",  "reduce", "softmax",
+                                                 "gemm", "gather", "scatter_add"};
+_Static_assert(sizeof kd_step_kind_names / sizeof kd_step_kind_names[0] == KD_STEP_KIND_COUNT,
+               "a name per step kind");
+
+static const char *const kd_step_fn_names[] = {
+    "copy", "fill", "iota", "neg", "exp", "log", "sqrt", "abs", "sign", "tanh",
+    "add",  "sub",  "mul",  "mulz", "div", "pow", "max", "min",
+    "lt",   "le",   "gt",   "ge",  "eq",  "ne",  "select",
+    "sum",  "rmax", "lse",  "softmax", "log_softmax"};
+_Static_assert(sizeof kd_step_fn_names / sizeof kd_step_fn_names[0] == KD_SF_COUNT,
+               "a name per step function");
+
+static const char *kind_name(kd_step_kind k) {
+  return (unsigned)k < KD_STEP_KIND_COUNT ? kd_step_kind_names[k] : "?";
+}
+static const char *fn_name(kd_step_fn f) {
+  return (unsigned)f < KD_SF_COUNT ? kd_step_fn_names[f] : "?";
+}
+
+/* The number of sources fn takes under kind, or -1 when kind has no fn. */
+static int fn_arity(kd_step_kind kind, kd_step_fn fn) {
+  switch (kind) {
+  case KD_STEP_MAP:
+    if (fn == KD_SF_IOTA) return 0;
+    if (fn == KD_SF_COPY || fn == KD_SF_FILL || (fn >= KD_SF_NEG && fn <= KD_SF_TANH)) return 1;
+    if (fn >= KD_SF_ADD && fn <= KD_SF_NE) return 2;
+    return fn == KD_SF_SELECT ? 3 : -1;
+  case KD_STEP_REDUCE: return fn >= KD_SF_SUM && fn <= KD_SF_LSE ? 1 : -1;
+  case KD_STEP_SOFTMAX: return fn == KD_SF_SOFTMAX || fn == KD_SF_LOG_SOFTMAX ? 1 : -1;
+  case KD_STEP_GEMM:
+  case KD_STEP_GATHER:
+  case KD_STEP_SCATTER_ADD: return 2;
+  default: return -1;
+  }
+}
+
+static bool dtype_ok(kd_dtype t) { return t == KD_F32 || t == KD_I64 || t == KD_BOOL; }
+
+__attribute__((format(printf, 4, 5))) static kd_status fail(kd_status st, char *err,
+                                                            size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return st;
+}
+
+/* ---- allocation --------------------------------------------------------- */
+
+kd_step_prog *kd_step_alloc(int32_t nvalues, int32_t ninstr, int32_t nslots) {
+  if (nvalues < 0 || ninstr < 0 || nslots < 0) return NULL;
+  kd_step_prog *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->values = calloc((size_t)nvalues + 1, sizeof *p->values);
+  p->instr = calloc((size_t)ninstr + 1, sizeof *p->instr);
+  p->slots = calloc((size_t)nslots + 1, sizeof *p->slots);
+  if (!p->values || !p->instr || !p->slots) {
+    kd_step_free(p);
+    return NULL;
+  }
+  p->nvalues = nvalues, p->ninstr = ninstr, p->nslots = nslots, p->split = ninstr;
+  return p;
+}
+
+void kd_step_free(kd_step_prog *p) {
+  if (!p) return;
+  free(p->values);
+  free(p->instr);
+  free(p->slots);
+  free(p);
+}
+
+int32_t kd_step_find_slot(const kd_step_prog *p, const char *name) {
+  for (int32_t i = 0; i < p->nslots; i++)
+    if (strncmp(p->slots[i].name, name, KD_STEP_NAME_MAX) == 0) return i;
+  return -1;
+}
+
+/* ---- validation --------------------------------------------------------- */
+
+static const char *const kd_ref_names[] = {"dst", "src 0", "src 1", "src 2"};
+
+/* The elements a strided ref touches over shape: [offset, *hi], *hi the
+ * largest offset; *empty when shape has no element. A reason when a stride
+ * or the offset is negative or the arithmetic overflows, else NULL. */
+static const char *ref_span(const kd_step_ref *r, int32_t rank, const int64_t *shape,
+                            int64_t *hi, bool *empty) {
+  if (r->offset < 0) return "negative offset";
+  int64_t h = r->offset;
+  *empty = false;
+  for (int32_t d = 0; d < rank; d++) {
+    if (r->stride[d] < 0) return "negative stride";
+    if (shape[d] == 0) *empty = true;
+    int64_t t;
+    if (shape[d] > 0 &&
+        (__builtin_mul_overflow(shape[d] - 1, r->stride[d], &t) || __builtin_add_overflow(h, t, &h)))
+      return "offset overflows";
+  }
+  *hi = h;
+  return NULL;
+}
+
+/* A ref's memory, in bytes: the arena (key -1) or a slot (key = slot). */
+typedef struct mem_span {
+  int64_t key, lo, hi; /* [lo, hi) */
+  bool empty;
+} mem_span;
+
+static mem_span value_span(const kd_step_prog *p, int32_t v, int64_t lo_elem, int64_t hi_elem) {
+  const kd_step_value *val = &p->values[v];
+  int64_t size = (int64_t)kd_dtype_size(val->dtype);
+  bool arena = val->loc == KD_LOC_ARENA;
+  int64_t base = arena ? val->offset : 0;
+  return (mem_span){arena ? -1 : val->slot, base + lo_elem * size, base + (hi_elem + 1) * size,
+                    false};
+}
+
+static bool spans_overlap(mem_span a, mem_span b) {
+  return !a.empty && !b.empty && a.key == b.key && a.lo < b.hi && b.lo < a.hi;
+}
+
+/* Checks ref `which` of instruction i over shape; *span gets its memory. */
+static kd_status check_ref(const kd_step_prog *p, int32_t i, int which, const kd_step_ref *r,
+                           int32_t rank, const int64_t *shape, mem_span *span, char *err,
+                           size_t errlen) {
+  const char *name = kd_ref_names[which];
+  if (r->value < 0 || r->value >= p->nvalues)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: value %d is not in 0..%d", i,
+                name, r->value, p->nvalues - 1);
+  int64_t hi = 0;
+  bool empty = false;
+  const char *why = ref_span(r, rank, shape, &hi, &empty);
+  if (why)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: %s", i, name, why);
+  const kd_step_value *v = &p->values[r->value];
+  if (!empty && hi >= v->elems)
+    return fail(KD_ERR_FORMAT, err, errlen,
+                "instruction %d: %s: element %" PRId64 " is outside value %d's %" PRId64
+                " elements",
+                i, name, hi, r->value, v->elems);
+  *span = value_span(p, r->value, r->offset, hi);
+  span->empty = empty;
+  return KD_OK;
+}
+
+/* A contiguous run of n elements at a ref's offset (GEMM, GATHER, SCATTER):
+   the shape {n} with stride 1. */
+static kd_status check_run(const kd_step_prog *p, int32_t i, int which, const kd_step_ref *r,
+                           int64_t n, mem_span *span, char *err, size_t errlen) {
+  kd_step_ref flat = *r;
+  memset(flat.stride, 0, sizeof flat.stride);
+  flat.stride[0] = 1;
+  return check_ref(p, i, which, &flat, 1, &n, span, err, errlen);
+}
+
+/* dst writes every index of shape once (no two indices on one element, so
+   threads never race): sorted by stride, each dim of size > 1 steps past
+   the span of the smaller ones. skip: a dim left out (REDUCE's axis). */
+static bool writes_once(const kd_step_ref *r, int32_t rank, const int64_t *shape, int32_t skip) {
+  int dims[KD_STEP_MAX_RANK], n = 0;
+  for (int32_t d = 0; d < rank; d++)
+    if (d != skip && shape[d] > 1) dims[n++] = d;
+  for (int a = 1; a < n; a++) /* insertion sort by stride */
+    for (int b = a; b > 0 && r->stride[dims[b]] < r->stride[dims[b - 1]]; b--) {
+      int t = dims[b];
+      dims[b] = dims[b - 1], dims[b - 1] = t;
+    }
+  int64_t span = 0; /* largest offset reached by the dims so far */
+  for (int a = 0; a < n; a++) {
+    if (r->stride[dims[a]] <= span) return false;
+    span += (shape[dims[a]] - 1) * r->stride[dims[a]]; /* no overflow: checked by ref_span */
+  }
+  return true;
+}
+
+static bool same_access(const kd_step_prog *p, const kd_step_ref *a, const kd_step_ref *b,
+                        int32_t rank) {
+  const kd_step_value *va = &p->values[a->value], *vb = &p->values[b->value];
+  if (kd_dtype_size(va->dtype) != kd_dtype_size(vb->dtype)) return false;
+  if (value_span(p, a->value, a->offset, a->offset).lo !=
+      value_span(p, b->value, b->offset, b->offset).lo)
+    return false;
+  for (int32_t d = 0; d < rank; d++)
+    if (a->stride[d] != b->stride[d]) return false;
+  return true;
+}
+
+static kd_status check_dtype(const kd_step_prog *p, int32_t i, int which, const kd_step_ref *r,
+                             kd_dtype want, char *err, size_t errlen) {
+  kd_dtype got = p->values[r->value].dtype;
+  if (got == want) return KD_OK;
+  return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s is %s, %s expected", i,
+              kd_ref_names[which], kd_dtype_name(got), kd_dtype_name(want));
+}
+
+static kd_status check_gemm(const kd_step_prog *p, int32_t i, const kd_step_instr *in,
+                            mem_span *spans, char *err, size_t errlen) {
+  const kd_gemm *g = &in->gemm;
+  if (g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->m > INT32_MAX ||
+      g->n > INT32_MAX || g->k > INT32_MAX)
+    return fail(KD_ERR_FORMAT, err, errlen,
+                "instruction %d: gemm sizes batch %" PRId64 " m %" PRId64 " n %" PRId64
+                " k %" PRId64 " out of range",
+                i, g->batch, g->m, g->n, g->k);
+  if (g->stride_a < 0 || g->stride_b < 0 || g->stride_c < 0)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: negative gemm stride", i);
+  /* item t of a matrix of `size` floats spans [t * stride, t * stride + size) */
+  const int64_t size[3] = {g->m * g->k, g->k * g->n, g->m * g->n};
+  const int64_t stride[3] = {g->stride_a, g->stride_b, g->stride_c};
+  const kd_step_ref *refs[3] = {&in->src[0], &in->src[1], &in->dst};
+  const int which[3] = {1, 2, 0};
+  for (int r = 0; r < 3; r++) {
+    int64_t n = 0, t;
+    if (g->batch > 0 && size[r] > 0 &&
+        (__builtin_mul_overflow(g->batch - 1, stride[r], &t) ||
+         __builtin_add_overflow(t, size[r], &n)))
+      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: gemm extent overflows", i,
+                  kd_ref_names[which[r]]);
+    kd_status st = check_run(p, i, which[r], refs[r], n, &spans[which[r]], err, errlen);
+    if (st == KD_OK) st = check_dtype(p, i, which[r], refs[r], KD_F32, err, errlen);
+    if (st != KD_OK) return st;
+  }
+  return KD_OK;
+}
+
+static kd_status check_rows(const kd_step_prog *p, int32_t i, const kd_step_instr *in,
+                            mem_span *spans, char *err, size_t errlen) {
+  bool gather = in->kind == KD_STEP_GATHER;
+  if (in->rank != 2 || in->shape[0] < 0 || in->shape[1] < 0 || in->rows < 0)
+    return fail(KD_ERR_FORMAT, err, errlen,
+                "instruction %d: %s needs shape {n, D} and rows >= 0", i, kind_name(in->kind));
+  int64_t n = in->shape[0], D = in->shape[1], big, small;
+  if (__builtin_mul_overflow(in->rows, D, &big) || __builtin_mul_overflow(n, D, &small))
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: sizes overflow", i);
+  /* gather: table src 0 [rows, D], dst [n, D]; scatter: src 0 [n, D], dst [rows, D] */
+  kd_status st = check_run(p, i, 1, &in->src[0], gather ? big : small, &spans[1], err, errlen);
+  if (st == KD_OK) st = check_run(p, i, 2, &in->src[1], n, &spans[2], err, errlen);
+  if (st == KD_OK) st = check_run(p, i, 0, &in->dst, gather ? small : big, &spans[0], err, errlen);
+  if (st == KD_OK) st = check_dtype(p, i, 1, &in->src[0], KD_F32, err, errlen);
+  if (st == KD_OK) st = check_dtype(p, i, 2, &in->src[1], KD_I64, err, errlen);
+  if (st == KD_OK) st = check_dtype(p, i, 0, &in->dst, KD_F32, err, errlen);
+  return st;
+}
+
+static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t errlen) {
+  const kd_step_instr *in = &p->instr[i];
+  if ((unsigned)in->kind >= KD_STEP_KIND_COUNT)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: kind %d is not a step kind", i,
+                (int)in->kind);
+  int arity = fn_arity(in->kind, in->fn);
+  bool uses_fn = in->kind == KD_STEP_MAP || in->kind == KD_STEP_REDUCE ||
+                 in->kind == KD_STEP_SOFTMAX;
+  if (uses_fn && arity < 0)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s cannot compute fn %d (%s)", i,
+                kind_name(in->kind), (int)in->fn, fn_name(in->fn));
+  if (in->nsrc != arity)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s%s%s takes %d sources, not %d", i,
+                kind_name(in->kind), uses_fn ? " " : "", uses_fn ? fn_name(in->fn) : "", arity,
+                in->nsrc);
+  if (in->rank < 0 || in->rank > KD_STEP_MAX_RANK)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: rank %d is not in 0..%d", i,
+                in->rank, KD_STEP_MAX_RANK);
+  for (int32_t d = 0; d < in->rank; d++)
+    if (in->shape[d] < 0)
+      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: negative dimension %d", i, d);
+  bool axis_used = in->kind == KD_STEP_REDUCE || in->kind == KD_STEP_SOFTMAX ||
+                   (in->kind == KD_STEP_MAP && in->fn == KD_SF_IOTA);
+  if (axis_used && (in->axis < 0 || in->axis >= in->rank))
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: axis %d is not in 0..%d", i,
+                in->axis, in->rank - 1);
+
+  mem_span spans[1 + KD_STEP_MAX_SRC] = {{0}};
+  kd_status st = KD_OK;
+  switch (in->kind) {
+  case KD_STEP_GEMM: st = check_gemm(p, i, in, spans, err, errlen); break;
+  case KD_STEP_GATHER:
+  case KD_STEP_SCATTER_ADD: st = check_rows(p, i, in, spans, err, errlen); break;
+  default: /* MAP, REDUCE, SOFTMAX: strided refs over shape */
+    if (in->kind == KD_STEP_REDUCE && in->dst.stride[in->axis] != 0)
+      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's stride along axis %d is "
+                  "%" PRId64 ", not 0", i, in->axis, in->dst.stride[in->axis]);
+    st = check_ref(p, i, 0, &in->dst, in->rank, in->shape, &spans[0], err, errlen);
+    for (int s = 0; s < in->nsrc && st == KD_OK; s++) {
+      const kd_step_ref *r = &in->src[s];
+      bool constant = r->value == -1 && in->kind == KD_STEP_MAP;
+      if (in->kind == KD_STEP_MAP && in->fn == KD_SF_FILL && !constant)
+        return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: fill takes a constant", i);
+      spans[1 + s].empty = true;
+      if (!constant)
+        st = check_ref(p, i, 1 + s, r, in->rank, in->shape, &spans[1 + s], err, errlen);
+    }
+    if (st != KD_OK) return st;
+    if (!writes_once(&in->dst, in->rank, in->shape, in->kind == KD_STEP_REDUCE ? in->axis : -1))
+      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's strides write an element "
+                  "twice", i);
+    if (in->kind == KD_STEP_SOFTMAX) {
+      st = check_dtype(p, i, 0, &in->dst, KD_F32, err, errlen);
+      if (st == KD_OK) st = check_dtype(p, i, 1, &in->src[0], KD_F32, err, errlen);
+    }
+    break;
+  }
+  if (st != KD_OK) return st;
+  /* Hazards: a map or softmax may write over a source it reads the same
+     way (each element is read before it is written); nothing else may
+     overlap its destination. */
+  for (int s = 0; s < in->nsrc; s++) {
+    if (!spans_overlap(spans[0], spans[1 + s])) continue;
+    bool elementwise = in->kind == KD_STEP_MAP || in->kind == KD_STEP_SOFTMAX;
+    if (!elementwise || !same_access(p, &in->dst, &in->src[s], in->rank))
+      return fail(KD_ERR_FORMAT, err, errlen,
+                  "instruction %d: dst overlaps %s without being the same elements", i,
+                  kd_ref_names[1 + s]);
+  }
+  return KD_OK;
+}
+
+kd_status kd_step_validate(const kd_step_prog *p, char *err, size_t errlen) {
+  if (p->nvalues < 0 || p->ninstr < 0 || p->nslots < 0 || p->split < 0 || p->split > p->ninstr ||
+      p->arena_bytes < 0)
+    return fail(KD_ERR_FORMAT, err, errlen, "bad counts: %d values, %d instructions, %d slots, "
+                "split %d, arena %" PRId64 " bytes", p->nvalues, p->ninstr, p->nslots, p->split,
+                p->arena_bytes);
+  for (int32_t s = 0; s < p->nslots; s++) {
+    const kd_step_slot *sl = &p->slots[s];
+    size_t len = strnlen(sl->name, KD_STEP_NAME_MAX);
+    if (len == 0 || len == KD_STEP_NAME_MAX)
+      return fail(KD_ERR_FORMAT, err, errlen, "slot %d: name empty or not terminated", s);
+    if (!dtype_ok(sl->dtype) || sl->rank < 0 || sl->rank > KD_STEP_MAX_RANK)
+      return fail(KD_ERR_FORMAT, err, errlen, "slot %d (%s): bad dtype or rank", s, sl->name);
+    for (int32_t d = 0; d < sl->rank; d++)
+      if (sl->shape[d] < 0)
+        return fail(KD_ERR_FORMAT, err, errlen, "slot %d (%s): negative dimension", s, sl->name);
+    for (int32_t t = 0; t < s; t++)
+      if (strcmp(p->slots[t].name, sl->name) == 0)
+        return fail(KD_ERR_FORMAT, err, errlen, "slots %d and %d are both named %s", t, s,
+                    sl->name);
+  }
+  for (int32_t v = 0; v < p->nvalues; v++) {
+    const kd_step_value *val = &p->values[v];
+    if (!dtype_ok(val->dtype) || val->elems < 0)
+      return fail(KD_ERR_FORMAT, err, errlen, "value %d: bad dtype or size", v);
+    int64_t bytes;
+    if (__builtin_mul_overflow(val->elems, (int64_t)kd_dtype_size(val->dtype), &bytes))
+      return fail(KD_ERR_FORMAT, err, errlen, "value %d: size overflows", v);
+    if (val->loc == KD_LOC_ARENA) {
+      int64_t end;
+      if (val->offset < 0 || val->offset % 64 != 0 ||
+          __builtin_add_overflow(val->offset, bytes, &end) || end > p->arena_bytes)
+        return fail(KD_ERR_FORMAT, err, errlen, "value %d: bytes %" PRId64 "..+%" PRId64
+                    " are not a 64-byte aligned part of the %" PRId64 "-byte arena", v,
+                    val->offset, bytes, p->arena_bytes);
+    } else if (val->loc == KD_LOC_SLOT) {
+      if (val->slot < 0 || val->slot >= p->nslots)
+        return fail(KD_ERR_FORMAT, err, errlen, "value %d: slot %d is not in 0..%d", v,
+                    val->slot, p->nslots - 1);
+      const kd_step_slot *sl = &p->slots[val->slot];
+      int64_t numel = 1;
+      for (int32_t d = 0; d < sl->rank; d++)
+        if (__builtin_mul_overflow(numel, sl->shape[d], &numel)) numel = INT64_MAX;
+      if (sl->dtype != val->dtype || val->elems > numel)
+        return fail(KD_ERR_FORMAT, err, errlen, "value %d: %s [%" PRId64 "] does not fit slot "
+                    "%d (%s, %" PRId64 " elements)", v, kd_dtype_name(val->dtype), val->elems,
+                    val->slot, kd_dtype_name(sl->dtype), numel);
+    } else {
+      return fail(KD_ERR_FORMAT, err, errlen, "value %d: location %d", v, (int)val->loc);
+    }
+  }
+  for (int32_t i = 0; i < p->ninstr; i++) {
+    kd_status st = check_instr(p, i, err, errlen);
+    if (st != KD_OK) return st;
+  }
+  return KD_OK;
+}
+
+/* ---- printing ------------------------------------------------------------ */
+
+static void print_dims(FILE *out, int32_t rank, const int64_t *dims, const char *sep) {
+  if (rank < 0 || rank > KD_STEP_MAX_RANK) rank = 0; /* printing an invalid program */
+  fputc('[', out);
+  for (int32_t d = 0; d < rank; d++)
+    fprintf(out, "%s%" PRId64, d ? sep : "", dims[d]);
+  fputc(']', out);
+}
+
+static void print_ref(FILE *out, const kd_step_ref *r, bool strides) {
+  if (r->value < 0) {
+    fprintf(out, "imm %.9g", r->imm);
+    return;
+  }
+  fprintf(out, "%%%d +%" PRId64, r->value, r->offset);
+  if (strides) {
+    fputc(' ', out);
+    print_dims(out, KD_STEP_MAX_RANK, r->stride, " ");
+  }
+}
+
+void kd_step_print(const kd_step_prog *p, FILE *out) {
+  fprintf(out, "step: %d instructions (split %d), %d slots, arena %" PRId64 " bytes\n", p->ninstr,
+          p->split, p->nslots, p->arena_bytes);
+  for (int32_t s = 0; s < p->nslots; s++) {
+    const kd_step_slot *sl = &p->slots[s];
+    fprintf(out, "  slot %d %.*s %s ", s, KD_STEP_NAME_MAX, sl->name, kd_dtype_name(sl->dtype));
+    print_dims(out, sl->rank, sl->shape, ", ");
+    fputs(sl->output ? " out\n" : " in\n", out);
+  }
+  for (int32_t v = 0; v < p->nvalues; v++) {
+    const kd_step_value *val = &p->values[v];
+    fprintf(out, "  %%%d %s [%" PRId64 "] ", v, kd_dtype_name(val->dtype), val->elems);
+    if (val->loc == KD_LOC_ARENA) fprintf(out, "arena +%" PRId64 "\n", val->offset);
+    else fprintf(out, "slot %d\n", val->slot);
+  }
+  for (int32_t i = 0; i < p->ninstr; i++) {
+    const kd_step_instr *in = &p->instr[i];
+    bool strided = in->kind <= KD_STEP_SOFTMAX;
+    int32_t dv = in->dst.value;
+    fprintf(out, "  [%d] %s", i, kind_name(in->kind));
+    if (strided) fprintf(out, " %s", fn_name(in->fn));
+    fprintf(out, " %s ", dv >= 0 && dv < p->nvalues ? kd_dtype_name(p->values[dv].dtype) : "?");
+    print_dims(out, in->rank, in->shape, ", ");
+    fputc(' ', out);
+    print_ref(out, &in->dst, strided);
+    fputs(" <-", out);
+    for (int s = 0; s < in->nsrc && s < KD_STEP_MAX_SRC; s++) {
+      fputs(s ? ", " : " ", out);
+      print_ref(out, &in->src[s], strided);
+    }
+    if (in->kind == KD_STEP_REDUCE || in->kind == KD_STEP_SOFTMAX ||
+        (in->kind == KD_STEP_MAP && in->fn == KD_SF_IOTA))
+      fprintf(out, ", axis %d", in->axis);
+    const kd_gemm *g = &in->gemm;
+    if (in->kind == KD_STEP_GEMM)
+      fprintf(out, ", batch %" PRId64 " m %" PRId64 " n %" PRId64 " k %" PRId64 "%s%s alpha %g "
+              "beta %g strides %" PRId64 " %" PRId64 " %" PRId64, g->batch, g->m, g->n, g->k,
+              g->trans_a ? " ta" : "", g->trans_b ? " tb" : "", (double)g->alpha,
+              (double)g->beta, g->stride_a, g->stride_b, g->stride_c);
+    if (in->kind == KD_STEP_GATHER || in->kind == KD_STEP_SCATTER_ADD)
+      fprintf(out, ", rows %" PRId64 "%s", in->rows, in->accumulate ? ", accumulate" : "");
+    if (in->node >= 0) fprintf(out, " (node %d)", in->node);
+    fputc('\n', out);
+  }
+}
+
+/* ---- the byte format ------------------------------------------------------ */
+
+/* Every field fixed-width little-endian; the counts in the header fix the
+ * length exactly, so a reader checks it before reading anything else. */
+enum {
+  KD_SER_HEADER = 4 + 4 + 4 * 4 + 8,
+  KD_SER_VALUE = 4 + 4 + 8 + 8 + 4,
+  KD_SER_REF = 4 + 8 + 8 * KD_STEP_MAX_RANK + 8,
+  KD_SER_GEMM = 4 * 8 + 1 + 1 + 4 + 4 + 3 * 8,
+  KD_SER_INSTR = 4 + 4 + 4 + 8 * KD_STEP_MAX_RANK + 4 + 4 + (1 + KD_STEP_MAX_SRC) * KD_SER_REF +
+                 KD_SER_GEMM + 8 + 1 + 4,
+  KD_SER_SLOT = KD_STEP_NAME_MAX + 4 + 4 + 8 * KD_STEP_MAX_RANK + 1,
+};
+
+typedef struct ser {
+  uint8_t *p;
+  size_t pos;
+} ser;
+
+static void put_u(ser *s, uint64_t v, int bytes) {
+  for (int b = 0; b < bytes; b++) s->p[s->pos++] = (uint8_t)(v >> (8 * b));
+}
+static void put_i32(ser *s, int32_t v) { put_u(s, (uint32_t)v, 4); }
+static void put_i64(ser *s, int64_t v) { put_u(s, (uint64_t)v, 8); }
+static void put_f64(ser *s, double v) {
+  uint64_t u;
+  memcpy(&u, &v, 8);
+  put_u(s, u, 8);
+}
+static void put_f32(ser *s, float v) {
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  put_u(s, u, 4);
+}
+
+static void put_ref(ser *s, const kd_step_ref *r) {
+  put_i32(s, r->value);
+  put_i64(s, r->offset);
+  for (int d = 0; d < KD_STEP_MAX_RANK; d++) put_i64(s, r->stride[d]);
+  put_f64(s, r->imm);
+}
+
+static size_t ser_size(int64_t nv, int64_t ni, int64_t ns) {
+  return (size_t)(KD_SER_HEADER + nv * KD_SER_VALUE + ni * KD_SER_INSTR + ns * KD_SER_SLOT);
+}
+
+kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
+  *buf = NULL;
+  *len = 0;
+  if (p->nvalues < 0 || p->ninstr < 0 || p->nslots < 0) return KD_ERR_INVALID;
+  size_t n = ser_size(p->nvalues, p->ninstr, p->nslots);
+  ser s = {malloc(n), 0};
+  if (!s.p) return KD_ERR_NOMEM;
+  put_u(&s, KD_STEP_MAGIC, 4);
+  put_u(&s, KD_STEP_VERSION, 4);
+  put_i32(&s, p->nvalues);
+  put_i32(&s, p->ninstr);
+  put_i32(&s, p->nslots);
+  put_i32(&s, p->split);
+  put_i64(&s, p->arena_bytes);
+  for (int32_t v = 0; v < p->nvalues; v++) {
+    const kd_step_value *val = &p->values[v];
+    put_i32(&s, (int32_t)val->loc);
+    put_i32(&s, (int32_t)val->dtype);
+    put_i64(&s, val->elems);
+    put_i64(&s, val->offset);
+    put_i32(&s, val->slot);
+  }
+  for (int32_t i = 0; i < p->ninstr; i++) {
+    const kd_step_instr *in = &p->instr[i];
+    put_i32(&s, (int32_t)in->kind);
+    put_i32(&s, (int32_t)in->fn);
+    put_i32(&s, in->rank);
+    for (int d = 0; d < KD_STEP_MAX_RANK; d++) put_i64(&s, in->shape[d]);
+    put_i32(&s, in->axis);
+    put_i32(&s, in->nsrc);
+    put_ref(&s, &in->dst);
+    for (int k = 0; k < KD_STEP_MAX_SRC; k++) put_ref(&s, &in->src[k]);
+    const kd_gemm *g = &in->gemm;
+    put_i64(&s, g->batch);
+    put_i64(&s, g->m);
+    put_i64(&s, g->n);
+    put_i64(&s, g->k);
+    put_u(&s, g->trans_a, 1);
+    put_u(&s, g->trans_b, 1);
+    put_f32(&s, g->alpha);
+    put_f32(&s, g->beta);
+    put_i64(&s, g->stride_a);
+    put_i64(&s, g->stride_b);
+    put_i64(&s, g->stride_c);
+    put_i64(&s, in->rows);
+    put_u(&s, in->accumulate, 1);
+    put_i32(&s, in->node);
+  }
+  for (int32_t k = 0; k < p->nslots; k++) {
+    const kd_step_slot *sl = &p->slots[k];
+    size_t nl = strnlen(sl->name, KD_STEP_NAME_MAX); /* NUL-padded: no stray bytes */
+    memcpy(s.p + s.pos, sl->name, nl);
+    memset(s.p + s.pos + nl, 0, KD_STEP_NAME_MAX - nl);
+    s.pos += KD_STEP_NAME_MAX;
+    put_i32(&s, (int32_t)sl->dtype);
+    put_i32(&s, sl->rank);
+    for (int d = 0; d < KD_STEP_MAX_RANK; d++) put_i64(&s, sl->shape[d]);
+    put_u(&s, sl->output, 1);
+  }
+  *buf = s.p;
+  *len = s.pos;
+  return KD_OK;
+}
+
+typedef struct deser {
+  const uint8_t *p;
+  size_t pos;
+  bool bad_bool; /* a flag byte other than 0 or 1 */
+} deser;
+
+static uint64_t get_u(deser *s, int bytes) {
+  uint64_t v = 0;
+  for (int b = 0; b < bytes; b++) v |= (uint64_t)s->p[s->pos++] << (8 * b);
+  return v;
+}
+static int32_t get_i32(deser *s) { return (int32_t)(uint32_t)get_u(s, 4); }
+static int64_t get_i64(deser *s) { return (int64_t)get_u(s, 8); }
+static double get_f64(deser *s) {
+  uint64_t u = get_u(s, 8);
+  double v;
+  memcpy(&v, &u, 8);
+  return v;
+}
+static float get_f32(deser *s) {
+  uint32_t u = (uint32_t)get_u(s, 4);
+  float v;
+  memcpy(&v, &u, 4);
+  return v;
+}
+static bool get_bool(deser *s) {
+  uint64_t v = get_u(s, 1);
+  if (v > 1) s->bad_bool = true;
+  return v != 0;
+}
+
+static void get_ref(deser *s, kd_step_ref *r) {
+  r->value = get_i32(s);
+  r->offset = get_i64(s);
+  for (int d = 0; d < KD_STEP_MAX_RANK; d++) r->stride[d] = get_i64(s);
+  r->imm = get_f64(s);
+}
+
+kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out, char *err,
+                              size_t errlen) {
+  *out = NULL;
+  deser s = {buf, 0, false};
+  uint32_t magic = len >= 4 ? (uint32_t)get_u(&s, 4) : 0;
+  if (len >= 4 && magic != KD_STEP_MAGIC)
+    return fail(KD_ERR_FORMAT, err, errlen, "not a step program (magic 0x%08" PRIx32 ")", magic);
+  if (len < KD_SER_HEADER)
+    return fail(KD_ERR_FORMAT, err, errlen, "step program truncated: %zu bytes, the header "
+                "alone is %d", len, KD_SER_HEADER);
+  uint32_t version = (uint32_t)get_u(&s, 4);
+  if (version != KD_STEP_VERSION)
+    return fail(KD_ERR_FORMAT, err, errlen, "step program version %" PRIu32 "; this runtime "
+                "reads version %d (rebuild it with this kdc)", version, KD_STEP_VERSION);
+  int32_t nv = get_i32(&s), ni = get_i32(&s), ns = get_i32(&s);
+  if (nv < 0 || ni < 0 || ns < 0)
+    return fail(KD_ERR_FORMAT, err, errlen, "step program: negative counts");
+  size_t want = ser_size(nv, ni, ns); /* < 2^31 x 3 x 2^10: no overflow in 64 bits */
+  if (len != want)
+    return fail(KD_ERR_FORMAT, err, errlen, "step program %s: %zu bytes, its counts (%d values, "
+                "%d instructions, %d slots) need %zu", len < want ? "truncated" : "too long",
+                len, nv, ni, ns, want);
+  kd_step_prog *p = kd_step_alloc(nv, ni, ns);
+  if (!p) return fail(KD_ERR_NOMEM, err, errlen, "out of memory");
+  p->split = get_i32(&s);
+  p->arena_bytes = get_i64(&s);
+  for (int32_t v = 0; v < nv; v++) {
+    kd_step_value *val = &p->values[v];
+    val->loc = (kd_step_loc)get_i32(&s);
+    val->dtype = (kd_dtype)get_i32(&s);
+    val->elems = get_i64(&s);
+    val->offset = get_i64(&s);
+    val->slot = get_i32(&s);
+  }
+  for (int32_t i = 0; i < ni; i++) {
+    kd_step_instr *in = &p->instr[i];
+    in->kind = (kd_step_kind)get_i32(&s);
+    in->fn = (kd_step_fn)get_i32(&s);
+    in->rank = get_i32(&s);
+    for (int d = 0; d < KD_STEP_MAX_RANK; d++) in->shape[d] = get_i64(&s);
+    in->axis = get_i32(&s);
+    in->nsrc = get_i32(&s);
+    get_ref(&s, &in->dst);
+    for (int k = 0; k < KD_STEP_MAX_SRC; k++) get_ref(&s, &in->src[k]);
+    kd_gemm *g = &in->gemm;
+    g->batch = get_i64(&s);
+    g->m = get_i64(&s);
+    g->n = get_i64(&s);
+    g->k = get_i64(&s);
+    g->trans_a = get_bool(&s);
+    g->trans_b = get_bool(&s);
+    g->alpha = get_f32(&s);
+    g->beta = get_f32(&s);
+    g->stride_a = get_i64(&s);
+    g->stride_b = get_i64(&s);
+    g->stride_c = get_i64(&s);
+    in->rows = get_i64(&s);
+    in->accumulate = get_bool(&s);
+    in->node = get_i32(&s);
+  }
+  bool padded = true;
+  for (int32_t k = 0; k < ns; k++) {
+    kd_step_slot *sl = &p->slots[k];
+    memcpy(sl->name, buf + s.pos, KD_STEP_NAME_MAX);
+    size_t nl = strnlen(sl->name, KD_STEP_NAME_MAX);
+    for (size_t c = nl; c < KD_STEP_NAME_MAX; c++) padded &= sl->name[c] == 0;
+    s.pos += KD_STEP_NAME_MAX;
+    sl->dtype = (kd_dtype)get_i32(&s);
+    sl->rank = get_i32(&s);
+    for (int d = 0; d < KD_STEP_MAX_RANK; d++) sl->shape[d] = get_i64(&s);
+    sl->output = get_bool(&s);
+  }
+  kd_status st = KD_OK;
+  if (s.bad_bool) st = fail(KD_ERR_FORMAT, err, errlen, "step program: a flag byte is not 0 or 1");
+  else if (!padded)
+    st = fail(KD_ERR_FORMAT, err, errlen, "step program: a slot name is not NUL-padded");
+  else st = kd_step_validate(p, err, errlen);
+  if (st != KD_OK) {
+    kd_step_free(p);
+    return st;
+  }
+  *out = p;
+  return KD_OK;
+}
+
+/* ---- running: operands ---------------------------------------------------- */
+
+/* Element loads and stores of any dtype through double (the general path). */
+static inline double load_elem(const char *base, kd_dtype t, int64_t i) {
+  switch (t) {
+  case KD_F32: return ((const float *)base)[i];
+  case KD_I64: return (double)((const int64_t *)base)[i];
+  default: return ((const uint8_t *)base)[i] != 0;
+  }
+}
+
+/* CAST's rounding (ir/refexec.c): bool is x != 0 (NaN is true), integers
+   truncate; NaN gives 0 and out-of-range values saturate, where C leaves
+   the conversion undefined. */
+static inline void store_elem(char *base, kd_dtype t, int64_t i, double x) {
+  switch (t) {
+  case KD_F32: ((float *)base)[i] = (float)x; break;
+  case KD_I64:
+    ((int64_t *)base)[i] = isnan(x) ? 0 : x >= 0x1p63 ? INT64_MAX : x < -0x1p63 ? INT64_MIN
+                                                                                 : (int64_t)x;
+    break;
+  default: ((uint8_t *)base)[i] = x != 0; break;
+  }
+}
+
+/* An operand of a map or reduction: memory, a constant, or IOTA's index
+   (an operand whose element at an index is offset + sum idx[d] stride[d]). */
+typedef enum op_kind { OP_MEM, OP_CONST, OP_INDEX } op_kind;
+
+typedef struct operand {
+  op_kind kind;
+  kd_dtype dtype;
+  char *base; /* MEM: the value's element 0 */
+  int64_t offset, stride[KD_STEP_MAX_RANK];
+  double imm;
+} operand;
+
+/* Resolves ref r of instruction i, failing on an unbound slot. */
+static kd_status resolve(const kd_step_prog *p, int32_t i, void *arena, void *const *slots,
+                         const kd_step_ref *r, operand *o, char *err, size_t errlen) {
+  memset(o, 0, sizeof *o);
+  if (r->value < 0) {
+    o->kind = OP_CONST;
+    o->dtype = KD_F32;
+    o->imm = r->imm;
+    return KD_OK;
+  }
+  const kd_step_value *val = &p->values[r->value];
+  o->kind = OP_MEM;
+  o->dtype = val->dtype;
+  o->base = val->loc == KD_LOC_ARENA ? (arena ? (char *)arena + val->offset : NULL)
+                                     : slots ? slots[val->slot] : NULL;
+  if (!o->base && val->loc == KD_LOC_SLOT)
+    return fail(KD_ERR_INVALID, err, errlen, "instruction %d: slot %d (%s) is not bound", i,
+                val->slot, p->slots[val->slot].name);
+  if (!o->base) return fail(KD_ERR_INVALID, err, errlen, "instruction %d: no arena", i);
+  o->offset = r->offset;
+  memcpy(o->stride, r->stride, sizeof o->stride);
+  return KD_OK;
+}
+
+/* ---- running: maps ---------------------------------------------------------- */
+
+enum { MAP_GRAIN = 1 << 14, GEN_BLOCK = 256 };
+
+typedef struct map_ctx {
+  kd_step_fn fn;
+  int nops; /* op[0] is dst, op[1 + s] source s */
+  operand op[1 + KD_STEP_MAX_SRC];
+  int rank; /* >= 1 after coalescing; the last dim is the inner loop */
+  int64_t shape[KD_STEP_MAX_RANK];
+  bool fast; /* all f32 (or constant), inner strides of dst 1 and of sources 0 or 1 */
+} map_ctx;
+
+/* Drops dims of size 1 and merges neighbours every operand walks as one
+   (stride[d] == stride[d + 1] * shape[d + 1]), so [B, T, D] + [D] runs as
+   one [B*T, D] loop and a contiguous map as one long row. */
+static void coalesce(map_ctx *c) {
+  int r = 0;
+  for (int d = 0; d < c->rank; d++) {
+    if (c->shape[d] == 1) continue;
+    bool merge = r > 0;
+    for (int k = 0; k < c->nops && merge; k++)
+      merge = c->op[k].stride[r - 1] == c->op[k].stride[d] * c->shape[d];
+    if (merge) {
+      c->shape[r - 1] *= c->shape[d];
+      for (int k = 0; k < c->nops; k++) c->op[k].stride[r - 1] = c->op[k].stride[d];
+      continue;
+    }
+    c->shape[r] = c->shape[d];
+    for (int k = 0; k < c->nops; k++) c->op[k].stride[r] = c->op[k].stride[d];
+    r++;
+  }
+  if (r == 0) {
+    c->shape[0] = 1;
+    for (int k = 0; k < c->nops; k++) c->op[k].stride[0] = 0;
+    r = 1;
+  }
+  c->rank = r;
+}
+
+/* The f32 fast path over one segment: d[j] for j < n, sources a and b
+   either vectors (stride 1) or scalars (stride 0 or a constant: xs, ys).
+   In place, d equals a or b exactly (validation allows nothing else), and
+   each element is read before it is written at the same j, which the
+   vectorised loops keep. A vectorised expf/logf/tanhf (SLEEF, or the
+   polynomial codegen emits for the loss kernels) would go here. */
+#define KD_UNARY(EXPR)                                                            \
+  do {                                                                            \
+    if (va)                                                                       \
+      for (int64_t j = 0; j < n; j++) {                                           \
+        float x = a[j];                                                           \
+        d[j] = (EXPR);                                                            \
+      }                                                                           \
+    else {                                                                        \
+      float x = (float)xs, r = (EXPR);                                            \
+      for (int64_t j = 0; j < n; j++) d[j] = r;                                   \
+    }                                                                             \
+  } while (0)
+
+#define KD_BINARY(EXPR)                                                           \
+  do {                                                                            \
+    if (va && vb)                                                                 \
+      for (int64_t j = 0; j < n; j++) {                                           \
+        double x = a[j], y = b[j];                                                \
+        d[j] = (float)(EXPR);                                                     \
+      }                                                                           \
+    else if (va)                                                                  \
+      for (int64_t j = 0; j < n; j++) {                                           \
+        double x = a[j], y = ys;                                                  \
+        d[j] = (float)(EXPR);                                                     \
+      }                                                                           \
+    else if (vb)                                                                  \
+      for (int64_t j = 0; j < n; j++) {                                           \
+        double x = xs, y = b[j];                                                  \
+        d[j] = (float)(EXPR);                                                     \
+      }                                                                           \
+    else {                                                                        \
+      double x = xs, y = ys;                                                      \
+      float r = (float)(EXPR);                                                    \
+      for (int64_t j = 0; j < n; j++) d[j] = r;                                   \
+    }                                                                             \
+  } while (0)
+
+static void map_f32(kd_step_fn fn, int64_t n, float *restrict d, const float *restrict a,
+                    bool va, double xs, const float *restrict b, bool vb, double ys) {
+  switch (fn) {
+  case KD_SF_COPY:
+  case KD_SF_FILL: KD_UNARY(x); break;
+  case KD_SF_NEG: KD_UNARY(-x); break;
+  case KD_SF_EXP: KD_UNARY(expf(x)); break;
+  case KD_SF_LOG: KD_UNARY(logf(x)); break;
+  case KD_SF_SQRT: KD_UNARY(sqrtf(x)); break;
+  case KD_SF_ABS: KD_UNARY(fabsf(x)); break;
+  case KD_SF_SIGN: KD_UNARY(x > 0 ? 1.0f : x < 0 ? -1.0f : x); break;
+  case KD_SF_TANH: KD_UNARY(tanhf(x)); break;
+  case KD_SF_ADD: KD_BINARY(x + y); break;
+  case KD_SF_SUB: KD_BINARY(x - y); break;
+  case KD_SF_MUL: KD_BINARY(x * y); break;
+  case KD_SF_MULZ: KD_BINARY(x == 0 ? 0.0 : x * y); break;
+  case KD_SF_DIV: KD_BINARY(x / y); break;
+  case KD_SF_POW: KD_BINARY(pow(x, y)); break;
+  case KD_SF_MAX: KD_BINARY(isnan(x) || isnan(y) ? NAN : x > y ? x : y); break;
+  case KD_SF_MIN: KD_BINARY(isnan(x) || isnan(y) ? NAN : x < y ? x : y); break;
+  case KD_SF_LT: KD_BINARY(x < y); break;
+  case KD_SF_LE: KD_BINARY(x <= y); break;
+  case KD_SF_GT: KD_BINARY(x > y); break;
+  case KD_SF_GE: KD_BINARY(x >= y); break;
+  case KD_SF_EQ: KD_BINARY(x == y); break;
+  case KD_SF_NE: KD_BINARY(x != y); break;
+  default: break; /* IOTA and SELECT take the general path */
+  }
+}
+
+/* The general path: n <= GEN_BLOCK results of fn from sources x, y, z in
+   double, as ir/refexec.c computes them. */
+static void map_double(kd_step_fn fn, int n, double *r, const double *x, const double *y,
+                       const double *z) {
+#define KD_EACH(EXPR)                         \
+  for (int j = 0; j < n; j++) r[j] = (EXPR);  \
+  break
+  switch (fn) {
+  case KD_SF_COPY:
+  case KD_SF_FILL:
+  case KD_SF_IOTA: KD_EACH(x[j]);
+  case KD_SF_NEG: KD_EACH(-x[j]);
+  case KD_SF_EXP: KD_EACH(exp(x[j]));
+  case KD_SF_LOG: KD_EACH(log(x[j]));
+  case KD_SF_SQRT: KD_EACH(sqrt(x[j]));
+  case KD_SF_ABS: KD_EACH(fabs(x[j]));
+  case KD_SF_SIGN: KD_EACH(x[j] > 0 ? 1.0 : x[j] < 0 ? -1.0 : x[j]);
+  case KD_SF_TANH: KD_EACH(tanh(x[j]));
+  case KD_SF_ADD: KD_EACH(x[j] + y[j]);
+  case KD_SF_SUB: KD_EACH(x[j] - y[j]);
+  case KD_SF_MUL: KD_EACH(x[j] * y[j]);
+  case KD_SF_MULZ: KD_EACH(x[j] == 0 ? 0.0 : x[j] * y[j]);
+  case KD_SF_DIV: KD_EACH(x[j] / y[j]);
+  case KD_SF_POW: KD_EACH(pow(x[j], y[j]));
+  case KD_SF_MAX: KD_EACH(isnan(x[j]) || isnan(y[j]) ? NAN : x[j] > y[j] ? x[j] : y[j]);
+  case KD_SF_MIN: KD_EACH(isnan(x[j]) || isnan(y[j]) ? NAN : x[j] < y[j] ? x[j] : y[j]);
+  case KD_SF_LT: KD_EACH(x[j] < y[j]);
+  case KD_SF_LE: KD_EACH(x[j] <= y[j]);
+  case KD_SF_GT: KD_EACH(x[j] > y[j]);
+  case KD_SF_GE: KD_EACH(x[j] >= y[j]);
+  case KD_SF_EQ: KD_EACH(x[j] == y[j]);
+  case KD_SF_NE: KD_EACH(x[j] != y[j]);
+  case KD_SF_SELECT: KD_EACH(x[j] != 0 ? y[j] : z[j]);
+  default: KD_EACH(NAN);
+  }
+#undef KD_EACH
+}
+
+/* Loads n elements of operand o from element offset off, step s. */
+static void load_block(const operand *o, int64_t off, int64_t s, int n, double *buf) {
+  if (o->kind == OP_CONST) {
+    for (int j = 0; j < n; j++) buf[j] = o->imm;
+  } else if (o->kind == OP_INDEX) {
+    for (int j = 0; j < n; j++) buf[j] = (double)(off + j * s);
+  } else if (o->dtype == KD_F32) {
+    const float *f = (const float *)o->base + off;
+    for (int j = 0; j < n; j++) buf[j] = f[j * s];
+  } else {
+    for (int j = 0; j < n; j++) buf[j] = load_elem(o->base, o->dtype, off + j * s);
+  }
+}
+
+/* One segment of a row: n elements from element offsets off[k]. */
+static void map_segment(const map_ctx *c, const int64_t *off, int64_t n) {
+  int in = c->rank - 1;
+  if (c->fast) {
+    const operand *A = &c->op[1], *B = c->nops > 2 ? &c->op[2] : NULL;
+    bool va = A->kind == OP_MEM && A->stride[in] == 1;
+    bool vb = B && B->kind == OP_MEM && B->stride[in] == 1;
+    const float *a = A->kind == OP_MEM ? (const float *)A->base + off[1] : NULL;
+    const float *b = B && B->kind == OP_MEM ? (const float *)B->base + off[2] : NULL;
+    double xs = a ? (double)a[0] : A->imm, ys = B ? (b ? (double)b[0] : B->imm) : 0;
+    map_f32(c->fn, n, (float *)c->op[0].base + off[0], a, va, xs, b, vb, ys);
+    return;
+  }
+  double buf[KD_STEP_MAX_SRC][GEN_BLOCK], r[GEN_BLOCK];
+  for (int64_t j = 0; j < n; j += GEN_BLOCK) {
+    int m = (int)(n - j < GEN_BLOCK ? n - j : GEN_BLOCK);
+    for (int k = 1; k < c->nops; k++)
+      load_block(&c->op[k], off[k] + j * c->op[k].stride[in], c->op[k].stride[in], m,
+                 buf[k - 1]);
+    map_double(c->fn, m, r, buf[0], buf[1], buf[2]);
+    const operand *d = &c->op[0];
+    int64_t ds = d->stride[in], d0 = off[0] + j * ds;
+    if (d->dtype == KD_F32) {
+      float *f = (float *)d->base + d0;
+      for (int t = 0; t < m; t++) f[t * ds] = (float)r[t];
+    } else {
+      for (int t = 0; t < m; t++) store_elem(d->base, d->dtype, d0 + t * ds, r[t]);
+    }
+  }
+}
+
+/* Elements [begin, end) of the map's index space in C order, a row
+   segment at a time. */
+static void map_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const map_ctx *c = vctx;
+  int in = c->rank - 1;
+  int64_t inner = c->shape[in];
+  for (int64_t i = begin; i < end;) {
+    int64_t o = i / inner, j = i % inner, n = inner - j < end - i ? inner - j : end - i;
+    int64_t off[1 + KD_STEP_MAX_SRC];
+    for (int k = 0; k < c->nops; k++) off[k] = c->op[k].offset + j * c->op[k].stride[in];
+    for (int d = in - 1; d >= 0; d--) {
+      int64_t idx = o % c->shape[d];
+      o /= c->shape[d];
+      for (int k = 0; k < c->nops; k++) off[k] += idx * c->op[k].stride[d];
+    }
+    map_segment(c, off, n);
+    i += n;
+  }
+}
+
+static bool fast_fn(kd_step_fn fn) {
+  return fn != KD_SF_IOTA && fn != KD_SF_SELECT;
+}
+
+/* The product of shape's dims but `skip`, 0 when any is 0 (checked first:
+   the others' product is then bounded by dst's size, and cannot overflow). */
+static int64_t count(const kd_step_instr *in, int32_t skip) {
+  for (int32_t d = 0; d < in->rank; d++)
+    if (d != skip && in->shape[d] == 0) return 0;
+  int64_t n = 1;
+  for (int32_t d = 0; d < in->rank; d++)
+    if (d != skip) n *= in->shape[d];
+  return n;
+}
+
+static kd_status run_map(const kd_step_instr *in, map_ctx *c, kd_pool *pool) {
+  int64_t total = count(in, -1);
+  if (total == 0) return KD_OK;
+  c->fn = in->fn;
+  c->rank = in->rank;
+  memcpy(c->shape, in->shape, sizeof c->shape);
+  if (in->fn == KD_SF_IOTA) { /* the index along axis, as a source */
+    c->nops = 2;
+    c->op[1] = (operand){.kind = OP_INDEX, .dtype = KD_I64};
+    c->op[1].stride[in->axis] = 1;
+  }
+  coalesce(c);
+  int last = c->rank - 1;
+  c->fast = fast_fn(c->fn) && c->op[0].dtype == KD_F32 && c->op[0].stride[last] == 1;
+  for (int k = 1; k < c->nops && c->fast; k++)
+    c->fast = c->op[k].kind == OP_CONST ||
+              (c->op[k].dtype == KD_F32 && c->op[k].stride[last] <= 1);
+  kd_pool_parallel_for(pool, total, MAP_GRAIN, map_chunk, c);
+  return KD_OK;
+}
+
+/* ---- running: reductions and softmax ---------------------------------------- */
+
+/* Rows along `axis`. When the source's last dim is contiguous and not the
+ * axis, W <= RED_COLS neighbouring rows run together, so a reduction over
+ * a leading axis (a bias's gradient) reads whole cache lines; each row is
+ * still summed in index order. */
+enum { RED_COLS = 64 };
+
+typedef struct red_ctx {
+  const kd_step_instr *in;
+  operand src, dst;
+  int64_t len, sa, da; /* along the axis: elements, source and dst stride */
+  int nrow;            /* the other dims, in order */
+  int64_t rshape[KD_STEP_MAX_RANK], rs[KD_STEP_MAX_RANK], rd[KD_STEP_MAX_RANK];
+  int64_t cols;        /* rows taken together along the last row dim (1 or RED_COLS) */
+  int64_t nblocks;     /* ceil(rshape[nrow - 1] / cols) when cols > 1 */
+} red_ctx;
+
+/* W rows at once: row w's element k is at src + w * cs + k * sa. */
+static void reduce_rows(kd_step_fn fn, const operand *src, int64_t off, int64_t cs, int64_t sa,
+                        int64_t len, int W, double *out) {
+  const float *f = src->dtype == KD_F32 ? (const float *)src->base : NULL;
+#define KD_AT(w, k) (f ? (double)f[off + (w) * cs + (k) * sa] \
+                       : load_elem(src->base, src->dtype, off + (w) * cs + (k) * sa))
+  if (fn == KD_SF_SUM) {
+    for (int w = 0; w < W; w++) out[w] = 0;
+    for (int64_t k = 0; k < len; k++)
+      for (int w = 0; w < W; w++) out[w] += KD_AT(w, k);
+    return;
+  }
+  for (int w = 0; w < W; w++) out[w] = -INFINITY; /* RMAX: NaN wins, as refexec's early return */
+  for (int64_t k = 0; k < len; k++)
+    for (int w = 0; w < W; w++) {
+      double x = KD_AT(w, k);
+      out[w] = isnan(x) || isnan(out[w]) ? NAN : x > out[w] ? x : out[w];
+    }
+  if (fn != KD_SF_LSE) return;
+  double s[RED_COLS];
+  for (int w = 0; w < W; w++) s[w] = 0;
+  for (int64_t k = 0; k < len; k++)
+    for (int w = 0; w < W; w++)
+      if (isfinite(out[w])) s[w] += exp(KD_AT(w, k) - out[w]);
+  for (int w = 0; w < W; w++)
+    if (isfinite(out[w])) out[w] += log(s[w]); /* all -inf, +inf, NaN rows: the max */
+#undef KD_AT
+}
+
+/* Row-block t's element offsets into source and dst, and its width. */
+static int row_block(const red_ctx *c, int64_t t, int64_t *so, int64_t *dso) {
+  int64_t s = c->src.offset, d = c->dst.offset;
+  int W = 1;
+  int last = c->nrow - 1;
+  if (c->cols > 1) { /* the last row dim in blocks */
+    int64_t b = t % c->nblocks, j = b * c->cols;
+    t /= c->nblocks;
+    W = (int)(c->rshape[last] - j < c->cols ? c->rshape[last] - j : c->cols);
+    s += j * c->rs[last], d += j * c->rd[last];
+    last--;
+  }
+  for (int r = last; r >= 0; r--) {
+    int64_t idx = t % c->rshape[r];
+    t /= c->rshape[r];
+    s += idx * c->rs[r], d += idx * c->rd[r];
+  }
+  *so = s, *dso = d;
+  return W;
+}
+
+static void reduce_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const red_ctx *c = vctx;
+  double out[RED_COLS];
+  int64_t cs = c->cols > 1 ? c->rs[c->nrow - 1] : 0, ds = c->cols > 1 ? c->rd[c->nrow - 1] : 0;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t so, dof;
+    int W = row_block(c, t, &so, &dof);
+    reduce_rows(c->in->fn, &c->src, so, cs, c->sa, c->len, W, out);
+    for (int w = 0; w < W; w++) store_elem(c->dst.base, c->dst.dtype, dof + w * ds, out[w]);
+  }
+}
+
+/* SOFTMAX and LOG_SOFTMAX, one f32 row at a time: exp(x - lse) and
+   x - lse with lse as refexec's (an all -inf row gives NaN there too). A
+   faster version would keep the exps of the sum pass (one exp, not two). */
+static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const red_ctx *c = vctx;
+  bool soft = c->in->fn == KD_SF_SOFTMAX;
+  for (int64_t t = begin; t < end; t++) {
+    int64_t so, dof;
+    row_block(c, t, &so, &dof);
+    const float *x = (const float *)c->src.base + so;
+    float *y = (float *)c->dst.base + dof;
+    double lse;
+    reduce_rows(KD_SF_LSE, &c->src, so, 0, c->sa, c->len, 1, &lse);
+    int64_t sa = c->sa, da = c->da;
+    for (int64_t k = 0; k < c->len; k++) {
+      double v = (double)x[k * sa] - lse;
+      y[k * da] = (float)(soft ? exp(v) : v);
+    }
+  }
+}
+
+static kd_status run_rows(const kd_step_instr *in, red_ctx *c, kd_pool *pool) {
+  c->in = in;
+  c->len = in->shape[in->axis];
+  c->sa = c->src.stride[in->axis];
+  c->da = c->dst.stride[in->axis];
+  c->nrow = 0;
+  int64_t rows = count(in, in->axis);
+  for (int32_t d = 0; d < in->rank; d++) {
+    if (d == in->axis) continue;
+    c->rshape[c->nrow] = in->shape[d];
+    c->rs[c->nrow] = c->src.stride[d];
+    c->rd[c->nrow] = c->dst.stride[d];
+    c->nrow++;
+  }
+  if (rows == 0) return KD_OK;
+  c->cols = 1;
+  int64_t tasks = rows;
+  if (in->kind == KD_STEP_REDUCE && c->nrow > 0 && c->rs[c->nrow - 1] == 1 && c->sa != 1 &&
+      c->rshape[c->nrow - 1] > 1) {
+    c->cols = RED_COLS;
+    c->nblocks = (c->rshape[c->nrow - 1] + RED_COLS - 1) / RED_COLS;
+    tasks = rows / c->rshape[c->nrow - 1] * c->nblocks;
+  }
+  int64_t work = c->len * c->cols;
+  int64_t grain = work >= MAP_GRAIN ? 1 : MAP_GRAIN / (work > 0 ? work : 1);
+  kd_pool_parallel_for(pool, tasks, grain,
+                       in->kind == KD_STEP_REDUCE ? reduce_chunk : softmax_chunk, c);
+  return KD_OK;
+}
+
+/* ---- running ------------------------------------------------------------------ */
+
+static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *const *slots,
+                           kd_pool *pool, char *err, size_t errlen) {
+  const kd_step_instr *in = &p->instr[i];
+  operand ops[1 + KD_STEP_MAX_SRC];
+  kd_status st = resolve(p, i, arena, slots, &in->dst, &ops[0], err, errlen);
+  for (int s = 0; s < in->nsrc && st == KD_OK; s++)
+    st = resolve(p, i, arena, slots, &in->src[s], &ops[1 + s], err, errlen);
+  if (st != KD_OK) return st;
+  switch (in->kind) {
+  case KD_STEP_MAP: {
+    map_ctx c = {.nops = 1 + in->nsrc};
+    memcpy(c.op, ops, sizeof ops);
+    return run_map(in, &c, pool);
+  }
+  case KD_STEP_REDUCE:
+  case KD_STEP_SOFTMAX: {
+    red_ctx c = {.src = ops[1], .dst = ops[0]};
+    return run_rows(in, &c, pool);
+  }
+  case KD_STEP_GEMM: {
+    const float *a = (const float *)ops[1].base + ops[1].offset;
+    const float *b = (const float *)ops[2].base + ops[2].offset;
+    st = kd_gemm_run(&in->gemm, a, b, (float *)ops[0].base + ops[0].offset);
+    if (st != KD_OK) return fail(st, err, errlen, "instruction %d: gemm: %s", i, kd_status_str(st));
+    return KD_OK;
+  }
+  case KD_STEP_GATHER:
+  case KD_STEP_SCATTER_ADD: {
+    const float *x = (const float *)ops[1].base + ops[1].offset;
+    const int64_t *ids = (const int64_t *)ops[2].base + ops[2].offset;
+    float *y = (float *)ops[0].base + ops[0].offset;
+    char msg[256] = "";
+    st = in->kind == KD_STEP_GATHER
+             ? kd_gather_rows_f32(pool, x, in->rows, in->shape[1], ids, in->shape[0], y, msg,
+                              sizeof msg)
+             : kd_scatter_add_rows_f32(pool, x, ids, in->shape[0], in->rows, in->shape[1],
+                                   in->accumulate, y, msg, sizeof msg);
+    if (st != KD_OK)
+      return fail(st, err, errlen, "instruction %d: %s: %s", i, kind_name(in->kind),
+                  msg[0] ? msg : kd_status_str(st));
+    return KD_OK;
+  }
+  default: return fail(KD_ERR_INVALID, err, errlen, "instruction %d: bad kind", i);
+  }
+}
+
+kd_status kd_step_run(const kd_step_prog *p, void *arena, void *const *slots, int32_t begin,
+                      int32_t end, kd_pool *pool, char *err, size_t errlen) {
+  if (begin < 0 || end < begin || end > p->ninstr)
+    return fail(KD_ERR_INVALID, err, errlen, "instructions %d..%d are not a range of 0..%d",
+                begin, end, p->ninstr);
+  for (int32_t i = begin; i < end; i++) {
+    kd_status st = run_instr(p, i, arena, slots, pool, err, errlen);
+    if (st != KD_OK) return st;
+  }
+  return KD_OK;
+}
