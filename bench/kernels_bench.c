@@ -85,9 +85,9 @@ static void bench_rows(kd_pool *pool, int64_t R, int64_t V, int64_t D, int64_t H
   double tg = 1e30, ts = 1e30, tp = 1e30;
   for (int r = 0; r <= repeats; r++) {
     double t0 = now();
-    kd_gather_rows(pool, table, V, D, ids, R, out, NULL, 0);
+    kd_gather_rows_f32(pool, table, V, D, ids, R, out, NULL, 0);
     double t1 = now();
-    kd_scatter_add_rows(pool, rows, ids, R, V, D, false, table, NULL, 0);
+    kd_scatter_add_rows_f32(pool, rows, ids, R, V, D, false, table, NULL, 0);
     double t2 = now();
     kd_split_heads(pool, rows, R / 128, 128, H, D / H, out);
     double t3 = now();

@@ -31,7 +31,7 @@ kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c
   return KD_OK;
 }
 
-kd_status kd_matmul(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
+kd_status kd_matmul_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
                     const float *b, float *c) {
   /* a shared b: the batch's rows are one [B*M, K] matrix */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = n, .k = k,
@@ -39,7 +39,7 @@ kd_status kd_matmul(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_share
   return kd_gemm_run(&p, a, b, c);
 }
 
-kd_status kd_matmul_grad_a(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_a_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *dc, const float *b, float beta, float *da) {
   /* da [M, K] = dc [M, N] @ b^T, b stored [K, N] */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = k, .k = n,
@@ -48,7 +48,7 @@ kd_status kd_matmul_grad_a(int64_t batch, int64_t m, int64_t k, int64_t n, bool 
   return kd_gemm_run(&p, dc, b, da);
 }
 
-kd_status kd_matmul_grad_b(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_b_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *a, const float *dc, float beta, float *db) {
   /* db [K, N] = a^T @ dc, a stored [M, K]; with a shared b, the sum over the
      batch is the product of the stacked [B*M, K] and [B*M, N] matrices */
@@ -91,7 +91,7 @@ static void gather_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
    worker. */
 static int64_t row_grain(int64_t D) { return D >= 4096 ? 1 : 4096 / (D > 0 ? D : 1); }
 
-kd_status kd_gather_rows(kd_pool *pool, const float *table, int64_t V, int64_t D,
+kd_status kd_gather_rows_f32(kd_pool *pool, const float *table, int64_t V, int64_t D,
                          const int64_t *ids, int64_t n, float *out, char *err, size_t errlen) {
   if (V < 0 || D < 0 || n < 0) return KD_ERR_INVALID;
   kd_status st = check_ids(ids, n, V, err, errlen);
@@ -124,7 +124,7 @@ static void scatter_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   }
 }
 
-kd_status kd_scatter_add_rows(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
+kd_status kd_scatter_add_rows_f32(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
                               int64_t V, int64_t D, bool accumulate, float *table, char *err,
                               size_t errlen) {
   if (V < 0 || D < 0 || n < 0) return KD_ERR_INVALID;
@@ -195,7 +195,7 @@ static void permute_tiles(void *vctx, int64_t begin, int64_t end, int worker) {
   }
 }
 
-kd_status kd_permute(kd_pool *pool, const float *in, int rank, const int64_t *shape,
+kd_status kd_permute_f32(kd_pool *pool, const float *in, int rank, const int64_t *shape,
                      const int *perm, float *out) {
   if (rank < 1 || rank > 4) return KD_ERR_INVALID;
   bool seen[4] = {false, false, false, false};
@@ -239,12 +239,12 @@ kd_status kd_split_heads(kd_pool *pool, const float *in, int64_t B, int64_t T, i
                          int64_t Dh, float *out) {
   static const int perm[4] = {0, 2, 1, 3};
   int64_t shape[4] = {B, T, H, Dh};
-  return kd_permute(pool, in, 4, shape, perm, out);
+  return kd_permute_f32(pool, in, 4, shape, perm, out);
 }
 
 kd_status kd_merge_heads(kd_pool *pool, const float *in, int64_t B, int64_t H, int64_t T,
                          int64_t Dh, float *out) {
   static const int perm[4] = {0, 2, 1, 3};
   int64_t shape[4] = {B, H, T, Dh};
-  return kd_permute(pool, in, 4, shape, perm, out);
+  return kd_permute_f32(pool, in, 4, shape, perm, out);
 }

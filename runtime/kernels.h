@@ -14,7 +14,7 @@
  * threads as the pool has, so a step uses the same cores throughout.
  *
  * Determinism: every kernel gives bit-identical results whatever the
- * thread count; kd_scatter_add_rows sums each destination row in the
+ * thread count; kd_scatter_add_rows_f32 sums each destination row in the
  * order of the ids, never with float atomics.
  *
  * Legend: B = batch, M, K, N = matrix sizes, V = table rows, D = row width,
@@ -55,18 +55,18 @@ kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c
  *   grad_a:   da = dc @ b^T            shared b: one [B*M, N] x [N, K] call
  *   grad_b:   db = a^T @ dc            shared b: summed over the batch, as
  *             one [K, B*M] x [B*M, N] call (db is [K, N]); else [B, K, N] */
-kd_status kd_matmul(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
+kd_status kd_matmul_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
                     const float *b, float *c);
-kd_status kd_matmul_grad_a(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_a_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *dc, const float *b, float beta, float *da);
-kd_status kd_matmul_grad_b(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_b_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *a, const float *dc, float beta, float *db);
 
 /* GATHER_ROWS (the embedding's forward): out[i, :] = table[ids[i], :] for
  * i in [0, n); table [V, D], out [n, D]. An id outside [0, V) gives
  * KD_ERR_INVALID with "id 300 at position 17 is outside the table's 256
  * rows" in err, and out unwritten. */
-kd_status kd_gather_rows(kd_pool *pool, const float *table, int64_t V, int64_t D,
+kd_status kd_gather_rows_f32(kd_pool *pool, const float *table, int64_t V, int64_t D,
                          const int64_t *ids, int64_t n, float *out, char *err, size_t errlen);
 
 /* SCATTER_ADD_ROWS (its adjoint): table[ids[i], :] += rows[i, :] for every
@@ -74,8 +74,8 @@ kd_status kd_gather_rows(kd_pool *pool, const float *table, int64_t V, int64_t D
  * unless accumulate. The ids are sorted by destination (a counting sort,
  * n + V + 1 scratch indices) and the pool splits the destination rows;
  * rows and table must not overlap.
- * Errors as kd_gather_rows, table then untouched; KD_ERR_NOMEM. */
-kd_status kd_scatter_add_rows(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
+ * Errors as kd_gather_rows_f32, table then untouched; KD_ERR_NOMEM. */
+kd_status kd_scatter_add_rows_f32(kd_pool *pool, const float *rows, const int64_t *ids, int64_t n,
                               int64_t V, int64_t D, bool accumulate, float *table, char *err,
                               size_t errlen);
 
@@ -83,7 +83,7 @@ kd_status kd_scatter_add_rows(kd_pool *pool, const float *rows, const int64_t *i
  * permutation that keeps the last axis copies contiguous rows; one that
  * moves it transposes in 16 x 16 tiles, so both reads and writes run along
  * cache lines. KD_ERR_INVALID on a bad rank or permutation. */
-kd_status kd_permute(kd_pool *pool, const float *in, int rank, const int64_t *shape,
+kd_status kd_permute_f32(kd_pool *pool, const float *in, int rank, const int64_t *shape,
                      const int *perm, float *out);
 
 /* Attention's head split and merge: [B, T, H, Dh] -> [B, H, T, Dh] and back

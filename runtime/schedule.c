@@ -19,7 +19,7 @@ int kd_schedule_kind_from_name(const char *name) {
   return -1;
 }
 
-kd_status kd_schedule_check(const kd_schedule *s, char *err, size_t errlen) {
+kd_status kd_schedule_check(const kd_lr_schedule *s, char *err, size_t errlen) {
   if ((unsigned)s->kind >= KD_SCHED_KIND_COUNT)
     return kd_errf(err, errlen, KD_ERR_INVALID, "unknown schedule kind %d", (int)s->kind);
   if (!(s->lr > 0) || !isfinite(s->lr))
@@ -34,7 +34,7 @@ kd_status kd_schedule_check(const kd_schedule *s, char *err, size_t errlen) {
   return KD_OK;
 }
 
-double kd_schedule_lr(const kd_schedule *s, int64_t step) {
+double kd_schedule_lr(const kd_lr_schedule *s, int64_t step) {
   if (step < s->warmup) return s->lr * (double)(step + 1) / (double)s->warmup;
   if (s->kind == KD_SCHED_CONSTANT) return s->lr;
   double lo = s->min_frac * s->lr;

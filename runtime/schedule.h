@@ -23,18 +23,18 @@ typedef enum kd_schedule_kind {
 const char *kd_schedule_kind_name(kd_schedule_kind k); /* "constant", "linear", "cosine" */
 int kd_schedule_kind_from_name(const char *name);      /* the kind, or -1 */
 
-typedef struct kd_schedule {
+typedef struct kd_lr_schedule {
   kd_schedule_kind kind;
   double lr;        /* the peak rate */
   int64_t warmup;   /* steps of linear warmup; 0 for none */
   int64_t total;    /* the step the decay ends at (the run's length) */
   double min_frac;  /* the rate at the end, as a fraction of lr */
-} kd_schedule;
+} kd_lr_schedule;
 
 /* KD_ERR_INVALID unless lr > 0, 0 <= min_frac <= 1, warmup >= 0 and, for
    the decaying kinds, total > warmup. */
-kd_status kd_schedule_check(const kd_schedule *s, char *err, size_t errlen);
+kd_status kd_schedule_check(const kd_lr_schedule *s, char *err, size_t errlen);
 
-double kd_schedule_lr(const kd_schedule *s, int64_t step);
+double kd_schedule_lr(const kd_lr_schedule *s, int64_t step);
 
 #endif /* KD_SCHEDULE_H */

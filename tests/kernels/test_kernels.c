@@ -108,20 +108,20 @@ static void test_matmul_products(void) {
       memcpy(db, db0, (size_t)nb * 4);
       float *zero = calloc((size_t)(B * m * n + 1), 4);
 
-      CHECK(kd_matmul(B, m, k, n, shared, a, b, c) == KD_OK);
+      CHECK(kd_matmul_f32(B, m, k, n, shared, a, b, c) == KD_OK);
       kd_gemm fw = {.batch = B, .m = m, .n = n, .k = k, .alpha = 1, .stride_a = m * k,
                     .stride_b = shared ? 0 : k * n, .stride_c = m * n};
       CHECK(gemm_check(&fw, a, b, zero, c) == 0);
 
       /* da accumulates (beta = 1): da = da0 + dc b^T */
-      CHECK(kd_matmul_grad_a(B, m, k, n, shared, dc, b, 1.0f, da) == KD_OK);
+      CHECK(kd_matmul_grad_a_f32(B, m, k, n, shared, dc, b, 1.0f, da) == KD_OK);
       kd_gemm ga = {.batch = B, .m = m, .n = k, .k = n, .trans_b = true, .alpha = 1, .beta = 1,
                     .stride_a = m * n, .stride_b = shared ? 0 : k * n, .stride_c = m * k};
       CHECK(gemm_check(&ga, dc, b, da0, da) == 0);
 
       /* db accumulates too; shared: db = db0 + sum_t a[t]^T dc[t], checked
          against the sum written out over the batch */
-      CHECK(kd_matmul_grad_b(B, m, k, n, shared, a, dc, 1.0f, db) == KD_OK);
+      CHECK(kd_matmul_grad_b_f32(B, m, k, n, shared, a, dc, 1.0f, db) == KD_OK);
       int bad = 0;
       for (int64_t t = 0; t < (shared ? 1 : B); t++)
         for (int64_t i = 0; i < k; i++)
@@ -154,7 +154,7 @@ static void test_blas_threads(void) {
   for (int t = 1; t <= 2; t++) {
     kd_blas_set_threads(t);
     CHECK(kd_blas_threads() == t);
-    CHECK(kd_matmul(1, m, k, n, true, a, b, c) == KD_OK);
+    CHECK(kd_matmul_f32(1, m, k, n, true, a, b, c) == KD_OK);
     CHECK(gemm_check(&p, a, b, zero, c) == 0);
   }
   kd_blas_set_threads(1);
@@ -177,7 +177,7 @@ static void test_gather(kd_pool *pool) {
         int64_t V = sizes[iv], D = sizes[id], n = sizes[in];
         float *table = randv(V * D), *out = malloc((size_t)(n * D) * 4);
         int64_t *ids = rand_ids(n, V);
-        CHECK(kd_gather_rows(pool, table, V, D, ids, n, out, NULL, 0) == KD_OK);
+        CHECK(kd_gather_rows_f32(pool, table, V, D, ids, n, out, NULL, 0) == KD_OK);
         int bad = 0;
         for (int64_t i = 0; i < n; i++)
           for (int64_t d = 0; d < D; d++) bad += out[i * D + d] != table[ids[i] * D + d];
@@ -192,7 +192,7 @@ static void test_gather(kd_pool *pool) {
   for (int t = 0; t < 2; t++) {
     char err[128] = "";
     ids[17] = badid[t];
-    CHECK(kd_gather_rows(pool, table, V, D, ids, n, out, err, sizeof err) == KD_ERR_INVALID);
+    CHECK(kd_gather_rows_f32(pool, table, V, D, ids, n, out, err, sizeof err) == KD_ERR_INVALID);
     CHECK(strstr(err, "at position 17") != NULL);
     CHECK(strstr(err, t ? "id -1 " : "id 64 ") != NULL);
     CHECK(strstr(err, "64 rows") != NULL);
@@ -213,7 +213,7 @@ static void test_scatter(kd_pool *pool) {
           float *serial = malloc((size_t)(V * D) * 4);
           int64_t *ids = rand_ids(n, V);
           memcpy(table, t0, (size_t)(V * D) * 4);
-          CHECK(kd_scatter_add_rows(pool, rows, ids, n, V, D, acc, table, NULL, 0) == KD_OK);
+          CHECK(kd_scatter_add_rows_f32(pool, rows, ids, n, V, D, acc, table, NULL, 0) == KD_OK);
           /* the serial float loop, in position order: bit for bit */
           for (int64_t i = 0; i < V * D; i++) serial[i] = acc ? t0[i] : 0;
           for (int64_t i = 0; i < n; i++)
@@ -236,7 +236,7 @@ static void test_scatter(kd_pool *pool) {
   int64_t ids[3] = {0, 5, 1};
   float rows[3] = {1, 2, 3}, table[4] = {7, 7, 7, 7};
   char err[128] = "";
-  CHECK(kd_scatter_add_rows(pool, rows, ids, 3, 4, 1, false, table, err, sizeof err) ==
+  CHECK(kd_scatter_add_rows_f32(pool, rows, ids, 3, 4, 1, false, table, err, sizeof err) ==
         KD_ERR_INVALID);
   CHECK(strstr(err, "id 5 at position 1") != NULL);
   CHECK(table[0] == 7 && table[3] == 7);
@@ -248,7 +248,7 @@ static void permute_case(kd_pool *pool, int rank, const int64_t *shape, const in
   int64_t total = 1, istr[4];
   for (int d = rank - 1; d >= 0; d--) istr[d] = total, total *= shape[d];
   float *in = randv(total), *out = malloc((size_t)(total > 0 ? total : 1) * 4);
-  CHECK(kd_permute(pool, in, rank, shape, perm, out) == KD_OK);
+  CHECK(kd_permute_f32(pool, in, rank, shape, perm, out) == KD_OK);
   int bad = 0;
   for (int64_t f = 0; f < total; f++) { /* f: flat index of out, in C order */
     int64_t rem = f, src = 0;
@@ -289,8 +289,8 @@ static void test_permute(kd_pool *pool) {
   int bad_perm[3] = {0, 0, 1};
   int64_t shape[3] = {2, 2, 2};
   float x[8] = {0}, y[8];
-  CHECK(kd_permute(pool, x, 3, shape, bad_perm, y) == KD_ERR_INVALID);
-  CHECK(kd_permute(pool, x, 5, shape, bad_perm, y) == KD_ERR_INVALID);
+  CHECK(kd_permute_f32(pool, x, 3, shape, bad_perm, y) == KD_ERR_INVALID);
+  CHECK(kd_permute_f32(pool, x, 5, shape, bad_perm, y) == KD_ERR_INVALID);
 
   /* attention's split and merge: element (b, t, h, e) moves to (b, h, t, e)
      and back */

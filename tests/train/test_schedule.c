@@ -17,7 +17,7 @@ static int near(double got, double want) {
 int main(void) {
   char err[256];
   /* lr 1e-3, 10 warmup steps, decay to 0.1 x lr at step 110. */
-  kd_schedule cos_s = {KD_SCHED_COSINE, 1e-3, 10, 110, 0.1};
+  kd_lr_schedule cos_s = {KD_SCHED_COSINE, 1e-3, 10, 110, 0.1};
   CHECK(kd_schedule_check(&cos_s, err, sizeof err) == KD_OK);
   CHECK(near(kd_schedule_lr(&cos_s, 0), 1e-4));   /* (0 + 1) / 10 */
   CHECK(near(kd_schedule_lr(&cos_s, 4), 5e-4));
@@ -29,7 +29,7 @@ int main(void) {
   CHECK(near(kd_schedule_lr(&cos_s, 110), 1e-4)); /* the floor, and after */
   CHECK(near(kd_schedule_lr(&cos_s, 5000), 1e-4));
 
-  kd_schedule lin = {KD_SCHED_LINEAR, 1e-3, 10, 110, 0.1};
+  kd_lr_schedule lin = {KD_SCHED_LINEAR, 1e-3, 10, 110, 0.1};
   CHECK(near(kd_schedule_lr(&lin, 0), 1e-4));
   CHECK(near(kd_schedule_lr(&lin, 10), 1e-3));
   CHECK(near(kd_schedule_lr(&lin, 35), 7.75e-4));  /* 1e-4 + 9e-4 x 3/4 */
@@ -38,12 +38,12 @@ int main(void) {
   CHECK(near(kd_schedule_lr(&lin, 110), 1e-4));
 
   /* Decay to zero, no warmup: the first step has the full rate. */
-  kd_schedule lin0 = {KD_SCHED_LINEAR, 2e-3, 0, 100, 0};
+  kd_lr_schedule lin0 = {KD_SCHED_LINEAR, 2e-3, 0, 100, 0};
   CHECK(near(kd_schedule_lr(&lin0, 0), 2e-3));
   CHECK(near(kd_schedule_lr(&lin0, 50), 1e-3));
   CHECK(kd_schedule_lr(&lin0, 100) == 0);
 
-  kd_schedule con = {KD_SCHED_CONSTANT, 3e-4, 4, 0, 0};
+  kd_lr_schedule con = {KD_SCHED_CONSTANT, 3e-4, 4, 0, 0};
   CHECK(kd_schedule_check(&con, err, sizeof err) == KD_OK); /* total is not needed */
   CHECK(near(kd_schedule_lr(&con, 0), 0.75e-4));
   CHECK(near(kd_schedule_lr(&con, 3), 3e-4));
@@ -57,7 +57,7 @@ int main(void) {
   }
   CHECK(mono);
 
-  kd_schedule bad = cos_s;
+  kd_lr_schedule bad = cos_s;
   bad.total = 10; /* nothing left to decay */
   CHECK(kd_schedule_check(&bad, err, sizeof err) == KD_ERR_INVALID);
   CHECK(strstr(err, "nothing to decay") != NULL);

@@ -30,8 +30,7 @@
 #include "loss_spec.h"
 #include "ptx.h"
 #include "rtarchive.h"
-
-extern char **environ; /* POSIX; declared by <unistd.h> only under _GNU_SOURCE */
+#include "toolrun.h"
 
 #define CMD "kdc compile-loss"
 
@@ -155,26 +154,6 @@ static int parse(int argc, char **argv, compile_args *a) {
   return KDC_EXIT_OK;
 }
 
-static int write_text(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (!f || fputs(text, f) < 0 || fclose(f)) {
-    fprintf(stderr, CMD ": cannot write %s\n", path);
-    if (f) fclose(f);
-    return KDC_EXIT_USER;
-  }
-  return KDC_EXIT_OK;
-}
-
-static int write_bytes(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  int bad = !f || fwrite(data, 1, n, f) != n;
-  if ((f && fclose(f)) || bad) {
-    fprintf(stderr, CMD ": cannot write %s\n", path);
-    return KDC_EXIT_USER;
-  }
-  return KDC_EXIT_OK;
-}
-
 static bool has_suffix(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
   return n >= k && !strcmp(s + n - k, suffix);
@@ -205,16 +184,6 @@ static void default_name(const char *out, out_kind k, char *name, size_t n) {
   name[j] = 0;
 }
 
-/* path = dir/file; false when it does not fit. */
-static bool join(char *path, size_t n, const char *dir, const char *file) {
-  size_t d = strlen(dir), f = strlen(file);
-  if (d + 1 + f >= n) return false;
-  memcpy(path, dir, d);
-  path[d] = '/';
-  memcpy(path + d + 1, file, f + 1);
-  return true;
-}
-
 /* Writes the header through a temporary file renamed into place. */
 static int write_header(const kd_graph *g, const kd_loss_options *o, out_kind k, const char *path) {
   char tmp[4096];
@@ -231,89 +200,42 @@ static int write_header(const kd_graph *g, const kd_loss_options *o, out_kind k,
   return KDC_EXIT_OK;
 }
 
-/* A private temporary directory: mkdtemp in $TMPDIR (else /tmp). */
-static int workdir_new(char *dir, size_t n) {
-  const char *tmp = getenv("TMPDIR");
-  if (!tmp || !*tmp) tmp = "/tmp";
-  if (!join(dir, n, tmp, "kdc-XXXXXX") || !mkdtemp(dir)) {
-    fprintf(stderr, CMD ": cannot create a temporary directory in %s: %s\n", tmp, strerror(errno));
-    return KDC_EXIT_USER;
-  }
-  return KDC_EXIT_OK;
-}
-
-/* Removes the directory and the files this command put in it. */
-static void workdir_free(const char *dir, const char *const *files) {
-  char path[4096];
-  for (; *files; files++)
-    if (join(path, sizeof path, dir, *files)) remove(path);
-  rmdir(dir);
-}
-
-/* Runs a tool of the system: the words of $env (e.g. CC="ccache gcc"), else
- * dflt, then args. 0 when it ran and exited 0; else an error naming it. */
-static int run_tool(const char *env, const char *dflt, const char *install, const char *const *args) {
-  char words[1024];
-  const char *v = getenv(env);
-  snprintf(words, sizeof words, "%s", v && *v ? v : dflt);
-  char *argv[64];
-  int argc = 0;
-  for (char *w = strtok(words, " \t"); w && argc < 16; w = strtok(NULL, " \t")) argv[argc++] = w;
-  if (argc == 0) argv[argc++] = (char *)dflt;
-  for (; *args && argc < 63; args++) argv[argc++] = (char *)*args;
-  argv[argc] = NULL;
-  pid_t pid;
-  int err = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ), status = 0;
-  if (err) {
-    fprintf(stderr, CMD ": cannot run '%s' (%s $%s): %s\n  install %s, or set %s to one\n",
-            argv[0], v && *v ? "from" : "the default when no", env, strerror(err), install, env);
-    return KDC_EXIT_USER;
-  }
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return KDC_EXIT_USER;
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return KDC_EXIT_OK;
-  fprintf(stderr, CMD ": '%s' failed (%s %d)\n", argv[0],
-          WIFEXITED(status) ? "exit status" : "signal",
-          WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-  return KDC_EXIT_USER;
-}
-
 #define KD_NEED_CC "a C compiler (e.g. apt-get install gcc)"
 
 /* libNAME.so: glue + kernels + the runtime, only NAME_eval and NAME_info
  * exported (the version script also hides NAME_program). */
 static int link_shared(const char *dir, const char *name, const char *out) {
   char glue[4096], obj[4096], rt[4096], map[4096], script[4200];
-  join(glue, sizeof glue, dir, "abi.c"), join(obj, sizeof obj, dir, "loss.o");
-  join(rt, sizeof rt, dir, "libkdc_runtime.a"), join(map, sizeof map, dir, "exports.map");
+  kdc_join(glue, sizeof glue, dir, "abi.c"), kdc_join(obj, sizeof obj, dir, "loss.o");
+  kdc_join(rt, sizeof rt, dir, "libkdc_runtime.a"), kdc_join(map, sizeof map, dir, "exports.map");
   char text[600];
   snprintf(text, sizeof text, "{\n  global: %s_eval; %s_info;\n  local: *;\n};\n", name, name);
   snprintf(script, sizeof script, "-Wl,--version-script=%s", map);
-  if (write_text(map, text) || write_bytes(rt, kd_rtarchive, kd_rtarchive_size)) return KDC_EXIT_USER;
+  if (kdc_write_text(CMD, map, text) || kdc_write_bytes(CMD, rt, kd_rtarchive, kd_rtarchive_size)) return KDC_EXIT_USER;
   const char *args[] = {"-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o", out, glue, obj,
                         rt, script, "-Wl,--no-undefined", "-lpthread", "-lm", NULL};
-  return run_tool("CC", "cc", KD_NEED_CC, args);
+  return kdc_run_tool(CMD, "CC", "cc", KD_NEED_CC, args);
 }
 
 /* libNAME.a: a copy of the runtime archive with the kernels and the glue added, so a
  * C program links it with -lpthread -lm alone. */
 static int link_static(const char *dir, const char *name, const char *out) {
   char glue[4096], glue_o[4096], obj[4096];
-  join(glue, sizeof glue, dir, "abi.c"), join(glue_o, sizeof glue_o, dir, "abi.o");
-  join(obj, sizeof obj, dir, "loss.o");
+  kdc_join(glue, sizeof glue, dir, "abi.c"), kdc_join(glue_o, sizeof glue_o, dir, "abi.o");
+  kdc_join(obj, sizeof obj, dir, "loss.o");
   const char *cc[] = {"-c", "-fPIC", "-O2", "-fvisibility=hidden", "-o", glue_o, glue, NULL};
-  int rc = run_tool("CC", "cc", KD_NEED_CC, cc);
+  int rc = kdc_run_tool(CMD, "CC", "cc", KD_NEED_CC, cc);
   /* archive members are named after their files: give them the loss's name,
    * so two losses' archives list apart */
   char member[4096], member_abi[4096], file[300];
   snprintf(file, sizeof file, "%s.o", name);
-  join(member, sizeof member, dir, file);
+  kdc_join(member, sizeof member, dir, file);
   snprintf(file, sizeof file, "%s_abi.o", name);
-  join(member_abi, sizeof member_abi, dir, file);
+  kdc_join(member_abi, sizeof member_abi, dir, file);
   if (!rc && (rename(obj, member) || rename(glue_o, member_abi))) rc = KDC_EXIT_USER;
-  if (!rc) rc = write_bytes(out, kd_rtarchive, kd_rtarchive_size);
+  if (!rc) rc = kdc_write_bytes(CMD, out, kd_rtarchive, kd_rtarchive_size);
   const char *ar[] = {"rcs", out, member, member_abi, NULL};
-  if (!rc) rc = run_tool("AR", "ar", "binutils (e.g. apt-get install binutils)", ar);
+  if (!rc) rc = kdc_run_tool(CMD, "AR", "ar", "binutils (e.g. apt-get install binutils)", ar);
   remove(member), remove(member_abi); /* named after the loss: workdir_free does not know them */
   return rc;
 }
@@ -324,15 +246,15 @@ static int build_library(const kd_graph *g, const kd_loss_options *o, out_kind k
   static const char *const files[] = {"loss.o", "abi.c", "abi.o", "libkdc_runtime.a",
                                       "exports.map", NULL};
   char dir[4096], path[4096], tmp[4096], err[1024] = "";
-  if (workdir_new(dir, sizeof dir)) return KDC_EXIT_USER;
+  if (kdc_workdir_new(CMD, dir, sizeof dir)) return KDC_EXIT_USER;
   snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid());
   int rc = KDC_EXIT_OK;
-  join(path, sizeof path, dir, "loss.o");
+  kdc_join(path, sizeof path, dir, "loss.o");
   if (kd_loss_emit_file(g, o, path, 0, err, sizeof err)) {
     fprintf(stderr, CMD ": %s\n", err);
     rc = KDC_EXIT_USER;
   }
-  join(path, sizeof path, dir, "abi.c");
+  kdc_join(path, sizeof path, dir, "abi.c");
   FILE *f = rc ? NULL : fopen(path, "w");
   if (!rc && (!f || kd_loss_write_abi_glue(o, f) | fclose(f))) {
     fprintf(stderr, CMD ": cannot write %s\n", path);
@@ -344,7 +266,7 @@ static int build_library(const kd_graph *g, const kd_loss_options *o, out_kind k
     rc = KDC_EXIT_USER;
   }
   if (rc) remove(tmp);
-  workdir_free(dir, files);
+  kdc_workdir_free(dir, files);
   return rc;
 }
 
@@ -356,7 +278,7 @@ static int compile_ptx(const compile_args *a, const kd_graph *g) {
     fprintf(stderr, CMD ": %s\n", err);
     return KDC_EXIT_USER;
   }
-  int rc = write_text(a->out, ptx);
+  int rc = kdc_write_text(CMD, a->out, ptx);
   free(ptx);
   return rc;
 }
