@@ -299,6 +299,56 @@ static void test_map_dtypes(kd_pool *pool) {
   if (bad) fprintf(stderr, "map dtypes: %d bad\n", bad);
 }
 
+/* Every map fn on the special values (0, -0, +-inf, NaN, +-1, 2, 0.5) in
+   both sources, through the fast path (inner strides 0 and 1) and the
+   general one (an inner stride of 2): MULZ's 0 * inf = 0, log(0) = -inf,
+   SIGN of -0 and NaN, MAX and MIN of NaN, POW's corner cases. */
+static void test_map_specials(void) {
+  enum { S = 9 };
+  const float sp[S] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1.0f, -1.0f, 2.0f, 0.5f};
+  int bad = 0;
+  for (int fn = KD_SF_COPY; fn <= KD_SF_NE; fn++)
+    for (int general = 0; general < 2; general++) {
+      if (fn == KD_SF_FILL || fn == KD_SF_IOTA) continue;
+      int nsrc = fn_arity((kd_step_fn)fn);
+      kd_step_prog *p = kd_step_alloc(3, 1, 0);
+      kd_step_instr *in = &p->instr[0];
+      *in = (kd_step_instr){.kind = KD_STEP_MAP, .fn = (kd_step_fn)fn, .rank = 2,
+                            .shape = {S, S}, .nsrc = nsrc, .dst = {.value = 0, .stride = {S, 1}},
+                            .src = {{.value = 1, .stride = {general ? 2 : 1, 0}},
+                                    {.value = 2, .stride = {0, general ? 2 : 1}}}};
+      if (nsrc == 1) in->src[0].stride[0] = 0, in->src[0].stride[1] = general ? 2 : 1;
+      p->values[0] = (kd_step_value){.dtype = KD_F32, .elems = S * S};
+      p->values[1] = (kd_step_value){.dtype = KD_F32, .elems = 2 * S};
+      p->values[2] = (kd_step_value){.dtype = KD_F32, .elems = 2 * S};
+      place_values(p);
+      char err[256] = "";
+      CHECK(kd_step_validate(p, err, sizeof err) == KD_OK);
+      void *arena = new_arena(p);
+      for (int v = 1; v < 3; v++) /* element i at i (stride 1) and at 2 i (stride 2) */
+        for (int i = S - 1; i >= 0; i--) {
+          float *x = (float *)vptr(p, arena, v);
+          if (general) x[2 * i] = sp[i], x[2 * i + 1] = 7.0f;
+          else x[i] = sp[i];
+        }
+      CHECK(kd_step_run(p, arena, NULL, 0, 1, NULL, err, sizeof err) == KD_OK);
+      const float *y = (const float *)vptr(p, arena, 0);
+      for (int i = 0; i < S; i++)
+        for (int j = 0; j < S; j++) {
+          double x[3] = {sp[nsrc == 1 ? j : i], sp[j], 0};
+          double want = ref_fn((kd_step_fn)fn, x);
+          if (ulps(y[i * S + j], (float)want) > fn_tol((kd_step_fn)fn)) {
+            if (bad < 5) fprintf(stderr, "special fn %d general %d: f(%g, %g) = %g, not %g\n",
+                                 fn, general, x[0], x[1], (double)y[i * S + j], want);
+            bad++;
+          }
+        }
+      free(arena);
+      kd_step_free(p);
+    }
+  CHECK(bad == 0);
+}
+
 /* A causal mask as codegen writes it: i64 IOTAs compared into a bool,
    SELECT(mask, x, -inf), CAST bool -> f32; FILL with a double constant;
    an in-place add. */
@@ -354,8 +404,8 @@ static int reduce_case(kd_step_fn fn, int rank, const int64_t *shape, int axis, 
   memcpy(in->shape, shape, (size_t)rank * sizeof *shape);
   p->values[1].dtype = sdt;
   p->values[1].elems = make_ref(&in->src[0], 1, rank, shape, layout, 1);
-  int64_t dshape[KD_STEP_MAX_RANK];
-  memcpy(dshape, shape, sizeof dshape);
+  int64_t dshape[KD_STEP_MAX_RANK] = {0};
+  memcpy(dshape, shape, (size_t)rank * sizeof *shape);
   dshape[axis] = 1;
   p->values[0].dtype = ddt;
   p->values[0].elems = make_ref(&in->dst, 0, rank, dshape, L_CONTIG, 0);
@@ -809,6 +859,7 @@ int main(void) {
   CHECK(kd_pool_new(2, &pool) == KD_OK);
   test_map_f32(pool);
   test_map_dtypes(pool);
+  test_map_specials();
   test_map_program();
   test_reduce(pool);
   test_softmax(pool);
