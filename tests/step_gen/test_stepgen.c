@@ -1,0 +1,301 @@
+/* Step programs from model graphs (codegen/stepgen.h), run by the step
+ * executor (runtime/step.h) against the reference executor (ir/refexec.h):
+ *   - the tiny GPT's forward graph: logits;
+ *   - its training graph: phase 1 (logits), then logits.grad filled, then
+ *     phase 2 (every parameter's gradient); the same for a 2-layer model
+ *     with rmsnorm and SwiGLU;
+ *   - each linear layer's weight gradient is one GEMM ([K, B*T] x [B*T, N],
+ *     written straight into its slot), and the program has 3 GEMMs per
+ *     linear layer and 6 per attention, no more;
+ *   - 1 and 2 threads give bit-identical outputs, and so does the program
+ *     after serialisation and deserialisation;
+ *   - the arena is the memory plan's: as large as its highest value, no
+ *     larger, and smaller than the values without reuse; it starts as NaN
+ *     (and the output slots too), so a value read before it is written
+ *     shows;
+ *   - errors: an unbound symbol, a split input that is not there, a dtype
+ *     the step does not take.
+ *
+ * Tolerance. The inputs are rounded to f32 first, so both executors see the
+ * same numbers; the difference is the f32 rounding of the step's every op
+ * (unit roundoff 6e-8) over the model's depth (about 60 dependent ops
+ * forward, 120 backward, sums of up to 40 terms). Measured: at most 5e-7
+ * of the tensor's largest magnitude (printed below). The test allows 1e-4
+ * of that magnitude per element, 200 times more, for other BLAS kernels'
+ * summation orders; a wrong stride, operand or missed instruction gives
+ * errors of the order of the values themselves. */
+#include <stdint.h>
+
+#include "kernels.h"
+#include "memplan.h"
+#include "models.h"
+#include "step.h"
+#include "stepgen.h"
+#include "threadpool.h"
+#include "train_graph.h"
+
+#define REL_TOL 1e-4
+
+static const kd_sym_binding bind[2] = {{"B", SG_B}, {"T", SG_T}};
+
+/* Buffers for a program's slots: inputs converted from the reference's
+   doubles (logits.grad left NaN: bound after phase 1), outputs NaN. */
+typedef struct bufs {
+  void **slot;
+  void *arena;
+  int32_t nslots;
+} bufs;
+
+static void *nan_alloc(int64_t bytes) {
+  size_t n = ((size_t)bytes + 63) / 64 * 64 + 64;
+  void *p = aligned_alloc(64, n);
+  if (p) memset(p, 0xff, n); /* f32 NaN, i64 -1, bool true */
+  return p;
+}
+
+static const kd_ref_input *find_input(const sg_inputs *s, const char *name) {
+  for (size_t i = 0; i < s->n; i++)
+    if (!strcmp(s->in[i].name, name)) return &s->in[i];
+  return NULL;
+}
+
+static void fill_input(const kd_step_slot *sl, void *buf, const kd_ref_input *in) {
+  size_t n = sg_size(in);
+  if (sl->dtype == KD_I64) memcpy(buf, in->data, n * sizeof(int64_t));
+  else
+    for (size_t k = 0; k < n; k++) ((float *)buf)[k] = (float)((const double *)in->data)[k];
+}
+
+static bufs bufs_make(const kd_step_prog *p, const sg_inputs *s) {
+  bufs b = {calloc((size_t)p->nslots + 1, sizeof(void *)), nan_alloc(p->arena_bytes), p->nslots};
+  for (int32_t k = 0; k < p->nslots; k++) {
+    const kd_step_slot *sl = &p->slots[k];
+    int64_t e = 1;
+    for (int d = 0; d < sl->rank; d++) e *= sl->shape[d];
+    b.slot[k] = nan_alloc(e * (int64_t)kd_dtype_size(sl->dtype));
+    const kd_ref_input *in = find_input(s, sl->name);
+    TU_CHECK(sl->output || in, "slot %s is no input", sl->name);
+    if (!sl->output && in && strcmp(sl->name, "logits.grad")) fill_input(sl, b.slot[k], in);
+  }
+  return b;
+}
+
+static void bufs_free(bufs *b) {
+  for (int32_t k = 0; k < b->nslots; k++) free(b->slot[k]);
+  free(b->slot);
+  free(b->arena);
+}
+
+/* Both phases (or the whole program when there is one), logits.grad bound
+   between them. */
+static kd_status run(const kd_step_prog *p, const sg_inputs *s, bufs *b, kd_pool *pool) {
+  char err[256] = "";
+  kd_status st = kd_step_run(p, b->arena, b->slot, 0, p->split, pool, err, sizeof err);
+  TU_CHECK(st == KD_OK, "phase 1: %s", err);
+  int32_t lg = kd_step_find_slot(p, "logits.grad");
+  if (lg >= 0) fill_input(&p->slots[lg], b->slot[lg], find_input(s, "logits.grad"));
+  if (st == KD_OK) st = kd_step_run(p, b->arena, b->slot, p->split, p->ninstr, pool, err, sizeof err);
+  TU_CHECK(st == KD_OK, "phase 2: %s", err);
+  return st;
+}
+
+/* Every output slot against the reference's output of the same name; the
+   largest error relative to each tensor's largest magnitude. */
+static double compare_outputs(const char *what, const kd_step_prog *p, const bufs *b,
+                              const kd_graph *g, const sg_inputs *s) {
+  size_t nout = kd_graph_noutputs(g);
+  kd_ref_value *ref = calloc(nout + 1, sizeof *ref);
+  char err[256] = "";
+  double worst = 0;
+  bool ref_ok = kd_ref_exec(g, s->in, s->n, ref, err, sizeof err) == KD_OK;
+  TU_CHECK(ref_ok, "%s: %s", what, err);
+  for (size_t o = 0; o < nout && ref_ok; o++) {
+    const char *name = kd_graph_output_name(g, o);
+    int32_t k = kd_step_find_slot(p, name);
+    TU_CHECK(k >= 0 && p->slots[k].output, "%s: no output slot %s", what, name);
+    if (k < 0) continue;
+    const float *got = b->slot[k];
+    double scale = 0, err_max = 0;
+    for (size_t i = 0; i < ref[o].size; i++) scale = fmax(scale, fabs(ref[o].data[i]));
+    int bad = 0;
+    for (size_t i = 0; i < ref[o].size; i++) {
+      double e = fabs((double)got[i] - ref[o].data[i]);
+      if (!(e <= REL_TOL * scale) && bad++ < 3)
+        TU_CHECK(0, "%s: %s[%zu] = %.9g, reference %.9g", what, name, i, got[i], ref[o].data[i]);
+      err_max = fmax(err_max, isnan(e) ? INFINITY : e);
+    }
+    if (scale > 0) worst = fmax(worst, err_max / scale);
+    kd_ref_value_free(&ref[o]);
+  }
+  free(ref);
+  return worst;
+}
+
+static bool outputs_equal(const kd_step_prog *p, const bufs *a, const bufs *b) {
+  for (int32_t k = 0; k < p->nslots; k++) {
+    const kd_step_slot *sl = &p->slots[k];
+    int64_t e = 1;
+    for (int d = 0; d < sl->rank; d++) e *= sl->shape[d];
+    if (sl->output && memcmp(a->slot[k], b->slot[k], (size_t)e * kd_dtype_size(sl->dtype)))
+      return false;
+  }
+  return true;
+}
+
+/* The arena is its highest value's end (64-byte aligned), and reuse makes
+   it smaller than all arena values side by side. */
+static void check_arena(const char *what, const kd_step_prog *p) {
+  int64_t top = 0, sum = 0;
+  for (int32_t v = 0; v < p->nvalues; v++) {
+    const kd_step_value *val = &p->values[v];
+    if (val->loc != KD_LOC_ARENA) continue;
+    int64_t bytes = (val->elems * (int64_t)kd_dtype_size(val->dtype) + 63) / 64 * 64;
+    top = val->offset + bytes > top ? val->offset + bytes : top;
+    sum += bytes;
+  }
+  TU_CHECK(p->arena_bytes == top && top < sum, "%s: arena %lld, highest value ends at %lld, "
+           "values %lld", what, (long long)p->arena_bytes, (long long)top, (long long)sum);
+  printf("%s: %d instructions (split %d), %d slots, arena %lld bytes (values without reuse %lld)\n",
+         what, p->ninstr, p->split, p->nslots, (long long)p->arena_bytes, (long long)sum);
+}
+
+/* One GEMM per linear weight's gradient, 3 per linear layer and 6 per
+   attention in all. */
+static void check_gemms(const char *what, const kd_step_prog *p, const kd_model *m, int nattn) {
+  int gemms = 0, linears = 0;
+  for (int32_t i = 0; i < p->ninstr; i++) gemms += p->instr[i].kind == KD_STEP_GEMM;
+  for (size_t i = 0; i < m->layers.nparams; i++) {
+    const char *name = m->layers.params[i].name;
+    const kd_node *n = kd_graph_node(m->g, m->layers.params[i].id);
+    if (n->rank != 2 || !strncmp(name, "embed", 5)) continue;
+    linears++;
+    char gname[200];
+    snprintf(gname, sizeof gname, "grad.%s", name);
+    int32_t slot = kd_step_find_slot(p, gname), writers = 0;
+    const kd_step_instr *w = NULL;
+    for (int32_t k = 0; k < p->ninstr; k++) {
+      const kd_step_instr *in = &p->instr[k];
+      if (in->dst.value >= 0 && p->values[in->dst.value].loc == KD_LOC_SLOT &&
+          p->values[in->dst.value].slot == slot)
+        writers++, w = in;
+    }
+    TU_CHECK(writers == 1 && w->kind == KD_STEP_GEMM && w->gemm.batch == 1 &&
+                 w->gemm.k == SG_B * SG_T && w->gemm.m == n->shape[0] &&
+                 w->gemm.n == n->shape[1] && w->gemm.trans_a && !w->gemm.trans_b,
+             "%s: %s is not one [K, B*T] x [B*T, N] product (%d writers)", what, gname, writers);
+  }
+  TU_CHECK(gemms == 3 * linears + 6 * nattn, "%s: %d GEMMs for %d linear layers and %d attentions",
+           what, gemms, linears, nattn);
+}
+
+/* Rounds every float input to f32, so the reference sees the step's numbers. */
+static void round_inputs(sg_inputs *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    if (s->in[i].dtype != KD_F64) continue;
+    double *x = (double *)s->in[i].data;
+    for (size_t k = 0; k < sg_size(&s->in[i]); k++) x[k] = (float)x[k];
+  }
+}
+
+static void check_program(const char *what, const kd_graph *g, const char *split,
+                          const sg_inputs *s, const kd_model *m, int nattn, kd_pool *pool2) {
+  kd_step_prog *p = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_stepgen(g, bind, 2, split, &p, err, sizeof err) == KD_OK, "%s: %s", what, err);
+  if (!p) return;
+  check_arena(what, p);
+  if (split) {
+    TU_CHECK(p->split > 0 && p->split < p->ninstr, "%s: split %d of %d", what, p->split,
+             p->ninstr);
+    check_gemms(what, p, m, nattn);
+  } else {
+    TU_CHECK(p->split == p->ninstr, "%s: split %d of %d", what, p->split, p->ninstr);
+  }
+  bufs one = bufs_make(p, s), two = bufs_make(p, s), again = bufs_make(p, s);
+  kd_blas_set_threads(1);
+  if (run(p, s, &one, NULL) == KD_OK)
+    printf("%s: largest error %.2g of the tensor's largest magnitude\n", what,
+           compare_outputs(what, p, &one, g, s));
+  kd_blas_set_threads(2);
+  if (run(p, s, &two, pool2) == KD_OK)
+    TU_CHECK(outputs_equal(p, &one, &two), "%s: 1 and 2 threads differ", what);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  kd_step_prog *q = NULL;
+  TU_CHECK(kd_step_serialize(p, &buf, &len) == KD_OK &&
+               kd_step_deserialize(buf, len, &q, err, sizeof err) == KD_OK,
+           "%s: serialisation: %s", what, err);
+  if (q && run(q, s, &again, pool2) == KD_OK)
+    TU_CHECK(outputs_equal(p, &one, &again), "%s: the deserialised program differs", what);
+  kd_blas_set_threads(1);
+  free(buf);
+  kd_step_free(q);
+  bufs_free(&one);
+  bufs_free(&two);
+  bufs_free(&again);
+  kd_step_free(p);
+}
+
+static void check_model(const kd_program *prog, const char *inst, int nattn, kd_pool *pool2) {
+  kd_model m;
+  if (sg_lower(prog, inst, &m) != KD_OK) return;
+  kd_graph *tg = NULL, *fg = NULL;
+  char err[256] = "", what[64];
+  TU_CHECK(kd_train_graph(&m, &tg, err, sizeof err) == KD_OK, "%s: %s", inst, err);
+  TU_CHECK(kd_forward_graph(&m, &fg, err, sizeof err) == KD_OK, "%s: %s", inst, err);
+  sg_inputs s;
+  sg_inputs_make(&m, 0xfeedbeefull, &s);
+  round_inputs(&s);
+  snprintf(what, sizeof what, "%s forward", inst);
+  if (fg) check_program(what, fg, NULL, &s, &m, nattn, pool2);
+  snprintf(what, sizeof what, "%s train", inst);
+  if (tg) check_program(what, tg, KD_LOGITS_GRAD, &s, &m, nattn, pool2);
+  sg_inputs_free(&s);
+  kd_graph_free(tg);
+  kd_graph_free(fg);
+  kd_model_free(&m);
+}
+
+static void check_errors(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim n[2] = {kd_graph_sym(g, "N"), 4};
+  kd_node_id x = kd_input(g, "x", KD_F32, 2, n);
+  kd_graph_add_output(g, "a", kd_unary(g, KD_IR_EXP, x));
+  kd_step_prog *p = NULL;
+  char err[256] = "";
+  kd_sym_binding nb = {"N", 3};
+  TU_CHECK(kd_stepgen(g, bind, 2, NULL, &p, err, sizeof err) == KD_ERR_INVALID && !p &&
+               strstr(err, "symbol N has no size"),
+           "unbound: %s", err);
+  TU_CHECK(kd_stepgen(g, &nb, 1, "z", &p, err, sizeof err) == KD_ERR_INVALID && !p &&
+               strstr(err, "no input \"z\""),
+           "split: %s", err);
+  TU_CHECK(kd_stepgen(g, &nb, 1, NULL, &p, err, sizeof err) == KD_OK && p && p->ninstr == 1 &&
+               p->nslots == 2 && p->arena_bytes == 0,
+           "exp: %s", err);
+  kd_step_free(p);
+  p = NULL;
+  kd_node_id y = kd_input(g, "y", KD_F64, 2, n); /* read or not, a slot the step cannot take */
+  TU_CHECK(kd_stepgen(g, &nb, 1, NULL, &p, err, sizeof err) == KD_ERR_UNSUPPORTED && !p &&
+               strstr(err, "input") && strstr(err, "f64"),
+           "f64: %s", err);
+  kd_graph_add_output(g, "b", kd_binary(g, KD_IR_ADD, y, y));
+  TU_CHECK(kd_stepgen(g, &nb, 1, NULL, &p, err, sizeof err) == KD_ERR_UNSUPPORTED && !p &&
+               strstr(err, "input") && strstr(err, "f64"),
+           "f64: %s", err);
+  kd_graph_free(g);
+}
+
+int main(void) {
+  kd_pool *pool2 = NULL;
+  TU_CHECK(kd_pool_new(2, &pool2) == KD_OK, "a pool of 2 threads");
+  kd_program *p = sg_load();
+  if (p) {
+    check_model(p, "tiny", 1, pool2);
+    check_model(p, "small", 2, pool2);
+    kd_program_free(p);
+  }
+  check_errors();
+  kd_pool_free(pool2);
+  return tu_done("test_stepgen");
+}
