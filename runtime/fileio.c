@@ -113,3 +113,24 @@ kd_status kd_atomic_commit(kd_atomic_file *af, char *err, size_t errlen) {
   kd_atomic_release(af);
   return KD_OK;
 }
+
+kd_status kd_mkdirs(const char *path, char *err, size_t errlen) {
+  size_t n = strlen(path);
+  char *p = malloc(n + 1);
+  if (!p) return kd_errf(err, errlen, KD_ERR_NOMEM, "out of memory");
+  memcpy(p, path, n + 1);
+  kd_status st = KD_OK;
+  for (size_t i = 1; i <= n && st == KD_OK; i++) {
+    if (p[i] != '/' && p[i] != 0) continue;
+    char c = p[i];
+    p[i] = 0;
+    struct stat sb;
+    if (mkdir(p, 0777) && errno != EEXIST)
+      st = kd_errf(err, errlen, KD_ERR_IO, "cannot create the folder %s: %s", p, strerror(errno));
+    else if (stat(p, &sb) || !S_ISDIR(sb.st_mode))
+      st = kd_errf(err, errlen, KD_ERR_IO, "%s is not a folder", p);
+    p[i] = c;
+  }
+  free(p);
+  return st;
+}

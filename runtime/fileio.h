@@ -31,4 +31,8 @@ kd_status kd_atomic_commit(kd_atomic_file *af, char *err, size_t errlen);
 /* Removes the temporary and releases af; the target is untouched. */
 void kd_atomic_abort(kd_atomic_file *af);
 
+/* Creates the folder path and any missing parents (mkdir -p); an existing
+   folder is fine. KD_ERR_IO naming the part that could not be made. */
+kd_status kd_mkdirs(const char *path, char *err, size_t errlen);
+
 #endif /* KD_FILEIO_H */
