@@ -22,5 +22,8 @@ int kdc_cmd_tokenize(int argc, char **argv);
 int kdc_cmd_compile_loss(int argc, char **argv);
 int kdc_cmd_init(int argc, char **argv);
 int kdc_cmd_params(int argc, char **argv);
+int kdc_cmd_run(int argc, char **argv);
+int kdc_cmd_build(int argc, char **argv);
+int kdc_cmd_sample(int argc, char **argv);
 
 #endif /* KDC_COMMANDS_H */
