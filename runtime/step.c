@@ -1013,11 +1013,13 @@ static kd_status run_map(const kd_step_instr *in, map_ctx *c, kd_pool *pool) {
 
 /* ---- running: reductions and softmax ---------------------------------------- */
 
-/* Rows along `axis`. When the source's last dim is contiguous and not the
- * axis, W <= RED_COLS neighbouring rows run together, so a reduction over
- * a leading axis (a bias's gradient) reads whole cache lines; each row is
- * still summed in index order. */
-enum { RED_COLS = 64 };
+/* Rows along `axis`, several at a time: each row is summed in index order
+ * (a chain of dependent double additions, 4 cycles an element), so W
+ * neighbouring rows run interleaved, W independent chains. When the
+ * source's last dim is contiguous and not the axis (a bias's gradient, a
+ * reduction over a leading axis), W = RED_COLS rows read whole cache lines
+ * together; else W = RED_ROWS. */
+enum { RED_COLS = 64, RED_ROWS = 8 };
 
 typedef struct red_ctx {
   const kd_step_instr *in;
@@ -1025,37 +1027,51 @@ typedef struct red_ctx {
   int64_t len, sa, da; /* along the axis: elements, source and dst stride */
   int nrow;            /* the other dims, in order */
   int64_t rshape[KD_STEP_MAX_RANK], rs[KD_STEP_MAX_RANK], rd[KD_STEP_MAX_RANK];
-  int64_t cols;        /* rows taken together along the last row dim (1 or RED_COLS) */
+  int64_t cols;        /* rows taken together along the last row dim (1, RED_ROWS, RED_COLS) */
   int64_t nblocks;     /* ceil(rshape[nrow - 1] / cols) when cols > 1 */
 } red_ctx;
 
-/* W rows at once: row w's element k is at src + w * cs + k * sa. */
-static void reduce_rows(kd_step_fn fn, const operand *src, int64_t off, int64_t cs, int64_t sa,
-                        int64_t len, int W, double *out) {
-  const float *f = src->dtype == KD_F32 ? (const float *)src->base : NULL;
-#define KD_AT(w, k) (f ? (double)f[off + (w) * cs + (k) * sa] \
-                       : load_elem(src->base, src->dtype, off + (w) * cs + (k) * sa))
+static inline __attribute__((always_inline)) double red_at(const operand *src, bool f32,
+                                                           int64_t i) {
+  return f32 ? (double)((const float *)src->base)[i] : load_elem(src->base, src->dtype, i);
+}
+
+/* W <= RED_COLS rows at once: row w's element k is at w * cs + k * sa from
+   off. Specialised for f32 sources (f32 a constant after inlining). */
+static inline __attribute__((always_inline)) void reduce_impl(kd_step_fn fn, const operand *src,
+                                                              bool f32, int64_t off, int64_t cs,
+                                                              int64_t sa, int64_t len, int W,
+                                                              double *out) {
+  double acc[RED_COLS];
   if (fn == KD_SF_SUM) {
-    for (int w = 0; w < W; w++) out[w] = 0;
+    for (int w = 0; w < W; w++) acc[w] = 0;
     for (int64_t k = 0; k < len; k++)
-      for (int w = 0; w < W; w++) out[w] += KD_AT(w, k);
+      for (int w = 0; w < W; w++) acc[w] += red_at(src, f32, off + w * cs + k * sa);
+    memcpy(out, acc, (size_t)W * sizeof *acc);
     return;
   }
-  for (int w = 0; w < W; w++) out[w] = -INFINITY; /* RMAX: NaN wins, as refexec's early return */
+  for (int w = 0; w < W; w++) acc[w] = -INFINITY; /* RMAX: NaN wins, as refexec's early return */
   for (int64_t k = 0; k < len; k++)
     for (int w = 0; w < W; w++) {
-      double x = KD_AT(w, k);
-      out[w] = isnan(x) || isnan(out[w]) ? NAN : x > out[w] ? x : out[w];
+      double x = red_at(src, f32, off + w * cs + k * sa);
+      acc[w] = isnan(x) || isnan(acc[w]) ? NAN : x > acc[w] ? x : acc[w];
     }
-  if (fn != KD_SF_LSE) return;
-  double s[RED_COLS];
-  for (int w = 0; w < W; w++) s[w] = 0;
-  for (int64_t k = 0; k < len; k++)
+  if (fn == KD_SF_LSE) {
+    double s[RED_COLS];
+    for (int w = 0; w < W; w++) s[w] = 0;
+    for (int64_t k = 0; k < len; k++)
+      for (int w = 0; w < W; w++)
+        if (isfinite(acc[w])) s[w] += exp(red_at(src, f32, off + w * cs + k * sa) - acc[w]);
     for (int w = 0; w < W; w++)
-      if (isfinite(out[w])) s[w] += exp(KD_AT(w, k) - out[w]);
-  for (int w = 0; w < W; w++)
-    if (isfinite(out[w])) out[w] += log(s[w]); /* all -inf, +inf, NaN rows: the max */
-#undef KD_AT
+      if (isfinite(acc[w])) acc[w] += log(s[w]); /* all -inf, +inf, NaN rows: the max */
+  }
+  memcpy(out, acc, (size_t)W * sizeof *acc);
+}
+
+static void reduce_rows(kd_step_fn fn, const operand *src, int64_t off, int64_t cs, int64_t sa,
+                        int64_t len, int W, double *out) {
+  if (src->dtype == KD_F32) reduce_impl(fn, src, true, off, cs, sa, len, W, out);
+  else reduce_impl(fn, src, false, off, cs, sa, len, W, out);
 }
 
 /* Row-block t's element offsets into source and dst, and its width. */
@@ -1092,24 +1108,49 @@ static void reduce_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   }
 }
 
-/* SOFTMAX and LOG_SOFTMAX, one f32 row at a time: exp(x - lse) and
-   x - lse with lse as refexec's (an all -inf row gives NaN there too). A
-   faster version would keep the exps of the sum pass (one exp, not two). */
+/* SOFTMAX and LOG_SOFTMAX, one f32 row at a time, as refexec: with m the
+ * row's maximum and s = sum exp(x - m) (in double, in index order), log
+ * softmax is x - (m + log s) and softmax exp(x - m) / s, which is refexec's
+ * exp(x - lse) to within a double rounding, so within 1 ulp of it once
+ * rounded to float; the exps of the sum are kept for rows of up to
+ * SOFT_KEEP elements (one exp an element), recomputed for longer ones. A
+ * row with no finite maximum (all -inf: NaN, as refexec; +inf; NaN) takes
+ * refexec's formula as it stands. */
+enum { SOFT_KEEP = 2048 };
+
 static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   (void)worker;
   const red_ctx *c = vctx;
-  bool soft = c->in->fn == KD_SF_SOFTMAX;
+  bool soft = c->in->fn == KD_SF_SOFTMAX, keep = c->len <= SOFT_KEEP;
+  int64_t sa = c->sa, da = c->da, len = c->len;
+  double e[SOFT_KEEP];
   for (int64_t t = begin; t < end; t++) {
     int64_t so, dof;
     row_block(c, t, &so, &dof);
     const float *x = (const float *)c->src.base + so;
     float *y = (float *)c->dst.base + dof;
-    double lse;
-    reduce_rows(KD_SF_LSE, &c->src, so, 0, c->sa, c->len, 1, &lse);
-    int64_t sa = c->sa, da = c->da;
-    for (int64_t k = 0; k < c->len; k++) {
-      double v = (double)x[k * sa] - lse;
-      y[k * da] = (float)(soft ? exp(v) : v);
+    double m;
+    reduce_rows(KD_SF_RMAX, &c->src, so, 0, sa, len, 1, &m);
+    if (!isfinite(m)) {
+      for (int64_t k = 0; k < len; k++) {
+        double v = (double)x[k * sa] - m;
+        y[k * da] = (float)(soft ? exp(v) : v);
+      }
+      continue;
+    }
+    double s = 0;
+    for (int64_t k = 0; k < len; k++) {
+      double v = exp((double)x[k * sa] - m);
+      if (keep) e[k] = v;
+      s += v;
+    }
+    if (!soft) {
+      double lse = m + log(s);
+      for (int64_t k = 0; k < len; k++) y[k * da] = (float)((double)x[k * sa] - lse);
+    } else if (keep) {
+      for (int64_t k = 0; k < len; k++) y[k * da] = (float)(e[k] / s);
+    } else {
+      for (int64_t k = 0; k < len; k++) y[k * da] = (float)(exp((double)x[k * sa] - m) / s);
     }
   }
 }
@@ -1131,10 +1172,9 @@ static kd_status run_rows(const kd_step_instr *in, red_ctx *c, kd_pool *pool) {
   if (rows == 0) return KD_OK;
   c->cols = 1;
   int64_t tasks = rows;
-  if (in->kind == KD_STEP_REDUCE && c->nrow > 0 && c->rs[c->nrow - 1] == 1 && c->sa != 1 &&
-      c->rshape[c->nrow - 1] > 1) {
-    c->cols = RED_COLS;
-    c->nblocks = (c->rshape[c->nrow - 1] + RED_COLS - 1) / RED_COLS;
+  if (in->kind == KD_STEP_REDUCE && c->nrow > 0 && c->rshape[c->nrow - 1] > 1) {
+    c->cols = c->rs[c->nrow - 1] == 1 && c->sa != 1 ? RED_COLS : RED_ROWS;
+    c->nblocks = (c->rshape[c->nrow - 1] + c->cols - 1) / c->cols;
     tasks = rows / c->rshape[c->nrow - 1] * c->nblocks;
   }
   int64_t work = c->len * c->cols;
