@@ -116,8 +116,8 @@ static const char *ref_span(const kd_step_ref *r, int32_t rank, const int64_t *s
     if (r->stride[d] < 0) return "negative stride";
     if (shape[d] == 0) *empty = true;
     int64_t t;
-    if (shape[d] > 0 &&
-        (__builtin_mul_overflow(shape[d] - 1, r->stride[d], &t) || __builtin_add_overflow(h, t, &h)))
+    if (shape[d] > 0 && (__builtin_mul_overflow(shape[d] - 1, r->stride[d], &t) ||
+                         __builtin_add_overflow(h, t, &h)))
       return "offset overflows";
   }
   *hi = h;

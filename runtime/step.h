@@ -151,7 +151,16 @@ int32_t kd_step_find_slot(const kd_step_prog *p, const char *name);
  * of [begin, end) touches). Maps and reductions split their outer indices
  * over pool (NULL: one thread); products call sgemm from this thread.
  * KD_ERR_INVALID for a gathered id outside the table (err says which), a
- * missing slot, or a range outside [0, ninstr]. */
+ * missing slot, or a range outside [0, ninstr]; err names the instruction:
+ * "instruction 3: gather: id 300 at position 17 is outside the table's 256
+ * rows". p must be valid (kd_step_validate, or read by kd_step_deserialize):
+ * run checks no bounds itself. Validation also refuses what would make the
+ * pool's threads race: a dst written twice through its strides, or
+ * overlapping a source it is not read as (a map or softmax may work in
+ * place through the identical ref). Dtypes: maps and reductions take any
+ * mix (computed in double, stored as CAST does; NaN to i64 is 0 and
+ * out-of-range values saturate); softmax, products, gathers and scatters
+ * are f32 (ids i64). */
 kd_status kd_step_run(const kd_step_prog *p, void *arena, void *const *slots, int32_t begin,
                       int32_t end, kd_pool *pool, char *err, size_t errlen);
 

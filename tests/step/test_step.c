@@ -393,6 +393,21 @@ static void test_map_program(void) {
   CHECK(bad == 0);
   free(arena);
   kd_step_free(p);
+
+  /* rank 0: one element, dst = x * 0.25 */
+  p = kd_step_alloc(2, 1, 0);
+  p->values[0] = p->values[1] = (kd_step_value){.dtype = KD_F32, .elems = 1};
+  place_values(p);
+  p->instr[0] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_MUL, .nsrc = 2,
+                                .dst = {.value = 0},
+                                .src = {{.value = 1}, {.value = -1, .imm = 0.25}}};
+  CHECK(kd_step_validate(p, err, sizeof err) == KD_OK);
+  arena = new_arena(p);
+  *(float *)vptr(p, arena, 1) = 3.0f;
+  CHECK(kd_step_run(p, arena, NULL, 0, 1, NULL, err, sizeof err) == KD_OK);
+  CHECK(*(float *)vptr(p, arena, 0) == 0.75f);
+  free(arena);
+  kd_step_free(p);
 }
 
 /* ---- reductions and softmax ---------------------------------------------------------- */
