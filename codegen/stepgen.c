@@ -96,13 +96,16 @@ static bool sg_same_shape(const kd_node *n, int rank, const kd_dim *shape) {
 
 /* ---- instantiation ------------------------------------------------------ */
 
-/* x reshaped, a reshape of a reshape being one reshape and a reshape to
-   x's own shape none. */
+/* x reshaped; none where x, or the source of a reshape x, has the shape.
+   A longer chain stays a chain: its middle may be a copy that other
+   readers share (attention's merged heads). */
 static kd_node_id sg_reshape(kd_graph *g, kd_node_id x, int rank, const kd_dim *shape) {
   const kd_node *n = kd_graph_node(g, x);
-  while (n && n->op == KD_IR_RESHAPE) n = kd_graph_node(g, x = n->src[0]);
   if (!n) return KD_NONE;
-  return sg_same_shape(n, rank, shape) ? x : kd_reshape(g, x, rank, shape);
+  if (sg_same_shape(n, rank, shape)) return x;
+  if (n->op == KD_IR_RESHAPE && sg_same_shape(kd_graph_node(g, n->src[0]), rank, shape))
+    return n->src[0];
+  return kd_reshape(g, x, rank, shape);
 }
 
 /* A weight's gradient (see stepgen.h): sum over the axes 0 .. r-3 (each
@@ -365,62 +368,53 @@ static bool sg_contig_operand(const kd_sg *sg, kd_node_id id) {
   return l->base != KD_NONE && sg_is_contig(n->rank, n->shape, l->stride);
 }
 
-/* Gives operand id memory of its own where a reader needs it; whether
-   that changed anything. Only views can fail a reader's needs. */
-static bool sg_require(kd_sg *sg, kd_node_id id, bool ok) {
-  if (ok || sg->copy[id] || !sg_is_view_op(sg_node(sg, id)->op)) return false;
-  sg->copy[id] = true;
-  return true;
+/* Whether operand j of node n is laid out as n's instruction needs: a
+   product's dense matrices, a gather's or scatter's contiguous rows and
+   ids, a reduction's or softmax's memory (an immediate is a map's only),
+   contiguous for a reduction over every axis. */
+static bool sg_operand_ok(const kd_sg *sg, const kd_node *n, int j) {
+  kd_node_id o = n->src[j];
+  bool t;
+  int64_t s;
+  switch (n->op) {
+  case KD_IR_MATMUL: return sg_gemm_operand(sg, o, &t, &s);
+  case KD_IR_GATHER_ROWS:
+  case KD_IR_SCATTER_ADD_ROWS: return sg_contig_operand(sg, o);
+  case KD_IR_SUM:
+  case KD_IR_RMAX:
+  case KD_IR_LSE:
+    if (n->axis == KD_AXIS_ALL) return sg_contig_operand(sg, o);
+    return sg->lay[o].base != KD_NONE;
+  case KD_IR_SOFTMAX:
+  case KD_IR_LOG_SOFTMAX: return sg->lay[o].base != KD_NONE;
+  default: return true;
+  }
 }
 
-/* Layouts, with views copied where a reader needs it, to a fixed point
-   (each round copies one more view at least). */
+/* Layouts, with a view copied into memory of its own where a reader needs
+   it. Readers go in schedule order and the layouts are redone after each
+   copy, so a view of a copied view is judged on the copy (autodiff's
+   transpose of a copied head split becomes a GEMM flag, not a second
+   copy); passes repeat until none copies (a copy can change the strides
+   of views below it that an earlier reader took). Only views fail. */
 static kd_status sg_layouts(kd_sg *sg) {
+  sg_layout_all(sg);
   for (bool changed = true; changed;) {
-    sg_layout_all(sg);
     changed = false;
     for (size_t k = 0; k < sg->norder; k++) {
-      const kd_node *n = sg_node(sg, sg->order[k]);
-      bool t;
-      int64_t s;
-      switch (n->op) {
-      case KD_IR_MATMUL:
-        for (int j = 0; j < 2; j++)
-          changed |= sg_require(sg, n->src[j], sg_gemm_operand(sg, n->src[j], &t, &s));
-        break;
-      case KD_IR_GATHER_ROWS:
-      case KD_IR_SCATTER_ADD_ROWS:
-        for (int j = 0; j < 2; j++)
-          changed |= sg_require(sg, n->src[j], sg_contig_operand(sg, n->src[j]));
-        break;
-      case KD_IR_SUM:
-      case KD_IR_RMAX:
-      case KD_IR_LSE:
-      case KD_IR_SOFTMAX:
-      case KD_IR_LOG_SOFTMAX: /* memory (no immediate); over every axis, contiguous */
-        changed |= sg_require(sg, n->src[0], sg->lay[n->src[0]].base != KD_NONE &&
-                                                 (n->op == KD_IR_SOFTMAX ||
-                                                  n->op == KD_IR_LOG_SOFTMAX ||
-                                                  n->axis != KD_AXIS_ALL ||
-                                                  sg_contig_operand(sg, n->src[0])));
-        break;
-      default: break;
+      kd_node_id i = sg->order[k];
+      const kd_node *n = sg_node(sg, i);
+      for (int j = 0; j < n->nsrc; j++) {
+        if (sg_operand_ok(sg, n, j)) continue;
+        kd_node_id o = n->src[j];
+        if (sg->copy[o] || !sg_is_view_op(sg_node(sg, o)->op))
+          return sg_fail(sg, KD_ERR_UNSUPPORTED, "%s (%%%d): operand %d has no layout it takes",
+                         kd_opcode_name(n->op), (int)sg->origin[i], j);
+        sg->copy[o] = changed = true;
+        sg_layout_all(sg);
+        n = sg_node(sg, i);
       }
     }
-  }
-  for (size_t k = 0; k < sg->norder; k++) { /* what the failures above could not fix */
-    kd_node_id i = sg->order[k];
-    const kd_node *n = sg_node(sg, i);
-    bool t;
-    int64_t s;
-    bool ok = true;
-    if (n->op == KD_IR_MATMUL)
-      ok = sg_gemm_operand(sg, n->src[0], &t, &s) && sg_gemm_operand(sg, n->src[1], &t, &s);
-    if (n->op == KD_IR_GATHER_ROWS || n->op == KD_IR_SCATTER_ADD_ROWS)
-      ok = sg_contig_operand(sg, n->src[0]) && sg_contig_operand(sg, n->src[1]);
-    if (!ok)
-      return sg_fail(sg, KD_ERR_UNSUPPORTED, "%s (%%%d): an operand without memory",
-                     kd_opcode_name(n->op), (int)sg->origin[i]);
   }
   return KD_OK;
 }
@@ -471,12 +465,23 @@ static kd_status sg_memory(kd_sg *sg) {
     if (st != KD_OK) return st;
     sg->view[i] = sg_is_view_op(sg_node(sg, i)->op) && !sg->copy[i];
   }
-  bool *in_place = calloc(nout + 1, sizeof *in_place);
+  kd_node_id *in_place = malloc((nout + 1) * sizeof *in_place);
   if (!in_place) return sg_fail(sg, KD_ERR_NOMEM, "out of memory");
   for (size_t o = 0; o < nout; o++) { /* the first output naming a node it writes */
     kd_node_id i = kd_graph_output(g, o);
-    in_place[o] = sg_written(sg, i) && !sg->external[i];
-    sg->external[i] = sg->external[i] || in_place[o];
+    in_place[o] = sg_written(sg, i) && !sg->external[i] ? i : KD_NONE;
+    if (in_place[o] != KD_NONE) sg->external[i] = true;
+  }
+  for (size_t o = 0; o < nout; o++) { /* a view of all of a written node that is no output */
+    kd_node_id i = kd_graph_output(g, o), b = sg->lay[i].base;
+    const kd_node *n = sg_node(sg, i);
+    if (in_place[o] != KD_NONE || b == KD_NONE || !sg_written(sg, b) || sg->external[b] ||
+        sg->lay[i].offset != 0 || !sg_is_contig(n->rank, n->shape, sg->lay[i].stride) ||
+        sg_elems(n->rank, n->shape) != sg_elems(sg_node(sg, b)->rank, sg_node(sg, b)->shape))
+      continue;
+    bool is_output = false;
+    for (size_t u = 0; u < nout; u++) is_output = is_output || kd_graph_output(g, u) == b;
+    if (!is_output) in_place[o] = b, sg->external[b] = true;
   }
   kd_memplan_opts opts = {sg->order, sg->norder, sg->view, sg->external};
   kd_status st = kd_memplan_build_opts(g, NULL, 0, &opts, &sg->plan, sg->err, sg->errlen);
@@ -499,8 +504,8 @@ static kd_status sg_memory(kd_sg *sg) {
   for (size_t o = 0; o < nout && st == KD_OK; o++) {
     kd_node_id i = kd_graph_output(g, o);
     int32_t k = sg->nvalues;
-    if (in_place[o]) sg->value[i] = k;
-    sg->out_slot[o] = in_place[o] ? k : -1 - k;
+    if (in_place[o] != KD_NONE) sg->value[in_place[o]] = k;
+    sg->out_slot[o] = in_place[o] != KD_NONE ? k : -1 - k;
     sg_slot(sg, kd_graph_output_name(g, o), sg_node(sg, i), true);
   }
   for (size_t j = 0; j < sg->norder && st == KD_OK; j++) {

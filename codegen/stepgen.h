@@ -21,8 +21,10 @@
  *
  * Slots: every INPUT of the graph by its name (read only), then every
  * output by its name (output = true). An output computed by an instruction
- * is written straight into its slot; one that is an input, a view or a
- * second name of the same node is copied there, a constant filled.
+ * is written straight into its slot, and so is the node under an output
+ * that views all of it densely (a bias gradient, a sum reshaped to [N]);
+ * any other output (an input, a strided view, a second name of a node) is
+ * copied there, a constant filled.
  *
  * Views cost nothing: RESHAPE (where strides can express it), EXPAND
  * (stride 0), PERMUTE and STOPGRAD are refs to their base's memory, and a
