@@ -768,7 +768,7 @@ typedef struct map_ctx {
   operand op[1 + KD_STEP_MAX_SRC];
   int rank; /* >= 1 after coalescing; the last dim is the inner loop */
   int64_t shape[KD_STEP_MAX_RANK];
-  bool fast; /* all f32 (or constant), inner strides of dst 1 and of sources 0 or 1 */
+  bool fast; /* fn on the fast path, every operand f32 or a constant */
 } map_ctx;
 
 /* Drops dims of size 1 and merges neighbours every operand walks as one
@@ -923,19 +923,44 @@ static void load_block(const operand *o, int64_t off, int64_t s, int n, double *
   }
 }
 
-/* One segment of a row: n elements from element offsets off[k]. */
-static void map_segment(const map_ctx *c, const int64_t *off, int64_t n) {
+/* The f32 fast path on one segment. Operands with an inner stride other
+   than 0 or 1 (a transpose's source or destination) go through a block of
+   contiguous floats, gathered before and scattered after. */
+static void map_segment_f32(const map_ctx *c, const int64_t *off, int64_t n) {
   int in = c->rank - 1;
-  if (c->fast) {
-    const operand *A = &c->op[1], *B = c->nops > 2 ? &c->op[2] : NULL;
-    bool va = A->kind == OP_MEM && A->stride[in] == 1;
-    bool vb = B && B->kind == OP_MEM && B->stride[in] == 1;
-    const float *a = A->kind == OP_MEM ? (const float *)A->base + off[1] : NULL;
-    const float *b = B && B->kind == OP_MEM ? (const float *)B->base + off[2] : NULL;
-    double xs = a ? (double)a[0] : A->imm, ys = B ? (b ? (double)b[0] : B->imm) : 0;
-    map_f32(c->fn, n, (float *)c->op[0].base + off[0], a, va, xs, b, vb, ys);
+  const operand *D = &c->op[0], *A = &c->op[1], *B = c->nops > 2 ? &c->op[2] : NULL;
+  int64_t sd = D->stride[in], sa = A->stride[in], sb = B ? B->stride[in] : 0;
+  float *d = (float *)D->base + off[0];
+  const float *a = A->kind == OP_MEM ? (const float *)A->base + off[1] : NULL;
+  const float *b = B && B->kind == OP_MEM ? (const float *)B->base + off[2] : NULL;
+  double xs = a ? (double)a[0] : A->imm, ys = B ? (b ? (double)b[0] : B->imm) : 0;
+  bool va = a && sa != 0, vb = b && sb != 0;
+  if (sd == 1 && (!va || sa == 1) && (!vb || sb == 1)) {
+    map_f32(c->fn, n, d, a, va, xs, b, vb, ys);
     return;
   }
+  float ta[GEN_BLOCK], tb[GEN_BLOCK], td[GEN_BLOCK];
+  for (int64_t j = 0; j < n; j += GEN_BLOCK) {
+    int64_t m = n - j < GEN_BLOCK ? n - j : GEN_BLOCK;
+    if (va && sa != 1)
+      for (int64_t t = 0; t < m; t++) ta[t] = a[(j + t) * sa];
+    if (vb && sb != 1)
+      for (int64_t t = 0; t < m; t++) tb[t] = b[(j + t) * sb];
+    float *dd = sd == 1 ? d + j : td;
+    map_f32(c->fn, m, dd, !va ? NULL : sa == 1 ? a + j : ta, va, xs,
+            !vb ? NULL : sb == 1 ? b + j : tb, vb, ys);
+    if (sd != 1)
+      for (int64_t t = 0; t < m; t++) d[(j + t) * sd] = td[t];
+  }
+}
+
+/* One segment of a row: n elements from element offsets off[k]. */
+static void map_segment(const map_ctx *c, const int64_t *off, int64_t n) {
+  if (c->fast) {
+    map_segment_f32(c, off, n);
+    return;
+  }
+  int in = c->rank - 1;
   double buf[KD_STEP_MAX_SRC][GEN_BLOCK], r[GEN_BLOCK];
   for (int64_t j = 0; j < n; j += GEN_BLOCK) {
     int m = (int)(n - j < GEN_BLOCK ? n - j : GEN_BLOCK);
@@ -1002,11 +1027,9 @@ static kd_status run_map(const kd_step_instr *in, map_ctx *c, kd_pool *pool) {
     c->op[1].stride[in->axis] = 1;
   }
   coalesce(c);
-  int last = c->rank - 1;
-  c->fast = fast_fn(c->fn) && c->op[0].dtype == KD_F32 && c->op[0].stride[last] == 1;
+  c->fast = fast_fn(c->fn) && c->op[0].dtype == KD_F32;
   for (int k = 1; k < c->nops && c->fast; k++)
-    c->fast = c->op[k].kind == OP_CONST ||
-              (c->op[k].dtype == KD_F32 && c->op[k].stride[last] <= 1);
+    c->fast = c->op[k].kind == OP_CONST || c->op[k].dtype == KD_F32;
   kd_pool_parallel_for(pool, total, MAP_GRAIN, map_chunk, c);
   return KD_OK;
 }
