@@ -13,6 +13,8 @@
  *     larger, and smaller than the values without reuse; it starts as NaN
  *     (and the output slots too), so a value read before it is written
  *     shows;
+ *   - the paths the models do not take (check_edges), against the
+ *     reference too;
  *   - errors: an unbound symbol, a split input that is not there, a dtype
  *     the step does not take.
  *
@@ -114,14 +116,18 @@ static double compare_outputs(const char *what, const kd_step_prog *p, const buf
     int32_t k = kd_step_find_slot(p, name);
     TU_CHECK(k >= 0 && p->slots[k].output, "%s: no output slot %s", what, name);
     if (k < 0) continue;
-    const float *got = b->slot[k];
+    const void *got = b->slot[k];
+    kd_dtype t = p->slots[k].dtype;
     double scale = 0, err_max = 0;
     for (size_t i = 0; i < ref[o].size; i++) scale = fmax(scale, fabs(ref[o].data[i]));
     int bad = 0;
     for (size_t i = 0; i < ref[o].size; i++) {
-      double e = fabs((double)got[i] - ref[o].data[i]);
+      double x = t == KD_F32 ? ((const float *)got)[i]
+                 : t == KD_I64 ? (double)((const int64_t *)got)[i]
+                               : ((const uint8_t *)got)[i];
+      double e = fabs(x - ref[o].data[i]);
       if (!(e <= REL_TOL * scale) && bad++ < 3)
-        TU_CHECK(0, "%s: %s[%zu] = %.9g, reference %.9g", what, name, i, got[i], ref[o].data[i]);
+        TU_CHECK(0, "%s: %s[%zu] = %.9g, reference %.9g", what, name, i, x, ref[o].data[i]);
       err_max = fmax(err_max, isnan(e) ? INFINITY : e);
     }
     if (scale > 0) worst = fmax(worst, err_max / scale);
@@ -256,6 +262,72 @@ static void check_model(const kd_program *prog, const char *inst, int nattn, kd_
   kd_model_free(&m);
 }
 
+/* The paths the models do not take, each an output compared with the
+   reference: an input as an output (copied), a constant (filled), a
+   strided view (copied), a second name of a node, reductions over every
+   axis of a strided view and of a broadcast, a reduction and a
+   log-softmax over the first axis, products of a broadcast (copied first)
+   and of two transposes (GEMM flags), comparisons (bool) and iota (i64),
+   rank-0 values. */
+static void check_edges(kd_pool *pool2) {
+  kd_graph *g = kd_graph_new();
+  kd_dim n4[2] = {kd_graph_sym(g, "N"), 4}, s45[2] = {4, 5}, n1[2] = {n4[0], 1};
+  static const int tr[2] = {1, 0};
+  kd_node_id x = kd_input(g, "x", KD_F32, 2, n4), w = kd_input(g, "w", KD_F32, 2, s45);
+  kd_node_id ex = kd_unary(g, KD_IR_EXP, x), xt = kd_permute(g, x, tr);
+  kd_node_id r = kd_reduce(g, KD_IR_RMAX, x, 0); /* [1, 4] */
+  kd_node_id mm = kd_matmul(g, x, w);
+  kd_graph_add_output(g, "x.copy", x);
+  kd_graph_add_output(g, "c", kd_expand(g, kd_const(g, 2.5, KD_F32), 2, n4));
+  kd_graph_add_output(g, "c0", kd_const(g, -1.5, KD_F32));
+  kd_graph_add_output(g, "t", xt);
+  kd_graph_add_output(g, "sum.all", kd_reduce(g, KD_IR_SUM, kd_permute(g, ex, tr), KD_AXIS_ALL));
+  kd_graph_add_output(g, "sum.bcast", kd_reduce(g, KD_IR_SUM, kd_expand(g, r, 2, n4), KD_AXIS_ALL));
+  kd_graph_add_output(g, "lse0", kd_reduce(g, KD_IR_LSE, x, 0));
+  kd_graph_add_output(g, "max.all", kd_reduce(g, KD_IR_RMAX, ex, KD_AXIS_ALL));
+  kd_graph_add_output(g, "logsm0", kd_row(g, KD_IR_LOG_SOFTMAX, x, 0));
+  kd_graph_add_output(g, "mm", mm);
+  kd_graph_add_output(g, "mm.again", mm);
+  kd_graph_add_output(g, "mm.bcast", kd_matmul(g, kd_expand(g, r, 2, n4), w));
+  kd_graph_add_output(g, "mm.trans", kd_matmul(g, kd_permute(g, w, tr), xt)); /* [5, N] */
+  kd_node_id pos = kd_binary(g, KD_IR_GT, x, kd_const(g, 0, KD_F32));
+  kd_graph_add_output(g, "pos", pos);
+  kd_graph_add_output(g, "sel", kd_select(g, pos, x, kd_const(g, -1, KD_F32)));
+  kd_graph_add_output(g, "idx", kd_iota(g, 2, n1, 0));
+  TU_CHECK(!kd_graph_error(g), "edges: %s", kd_graph_error(g));
+  unsigned long long seed = 77;
+  double xd[3 * 4], wd[4 * 5];
+  for (int i = 0; i < 12; i++) xd[i] = (float)tu_uniform(&seed, -2, 2);
+  for (int i = 0; i < 20; i++) wd[i] = (float)tu_uniform(&seed, -1, 1);
+  int64_t xs[2] = {3, 4}, ws[2] = {4, 5};
+  kd_ref_input in[2] = {tu_input("x", 2, xs, xd), tu_input("w", 2, ws, wd)};
+  sg_inputs s = {.n = 2, .in = in};
+  kd_sym_binding nb = {"N", 3};
+  kd_step_prog *p = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_stepgen(g, &nb, 1, NULL, &p, err, sizeof err) == KD_OK, "edges: %s", err);
+  if (p) {
+    int copies = 0, trans = 0;
+    for (int32_t i = 0; i < p->ninstr; i++) {
+      copies += p->instr[i].kind == KD_STEP_MAP && p->instr[i].fn == KD_SF_COPY;
+      trans += p->instr[i].kind == KD_STEP_GEMM && p->instr[i].gemm.trans_a &&
+               p->instr[i].gemm.trans_b;
+    }
+    /* copies: x.copy, t, mm.again, the strided sum's and the broadcast
+       product's operands, the broadcast sum's; the transposes: none */
+    TU_CHECK(copies == 6 && trans == 1, "edges: %d copies, %d GEMMs with two transposes", copies,
+             trans);
+    bufs b1 = bufs_make(p, &s), b2 = bufs_make(p, &s);
+    if (run(p, &s, &b1, NULL) == KD_OK) compare_outputs("edges", p, &b1, g, &s);
+    if (run(p, &s, &b2, pool2) == KD_OK)
+      TU_CHECK(outputs_equal(p, &b1, &b2), "edges: 1 and 2 threads differ");
+    bufs_free(&b1);
+    bufs_free(&b2);
+    kd_step_free(p);
+  }
+  kd_graph_free(g);
+}
+
 static void check_errors(void) {
   kd_graph *g = kd_graph_new();
   kd_dim n[2] = {kd_graph_sym(g, "N"), 4};
@@ -295,6 +367,7 @@ int main(void) {
     check_model(p, "small", 2, pool2);
     kd_program_free(p);
   }
+  check_edges(pool2);
   check_errors();
   kd_pool_free(pool2);
   return tu_done("test_stepgen");
