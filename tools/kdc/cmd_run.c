@@ -23,7 +23,7 @@
 #define CMD "kdc run"
 
 typedef struct run_args {
-  const char *spec, *out, *only;
+  const char *spec, *out, *only, *data;
   int64_t steps, eval_batches;
   int threads;
   bool resume;
@@ -32,7 +32,7 @@ typedef struct run_args {
 static void run_usage(FILE *out) {
   fprintf(out,
           "usage: kdc run SPEC.kd [--steps N] [--out DIR] [--threads N] [--resume]\n"
-          "               [--train NAME] [--eval-batches N]\n"
+          "               [--train NAME] [--eval-batches N] [--data FILE]\n"
           "\n"
           "Trains the spec's train blocks in order: the student's (and a teacher's)\n"
           "forward and backward as compiled step programs, the objective as a fused\n"
@@ -47,6 +47,7 @@ static void run_usage(FILE *out) {
           "  --resume          continue each block from its checkpoint in DIR\n"
           "  --train NAME      train only the block that trains instance NAME\n"
           "  --eval-batches N  evaluate on at most N validation batches (default: all)\n"
+          "  --data FILE       train on FILE instead of the data block's file\n"
           "  -h, --help        print this help\n"
           "\n"
           "files (in DIR): the block's `save` file (weights), NAME.ckpt.safetensors\n"
@@ -89,6 +90,8 @@ static int run_parse(int argc, char **argv, run_args *a) {
       a->out = argv[++i];
     } else if (!strcmp(s, "--train") && more) {
       a->only = argv[++i];
+    } else if (!strcmp(s, "--data") && more) {
+      a->data = argv[++i];
     } else if (s[0] == '-' || a->spec) {
       fprintf(stderr, CMD ": unexpected argument '%s' (see 'kdc run --help')\n", s);
       return KDC_EXIT_USAGE;
@@ -130,13 +133,14 @@ static int run_block(const run_args *a, const kd_program *prog, kd_diag *diag,
   if (!rc) {
     /* the run's own options, as a training binary takes them */
     char threads[32], batches[32];
-    char *argv[8] = {CMD};
+    char *argv[12] = {CMD};
     int argc = 1;
     snprintf(threads, sizeof threads, "%d", a->threads);
     snprintf(batches, sizeof batches, "%" PRId64, a->eval_batches);
     if (a->threads > 0) argv[argc++] = "--threads", argv[argc++] = threads;
     if (a->eval_batches > 0) argv[argc++] = "--eval-batches", argv[argc++] = batches;
     if (a->resume) argv[argc++] = "--resume";
+    if (a->data) argv[argc++] = "--data", argv[argc++] = (char *)a->data;
     rc = kd_train_main(CMD, image, len, kd_loss_program_of(obj), kd_loss_program_of(ce), argc,
                        argv);
   }
