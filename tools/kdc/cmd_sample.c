@@ -217,7 +217,8 @@ static int64_t pick_token(sample_pick *k, const float *row) {
     n = k->top_k;
   }
   double sum = 0, max = row[best];
-  for (int64_t i = 0; i < n; i++) sum += k->p[i] = exp(((double)row[k->order[i]] - max) / k->temperature);
+  for (int64_t i = 0; i < n; i++)
+    sum += k->p[i] = exp(((double)row[k->order[i]] - max) / k->temperature);
   double u = kd_rng_uniform(&k->rng) * sum, c = 0;
   for (int64_t i = 0; i < n; i++) {
     c += k->p[i];
@@ -235,8 +236,9 @@ static int generate(const sample_args *a, const kd_step_prog *sp, const kd_param
   float *logits = malloc((size_t)(T * V) * sizeof *logits);
   void *arena = aligned_alloc(64, ((size_t)sp->arena_bytes + 63) / 64 * 64 + 64);
   void **slots = calloc((size_t)sp->nslots + 1, sizeof *slots);
-  sample_pick k = {.V = V, .top_k = a->top_k, .temperature = a->temperature,
-                   .order = malloc((size_t)V * sizeof *k.order), .p = malloc((size_t)V * sizeof *k.p)};
+  sample_pick k = {.V = V, .top_k = a->top_k, .temperature = a->temperature};
+  k.order = malloc((size_t)V * sizeof *k.order);
+  k.p = malloc((size_t)V * sizeof *k.p);
   kd_rng_seed(&k.rng, a->seed);
   int rc = KDC_EXIT_USER;
   char err[512];
@@ -328,8 +330,10 @@ int kdc_cmd_sample(int argc, char **argv) {
   }
   for (const char *c = a.prompt; *c; c++)
     if ((uint8_t)*c >= V) {
-      fprintf(stderr, CMD ": the prompt's byte %zu (0x%02x) is outside the vocabulary of "
-                      "'%s' (%" PRId64 " tokens)\n", (size_t)(c - a.prompt), (uint8_t)*c, inst->name, V);
+      fprintf(stderr,
+              CMD ": the prompt's byte %zu (0x%02x) is outside the vocabulary of '%s' (%" PRId64
+                  " tokens)\n",
+              (size_t)(c - a.prompt), (uint8_t)*c, inst->name, V);
       goto done;
     }
   if (kd_model_params(&m, &P, err, sizeof err) != KD_OK ||
