@@ -443,7 +443,7 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
     print_dims(out, in->rank, in->shape, ", ");
     fputc(' ', out);
     print_ref(out, &in->dst, strided);
-    fputs(" <-", out);
+    if (in->nsrc > 0) fputs(" <-", out);
     for (int s = 0; s < in->nsrc && s < KD_STEP_MAX_SRC; s++) {
       fputs(s ? ", " : " ", out);
       print_ref(out, &in->src[s], strided);
