@@ -197,15 +197,17 @@ static bool writes_once(const kd_step_ref *r, int32_t rank, const int64_t *shape
   return true;
 }
 
+/* a and b read and write the same elements at every index of shape (the
+   strides of dims of size 1 do not matter). */
 static bool same_access(const kd_step_prog *p, const kd_step_ref *a, const kd_step_ref *b,
-                        int32_t rank) {
+                        int32_t rank, const int64_t *shape) {
   const kd_step_value *va = &p->values[a->value], *vb = &p->values[b->value];
   if (kd_dtype_size(va->dtype) != kd_dtype_size(vb->dtype)) return false;
   if (value_span(p, a->value, a->offset, a->offset).lo !=
       value_span(p, b->value, b->offset, b->offset).lo)
     return false;
   for (int32_t d = 0; d < rank; d++)
-    if (a->stride[d] != b->stride[d]) return false;
+    if (shape[d] > 1 && a->stride[d] != b->stride[d]) return false;
   return true;
 }
 
@@ -330,7 +332,7 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
   for (int s = 0; s < in->nsrc; s++) {
     if (!spans_overlap(spans[0], spans[1 + s])) continue;
     bool elementwise = in->kind == KD_STEP_MAP || in->kind == KD_STEP_SOFTMAX;
-    if (!elementwise || !same_access(p, &in->dst, &in->src[s], in->rank))
+    if (!elementwise || !same_access(p, &in->dst, &in->src[s], in->rank, in->shape))
       return fail(KD_ERR_FORMAT, err, errlen,
                   "instruction %d: dst overlaps %s without being the same elements", i,
                   kd_ref_names[1 + s]);

@@ -408,6 +408,21 @@ static void test_map_program(void) {
   CHECK(*(float *)vptr(p, arena, 0) == 0.75f);
   free(arena);
   kd_step_free(p);
+
+  /* in place through refs that differ only in a size-1 dim's stride */
+  p = kd_step_alloc(1, 1, 0);
+  p->values[0] = (kd_step_value){.dtype = KD_F32, .elems = 5};
+  place_values(p);
+  p->instr[0] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_NEG, .nsrc = 1, .rank = 2,
+                                .shape = {5, 1}, .dst = {.value = 0, .stride = {1, 0}},
+                                .src = {{.value = 0, .stride = {1, 3}}}};
+  CHECK(kd_step_validate(p, err, sizeof err) == KD_OK);
+  arena = new_arena(p);
+  for (int i = 0; i < 5; i++) ((float *)vptr(p, arena, 0))[i] = (float)i;
+  CHECK(kd_step_run(p, arena, NULL, 0, 1, NULL, err, sizeof err) == KD_OK);
+  CHECK(((float *)vptr(p, arena, 0))[4] == -4.0f && ((float *)vptr(p, arena, 0))[1] == -1.0f);
+  free(arena);
+  kd_step_free(p);
 }
 
 /* ---- reductions and softmax ---------------------------------------------------------- */
