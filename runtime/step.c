@@ -1245,9 +1245,9 @@ static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *
     char msg[256] = "";
     st = in->kind == KD_STEP_GATHER
              ? kd_gather_rows_f32(pool, x, in->rows, in->shape[1], ids, in->shape[0], y, msg,
-                              sizeof msg)
+                                  sizeof msg)
              : kd_scatter_add_rows_f32(pool, x, ids, in->shape[0], in->rows, in->shape[1],
-                                   in->accumulate, y, msg, sizeof msg);
+                                       in->accumulate, y, msg, sizeof msg);
     if (st != KD_OK)
       return fail(st, err, errlen, "instruction %d: %s: %s", i, kind_name(in->kind),
                   msg[0] ? msg : kd_status_str(st));
