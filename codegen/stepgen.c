@@ -239,11 +239,22 @@ static kd_status sg_schedule(kd_sg *sg, const char *split_input) {
     if (sg->needed[i])
       for (int k = 0; k < nd->nsrc; k++) sg->needed[nd->src[k]] = true;
   }
-  for (size_t i = 0; i < n; i++) {
+  bool *first = calloc(n + 1, sizeof *first); /* needed by an output of the first phase */
+  if (!first) return sg_fail(sg, KD_ERR_NOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) { /* late: depends on the split input, for now */
     const kd_node *nd = sg_node(sg, (kd_node_id)i);
     sg->late[i] = (kd_node_id)i == split;
     for (int k = 0; k < nd->nsrc; k++) sg->late[i] = sg->late[i] || sg->late[nd->src[k]];
   }
+  for (size_t o = 0; o < kd_graph_noutputs(sg->g); o++)
+    if (!sg->late[kd_graph_output(sg->g, o)]) first[kd_graph_output(sg->g, o)] = true;
+  for (size_t i = n; i-- > 0;) {
+    const kd_node *nd = sg_node(sg, (kd_node_id)i);
+    if (first[i])
+      for (int k = 0; k < nd->nsrc; k++) first[nd->src[k]] = true;
+  }
+  for (size_t i = 0; i < n; i++) sg->late[i] = !first[i];
+  free(first);
   for (int phase = 0; phase < 2; phase++) {
     for (size_t i = 0; i < n; i++)
       if (sg->needed[i] && sg->late[i] == (phase == 1)) sg->order[sg->norder++] = (kd_node_id)i;

@@ -13,11 +13,13 @@
  * with rows the batch size times M: one [K, rows] x [rows, N] product,
  * never one per batch item plus a reduction.
  *
- * Schedule: the nodes an output needs that do not depend on the input
- * `split_input` (NULL: none) form the first phase, the others the second,
- * each in id order; split is the second phase's first instruction. Memory
- * is planned for that order (passes/memplan.h), so arena_bytes is the
- * plan's arena.
+ * Schedule: the outputs that do not depend on the input `split_input`
+ * (NULL: none) and the nodes they need form the first phase (the forward
+ * pass: logits), every other node an output needs the second (the
+ * backward: also its parts that do not read logits.grad, such as 1 - y^2
+ * of a tanh, so an evaluation runs no backward work), each in id order;
+ * split is the second phase's first instruction. Memory is planned for
+ * that order (passes/memplan.h), so arena_bytes is the plan's arena.
  *
  * Slots: every INPUT of the graph by its name (read only), then every
  * output by its name (output = true). An output computed by an instruction

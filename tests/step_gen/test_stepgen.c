@@ -3,7 +3,7 @@
  *   - the tiny GPT's forward graph: logits;
  *   - its training graph: phase 1 (logits), then logits.grad filled, then
  *     phase 2 (every parameter's gradient); the same for a 2-layer model
- *     with rmsnorm and SwiGLU;
+ *     with rmsnorm and SwiGLU; phase 1 is as long as the forward program;
  *   - each linear layer's weight gradient is one GEMM ([K, B*T] x [B*T, N],
  *     written straight into its slot), and the program has 3 GEMMs per
  *     linear layer and 6 per attention, no more;
@@ -203,12 +203,14 @@ static void round_inputs(sg_inputs *s) {
   }
 }
 
-static void check_program(const char *what, const kd_graph *g, const char *split,
-                          const sg_inputs *s, const kd_model *m, int nattn, kd_pool *pool2) {
+/* Generates and checks a program; returns its split (-1 on failure). */
+static int32_t check_program(const char *what, const kd_graph *g, const char *split,
+                             const sg_inputs *s, const kd_model *m, int nattn, kd_pool *pool2) {
   kd_step_prog *p = NULL;
   char err[256] = "";
   TU_CHECK(kd_stepgen(g, bind, 2, split, &p, err, sizeof err) == KD_OK, "%s: %s", what, err);
-  if (!p) return;
+  if (!p) return -1;
+  int32_t first = p->split;
   check_arena(what, p);
   if (split) {
     TU_CHECK(p->split > 0 && p->split < p->ninstr, "%s: split %d of %d", what, p->split,
@@ -240,6 +242,7 @@ static void check_program(const char *what, const kd_graph *g, const char *split
   bufs_free(&two);
   bufs_free(&again);
   kd_step_free(p);
+  return first;
 }
 
 static void check_model(const kd_program *prog, const char *inst, int nattn, kd_pool *pool2) {
@@ -252,10 +255,14 @@ static void check_model(const kd_program *prog, const char *inst, int nattn, kd_
   sg_inputs s;
   sg_inputs_make(&m, 0xfeedbeefull, &s);
   round_inputs(&s);
+  int32_t fwd = -1, train = -2;
   snprintf(what, sizeof what, "%s forward", inst);
-  if (fg) check_program(what, fg, NULL, &s, &m, nattn, pool2);
+  if (fg) fwd = check_program(what, fg, NULL, &s, &m, nattn, pool2);
   snprintf(what, sizeof what, "%s train", inst);
-  if (tg) check_program(what, tg, KD_LOGITS_GRAD, &s, &m, nattn, pool2);
+  if (tg) train = check_program(what, tg, KD_LOGITS_GRAD, &s, &m, nattn, pool2);
+  /* the first phase is the forward pass and nothing else */
+  TU_CHECK(fwd == train, "%s: the first phase has %d instructions, the forward %d", inst, train,
+           fwd);
   sg_inputs_free(&s);
   kd_graph_free(tg);
   kd_graph_free(fg);
