@@ -258,15 +258,22 @@ static int generate(const sample_args *a, const kd_step_prog *sp, const kd_param
       goto done;
     }
   }
+  /* The prompt is printed once the first forward pass has run, so that a
+     window the model cannot take (a data block's seq above its positions'
+     table) is an error before any output. */
   memcpy(ctx, a->prompt, plen);
-  fwrite(ctx, 1, plen, stdout);
-  fflush(stdout);
+  bool shown = false;
   for (size_t len = plen; len < ctxlen; len++) {
     size_t start = len > (size_t)T ? len - (size_t)T : 0, n = len - start;
     for (size_t t = 0; t < (size_t)T; t++) tokens[t] = t < n ? ctx[start + t] : 0;
     if (kd_step_run(sp, arena, slots, 0, sp->ninstr, pool, err, sizeof err) != KD_OK) {
-      fprintf(stderr, "\n" CMD ": %s\n", err);
+      fprintf(stderr, "%s" CMD ": the forward pass over a window of %" PRId64
+                      " tokens (the data block's seq): %s\n", shown ? "\n" : "", T, err);
       goto done;
+    }
+    if (!shown) {
+      fwrite(ctx, 1, plen, stdout);
+      shown = true;
     }
     const float *row = logits + (n - 1) * (size_t)V;
     for (int64_t v = 0; v < V; v++)
@@ -279,6 +286,7 @@ static int generate(const sample_args *a, const kd_step_prog *sp, const kd_param
     fwrite(&ctx[len], 1, 1, stdout);
     fflush(stdout);
   }
+  if (!shown) fwrite(ctx, 1, plen, stdout);
   fputc('\n', stdout);
   rc = fflush(stdout) ? KDC_EXIT_USER : KDC_EXIT_OK;
 done:

@@ -117,6 +117,17 @@ s.safetensors: tensor \"blocks.0.ln_1.bias\": shape [16] in the file, [8] in the
 s.safetensors: tensor \"blocks.0.attn.qkv.weight\": shape [16, 48] in the file, [8, 24] in the model
 s.safetensors: ... and 12 more mismatches" \
   -- sample s.safetensors --spec sample.kd --model other --prompt "a" --tokens 1
+# A window longer than the model's positions (seq 16, ctx 8): an error before
+# any output, not after the prompt. Only the message's ends are pinned: the
+# middle names the step program's instruction, which stepgen may renumber.
+sed 's/seq 8/seq 16/' sample.kd >long.kd
+"$kdc" sample s.safetensors --spec long.kd --prompt "a" --tokens 1 >out.bin 2>err.txt
+got=$?
+case "$(cat err.txt)" in
+"kdc sample: the forward pass over a window of 16 tokens (the data block's seq): "*"outside the table's 8 rows")
+  [ "$got" = 1 ] && [ ! -s out.bin ] || fail "long window: exit $got, $(wc -c <out.bin) bytes out" ;;
+*) fail "long window: $(cat err.txt)" ;;
+esac
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails failures"
