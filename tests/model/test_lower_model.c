@@ -1,4 +1,4 @@
-/* Lowering of model instances (passes/lower_model.h): examples/distill.kd's
+/* Lowering of model instances (passes/lower_model.h): tests/model/gpt_distill.kd's
  * teacher and student get the parameter names, shapes and init specs the
  * header documents, and as many parameters as GPT-2's formula gives; a
  * tiny GPT (1 layer, width 16, 2 heads, context 8, vocabulary 16) goes end
@@ -62,7 +62,7 @@ static size_t gpt_params(size_t layers, size_t d, size_t v, size_t ctx) {
 }
 
 static void test_distill(void) {
-  kd_program *p = load(KD_SOURCE_DIR "/examples/distill.kd");
+  kd_program *p = load(KD_SOURCE_DIR "/tests/model/gpt_distill.kd");
   if (!p) return;
   kd_model st, te;
   if (lower(p, "student", &st) == KD_OK) {
