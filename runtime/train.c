@@ -11,6 +11,7 @@
 #include "train.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,6 +41,8 @@ typedef struct kd_trainer {
   int np;
   kd_optim *opt;
   kd_metrics *metrics;
+  /* KDC_STEP_PROFILE: seconds per instruction of each program (NULL: off) */
+  double *prof_s, *prof_t, prof_loss, prof_optim;
 } kd_trainer;
 
 static double kd_now(void) {
@@ -124,6 +127,8 @@ static void kd_trainer_free(kd_trainer *t) {
   free(t->s_slots_acc);
   free(t->t_slots);
   free(t->p);
+  free(t->prof_s);
+  free(t->prof_t);
   kd_optim_free(t->opt);
   kd_data_close(t->ds);
   kd_pool_free(t->pool);
@@ -180,6 +185,13 @@ static kd_status kd_trainer_init(kd_trainer *t, const kd_train_config *c, char *
   if (!t->windows || !t->valid || !t->tokens || !t->labels || !t->s_logits || !t->dlogits || !t->s_arena ||
       !t->s_slots || !t->s_slots_acc || (c->teacher && (!t->t_logits || !t->t_arena || !t->t_slots)))
     return kd_errf(err, errlen, KD_ERR_NOMEM, "train: out of memory for the step's buffers");
+  const char *prof = getenv("KDC_STEP_PROFILE");
+  if (prof && *prof && strcmp(prof, "0") != 0) {
+    t->prof_s = calloc((size_t)c->student->ninstr + 1, sizeof(double));
+    t->prof_t = c->teacher ? calloc((size_t)c->teacher->ninstr + 1, sizeof(double)) : NULL;
+    if (!t->prof_s || (c->teacher && !t->prof_t))
+      return kd_errf(err, errlen, KD_ERR_NOMEM, "train: out of memory for the profile");
+  }
 
   /* parameters: drawn from the seed (a resumed run overwrites them) */
   if ((st = kd_params_init(c->params, c->seed, err, errlen)) != KD_OK) return st;
@@ -272,6 +284,21 @@ static void kd_vec(kd_trainer *t, float *x, const float *y, float w, int64_t n) 
   kd_pool_parallel_for(t->pool, n, 1 << 15, kd_scale_chunk, &s);
 }
 
+/* Instructions [begin, end) of prog; with a profile (prof non-NULL), one
+ * at a time, each one's wall time added to prof[i]. */
+static kd_status kd_run_prog(kd_trainer *t, const kd_step_prog *prog, double *prof, void *arena,
+                             void *const *slots, int32_t begin, int32_t end, char *err,
+                             size_t errlen) {
+  if (!prof) return kd_step_run(prog, arena, slots, begin, end, t->pool, err, errlen);
+  for (int32_t i = begin; i < end; i++) {
+    double t0 = kd_now();
+    kd_status st = kd_step_run(prog, arena, slots, i, i + 1, t->pool, err, errlen);
+    prof[i] += kd_now() - t0;
+    if (st != KD_OK) return st;
+  }
+  return KD_OK;
+}
+
 /* One optimiser step's forward and backward passes over its micro-batches;
  * *loss is the step's loss (the valid-token-weighted mean of the
  * micro-batches' for "mean"). */
@@ -285,15 +312,16 @@ static kd_status kd_forward_backward(kd_trainer *t, double *loss, char *err, siz
   for (int m = 0; m < acc; m++) {
     kd_fill_batch(t, t->windows + m * per, (int)t->B);
     kd_status st;
-    if (c->teacher && (st = kd_step_run(c->teacher, t->t_arena, t->t_slots, 0, c->teacher->ninstr,
-                                        t->pool, err, errlen)) != KD_OK)
+    if (c->teacher && (st = kd_run_prog(t, c->teacher, t->prof_t, t->t_arena, t->t_slots, 0,
+                                        c->teacher->ninstr, err, errlen)) != KD_OK)
       return st;
     void **slots = m == 0 ? t->s_slots : t->s_slots_acc;
-    if ((st = kd_step_run(c->student, t->s_arena, slots, 0, c->student->split, t->pool, err,
+    if ((st = kd_run_prog(t, c->student, t->prof_s, t->s_arena, slots, 0, c->student->split, err,
                           errlen)) != KD_OK)
       return st;
-    double l = 0;
+    double l = 0, t0 = kd_now();
     if ((st = kd_run_loss(t, c->objective, &l, err, errlen)) != KD_OK) return st;
+    t->prof_loss += kd_now() - t0;
     /* mean: this micro-batch's share of the step's valid tokens; a step
        with none (every label ignored) has loss and gradient 0 */
     double w = c->sum_reduction ? 1.0
@@ -301,8 +329,8 @@ static kd_status kd_forward_backward(kd_trainer *t, double *loss, char *err, siz
                                : 0.0;
     *loss += w * l;
     if (w != 1.0) kd_vec(t, t->dlogits, NULL, (float)w, t->N * t->V);
-    if ((st = kd_step_run(c->student, t->s_arena, slots, c->student->split, c->student->ninstr,
-                          t->pool, err, errlen)) != KD_OK)
+    if ((st = kd_run_prog(t, c->student, t->prof_s, t->s_arena, slots, c->student->split,
+                          c->student->ninstr, err, errlen)) != KD_OK)
       return st;
     if (m > 0) kd_vec(t, t->grads, t->grads2, 1, (int64_t)c->params->nfloats);
   }
@@ -353,6 +381,105 @@ static void kd_note(const kd_train_config *c, const char *fmt, const char *a, do
   fflush(c->log);
 }
 
+/* ---- KDC_STEP_PROFILE ------------------------------------------------------ */
+
+static const char *const kd_prof_kinds[] = {"map", "reduce", "softmax", "gemm", "gather",
+                                            "scatter_add"};
+_Static_assert(sizeof kd_prof_kinds / sizeof kd_prof_kinds[0] == KD_STEP_KIND_COUNT,
+               "a name per step kind");
+static const char *const kd_prof_fns[] = {
+    "copy", "fill", "iota", "neg", "exp", "log", "sqrt", "abs", "sign", "tanh",
+    "add",  "sub",  "mul",  "mulz", "div", "pow", "max", "min",
+    "lt",   "le",   "gt",   "ge",  "eq",  "ne",  "select",
+    "sum",  "rmax", "lse",  "softmax", "log_softmax"};
+_Static_assert(sizeof kd_prof_fns / sizeof kd_prof_fns[0] == KD_SF_COUNT,
+               "a name per step function");
+
+/* An instruction's kind, fn (maps, reductions, softmax) and sizes, e.g.
+   "map mul [16, 128, 384]" or "gemm 1 x 2048 x 768 x 256 ta". */
+static void kd_prof_describe(const kd_step_instr *in, char *buf, size_t len) {
+  const kd_gemm *g = &in->gemm;
+  if (in->kind == KD_STEP_GEMM) {
+    snprintf(buf, len, "gemm b %lld m %lld n %lld k %lld%s%s%s", (long long)g->batch,
+             (long long)g->m, (long long)g->n, (long long)g->k, g->trans_a ? " ta" : "",
+             g->trans_b ? " tb" : "", g->beta != 0 ? " beta" : "");
+    return;
+  }
+  char shape[96];
+  kd_shape_str(in->rank, in->shape, shape, sizeof shape);
+  bool has_fn = in->kind <= KD_STEP_SOFTMAX;
+  snprintf(buf, len, "%s%s%s %s", kd_prof_kinds[in->kind], has_fn ? " " : "",
+           has_fn ? kd_prof_fns[in->fn] : "", shape);
+  if (in->kind == KD_STEP_REDUCE || in->kind == KD_STEP_SOFTMAX)
+    snprintf(buf + strlen(buf), len - strlen(buf), " axis %d", in->axis);
+}
+
+typedef struct kd_prof_row {
+  double s;
+  const char *who;
+  int32_t i;
+  const kd_step_instr *in;
+} kd_prof_row;
+
+static int kd_prof_cmp(const void *a, const void *b) {
+  double x = ((const kd_prof_row *)a)->s, y = ((const kd_prof_row *)b)->s;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The profile's table on stderr: where the steps' time went, by program
+ * phase, by instruction kind and fn, and the 15 slowest instructions. */
+static void kd_prof_print(const kd_trainer *t, int64_t steps) {
+  const kd_train_config *c = t->c;
+  const kd_step_prog *progs[2] = {c->student, c->teacher};
+  const double *secs[2] = {t->prof_s, t->prof_t};
+  const char *who[2] = {"student", "teacher"};
+  enum { NK = KD_STEP_KIND_COUNT * (KD_SF_COUNT + 1) };
+  double by_fn[NK] = {0}, phase[3] = {0}; /* student forward, backward, teacher */
+  int64_t n = 0;
+  for (int k = 0; k < 2; k++) n += progs[k] ? progs[k]->ninstr : 0;
+  kd_prof_row *rows = calloc((size_t)n + 1, sizeof *rows);
+  if (!rows) return;
+  n = 0;
+  for (int k = 0; k < 2; k++) {
+    if (!progs[k] || !secs[k]) continue;
+    for (int32_t i = 0; i < progs[k]->ninstr; i++) {
+      const kd_step_instr *in = &progs[k]->instr[i];
+      double s = secs[k][i];
+      phase[k == 1 ? 2 : i < progs[k]->split ? 0 : 1] += s;
+      int f = in->kind <= KD_STEP_SOFTMAX ? (int)in->fn : KD_SF_COUNT;
+      by_fn[(int)in->kind * (KD_SF_COUNT + 1) + f] += s;
+      rows[n++] = (kd_prof_row){s, who[k], i, in};
+    }
+  }
+  double total = phase[0] + phase[1] + phase[2] + t->prof_loss + t->prof_optim;
+  double per = steps > 0 ? 1e3 / (double)steps : 0, pct = total > 0 ? 100 / total : 0;
+  fprintf(stderr,
+          "profile: %lld steps, %.1f ms a step: student forward %.1f, backward %.1f, teacher "
+          "%.1f, loss %.1f, clip + optimiser %.1f\n",
+          (long long)steps, total * per, phase[0] * per, phase[1] * per, phase[2] * per,
+          t->prof_loss * per, t->prof_optim * per);
+  fprintf(stderr, "  by kind:");
+  for (int shown = 0; shown < 10; shown++) { /* the 10 largest kind/fn pairs */
+    int best = -1;
+    for (int j = 0; j < NK; j++)
+      if (by_fn[j] > 0 && (best < 0 || by_fn[j] > by_fn[best])) best = j;
+    if (best < 0) break;
+    int kind = best / (KD_SF_COUNT + 1), f = best % (KD_SF_COUNT + 1);
+    fprintf(stderr, " %s%s%s %.1f%%", kd_prof_kinds[kind], f < KD_SF_COUNT ? " " : "",
+            f < KD_SF_COUNT ? kd_prof_fns[f] : "", by_fn[best] * pct);
+    by_fn[best] = 0;
+  }
+  fprintf(stderr, "\n  top instructions (ms a step, share):\n");
+  qsort(rows, (size_t)n, sizeof *rows, kd_prof_cmp);
+  for (int64_t r = 0; r < n && r < 15; r++) {
+    char desc[200];
+    kd_prof_describe(rows[r].in, desc, sizeof desc);
+    fprintf(stderr, "  %8.2f %5.1f%%  %s [%d] %s\n", rows[r].s * per, rows[r].s * pct,
+            rows[r].who, rows[r].i, desc);
+  }
+  free(rows);
+}
+
 static kd_status kd_loop(kd_trainer *t, kd_train_result *r, char *err, size_t errlen) {
   const kd_train_config *c = t->c;
   kd_status st;
@@ -384,6 +511,7 @@ static kd_status kd_loop(kd_trainer *t, kd_train_result *r, char *err, size_t er
   for (; step < c->steps && !kd_interrupt_requested(); step++) {
     double t0 = kd_now(), loss = 0;
     if ((st = kd_forward_backward(t, &loss, err, errlen)) != KD_OK) return st;
+    double t1 = kd_now();
     double norm = kd_grad_clip(t->p, t->np, c->clip);
     double lr = kd_schedule_lr(&c->schedule, step);
     if (isfinite(norm)) {
@@ -393,6 +521,7 @@ static kd_status kd_loop(kd_trainer *t, kd_train_result *r, char *err, size_t er
       kd_note(c, "%s: step skipped: the gradient norm is %g\n", c->model_name, norm);
     }
     double dt = kd_now() - t0;
+    t->prof_optim += kd_now() - t1;
     train_s += dt;
     tokens += (double)(t->N * c->accumulate);
     double tok_s = tokens / train_s;
@@ -414,6 +543,7 @@ static kd_status kd_loop(kd_trainer *t, kd_train_result *r, char *err, size_t er
       if ((st = kd_save(t, step + 1, true, err, errlen)) != KD_OK) return st;
   }
   if (c->log) kd_progress_done(&bar);
+  if (t->prof_s) kd_prof_print(t, step - start);
   r->tokens_per_s = train_s > 0 ? tokens / train_s : 0;
   if (kd_interrupt_requested() && step < c->steps) {
     r->interrupted = true;
