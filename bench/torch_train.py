@@ -43,6 +43,7 @@ Modes:
 Objectives (--objective), on logits s (student) and t (teacher), T = 2:
   fkl      T^2 KL(softmax(t/T) || softmax(s/T)), mean over tokens
   ce       cross-entropy of s against the next tokens
+  fkl_ce   examples/fkl.kd's: 0.5 T^2 fkl + 0.5 ce
   distill  examples/distill.kd's: 0.5 T^2 skew_kl(alpha 0.1) + 0.5 ce
 The divergences are bench/torch_losses.py's (TRL's formulation).
 
@@ -260,6 +261,8 @@ def make_objective(name, temperature=2.0, alpha=0.1):
         return lambda s, t, y: t2 * TL.fkl(s, t, None, T=temperature)
     if name == "ce":
         return lambda s, t, y: TL.ce(s, t, y)
+    if name == "fkl_ce":
+        return lambda s, t, y: 0.5 * t2 * TL.fkl(s, t, None, T=temperature) + 0.5 * TL.ce(s, t, y)
     if name == "distill":
         return lambda s, t, y: (0.5 * t2 * TL.sfkl(s, t, None, T=temperature, alpha=alpha)
                                 + 0.5 * TL.ce(s, t, y))
@@ -345,7 +348,7 @@ def parse(argv):
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    ap.add_argument("--objective", choices=["fkl", "ce", "distill"], default="fkl")
+    ap.add_argument("--objective", choices=["fkl", "fkl_ce", "ce", "distill"], default="fkl")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=256)
