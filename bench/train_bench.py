@@ -4,9 +4,9 @@
     python3 bench/train_bench.py [--threads 2] [--steps 60] [--torch-steps 10]
 
 The workload is examples/fkl.kd's training step: the teacher of
-examples/teacher.kd (3 layers, width 192) forward, the student (1 layer,
-width 96) forward and backward, the objective 0.5 T^2 fkl + 0.5 CE at T = 2,
-AdamW; 16 windows of 128 bytes (2048 tokens) a step. Printed, in order:
+examples/teacher.kd (3 layers, width 128) forward, the student (1 layer,
+width 64) forward and backward, the objective 0.5 T^2 fkl + 0.5 CE at T = 2,
+AdamW; 16 windows of 64 bytes (1024 tokens) a step. Printed, in order:
 
   - this machine's memory bandwidth now (build/bench/kdc_stream, a STREAM-like
     copy), so the figures below can be read against a noisy shared machine;
@@ -69,8 +69,8 @@ def main():
     ap.add_argument("--kdc", default=os.path.join(ROOT, "build", "kdc"))
     a = ap.parse_args()
     stream = os.path.join(os.path.dirname(a.kdc), "bench", "kdc_stream")
-    print("# training throughput, examples/fkl.kd (teacher 3x192 forward, student 1x96 fwd+bwd, "
-          "2048 tokens/step), %d threads" % a.threads)
+    print("# training throughput, examples/fkl.kd (teacher 3x128 forward, student 1x64 fwd+bwd, "
+          "1024 tokens/step), %d threads" % a.threads)
     if os.path.exists(stream):
         out = subprocess.run([stream, "--threads", str(a.threads)], capture_output=True,
                              text=True).stdout.strip().splitlines()
@@ -97,8 +97,9 @@ def main():
             return
         p = subprocess.run([py, os.path.join(ROOT, "bench", "torch_train.py"), "--threads",
                             str(a.threads), "--steps", str(a.torch_steps), "--objective",
-                            "fkl_ce", "--teacher-layers", "3", "--teacher-dim", "192",
-                            "--teacher-heads", "6", "--dim", "96", "--heads", "4"],
+                            "fkl_ce", "--teacher-layers", "3", "--teacher-dim", "128",
+                            "--teacher-heads", "4", "--dim", "64", "--heads", "4",
+                            "--seq", "64", "--ctx", "64"],
                            capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit("torch_train.py failed:\n" + p.stderr[-2000:])
