@@ -30,7 +30,8 @@ Modes:
       Prints one JSON line:
         tokens_per_s, ms_per_step (mean over --steps after --warmup),
         ms_best, ms_teacher_fwd / ms_student_fwd_bwd / ms_optimizer (means
-        of the split), peak_rss_mb (getrusage's ru_maxrss after the steps),
+        of the split), cpu_ms_per_step (CPU seconds of all threads: what a
+        busy machine stretches less than the wall time), peak_rss_mb (getrusage's ru_maxrss after the steps),
         rss_import_mb (the same just after importing torch: the interpreter
         and libraries, before any model), threads, objective, loss, torch,
         allocator.
@@ -291,8 +292,10 @@ def train_step(torch, a, rss_import_mb, allocator):
     gen = torch.Generator().manual_seed(a.seed + 1)
     b, t, v = a.batch, a.seq, a.vocab
     times, split = [], [0.0, 0.0, 0.0]
-    loss = None
+    loss = cpu0 = None
     for step in range(a.warmup + a.steps):
+        if step == a.warmup:
+            cpu0 = time.process_time()
         window = torch.randint(0, v, (b, t + 1), generator=gen)
         tokens, labels = window[:, :-1], window[:, 1:].reshape(-1)
         t0 = time.perf_counter()
@@ -311,12 +314,13 @@ def train_step(torch, a, rss_import_mb, allocator):
             split[0] += t1 - t0
             split[1] += t2 - t1
             split[2] += t3 - t2
+    cpu = time.process_time() - cpu0  # all threads' CPU time (a batch draw per step: noise)
     n = len(times)
     total = sum(times)
     return {"tokens_per_s": b * t * n / total, "ms_per_step": 1e3 * total / n,
             "ms_best": 1e3 * min(times),
             "ms_teacher_fwd": 1e3 * split[0] / n, "ms_student_fwd_bwd": 1e3 * split[1] / n,
-            "ms_optimizer": 1e3 * split[2] / n,
+            "ms_optimizer": 1e3 * split[2] / n, "cpu_ms_per_step": 1e3 * cpu / n,
             "peak_rss_mb": _maxrss_mb(), "rss_import_mb": rss_import_mb,
             "threads": torch.get_num_threads(), "objective": a.objective,
             "batch": b, "seq": t, "steps": n, "loss": float(loss),
