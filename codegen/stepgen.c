@@ -24,7 +24,7 @@ typedef struct kd_sg {
   size_t n;               /* its nodes */
   kd_node_id *origin;     /* [n]: the input graph's node each one stands for */
   size_t origin_cap;
-  bool *needed, *late;    /* an output needs it; it depends on the split input */
+  bool *needed, *late;    /* an output needs it; it runs in the second phase */
   bool *copy;             /* a view op given memory of its own (a MAP COPY) */
   bool *view, *external;  /* memplan's options */
   sg_layout *lay;
@@ -125,7 +125,8 @@ static kd_node_id sg_weight_grad(kd_graph *g, kd_node_id x, int axis, int rank,
     x = n->src[0];
   }
   const kd_node *m = kd_graph_node(g, x);
-  if (m->op != KD_IR_MATMUL || m->rank < 3 || count != m->rank - 2 || rank != m->rank) return KD_NONE;
+  if (m->op != KD_IR_MATMUL || m->rank < 3 || count != m->rank - 2 || rank != m->rank)
+    return KD_NONE;
   int r = m->rank;
   for (int i = 0; i < r - 2; i++)
     if (!seen[i]) return KD_NONE;
@@ -233,7 +234,8 @@ static kd_status sg_schedule(kd_sg *sg, const char *split_input) {
     if (split == KD_NONE)
       return sg_fail(sg, KD_ERR_INVALID, "the graph has no input \"%s\"", split_input);
   }
-  for (size_t i = 0; i < kd_graph_noutputs(sg->g); i++) sg->needed[kd_graph_output(sg->g, i)] = true;
+  for (size_t o = 0; o < kd_graph_noutputs(sg->g); o++)
+    sg->needed[kd_graph_output(sg->g, o)] = true;
   for (size_t i = n; i-- > 0;) {
     const kd_node *nd = sg_node(sg, (kd_node_id)i);
     if (sg->needed[i])

@@ -96,7 +96,8 @@ static kd_status run(const kd_step_prog *p, const sg_inputs *s, bufs *b, kd_pool
   TU_CHECK(st == KD_OK, "phase 1: %s", err);
   int32_t lg = kd_step_find_slot(p, "logits.grad");
   if (lg >= 0) fill_input(&p->slots[lg], b->slot[lg], find_input(s, "logits.grad"));
-  if (st == KD_OK) st = kd_step_run(p, b->arena, b->slot, p->split, p->ninstr, pool, err, sizeof err);
+  if (st == KD_OK)
+    st = kd_step_run(p, b->arena, b->slot, p->split, p->ninstr, pool, err, sizeof err);
   TU_CHECK(st == KD_OK, "phase 2: %s", err);
   return st;
 }
