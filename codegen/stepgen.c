@@ -25,7 +25,9 @@ typedef struct kd_sg {
   kd_node_id *origin;     /* [n]: the input graph's node each one stands for */
   size_t origin_cap;
   bool *needed, *late;    /* an output needs it; it runs in the second phase */
-  bool *copy;             /* a view op given memory of its own (a MAP COPY) */
+  bool *copy;             /* a view given memory of its own (a MAP COPY) */
+  int64_t *slice;         /* a slice SUM (see sg_slices): the index it picks, else -1 */
+  bool *alias;            /* a slice SUM or the one-hot product under it: a view */
   bool *view, *external;  /* memplan's options */
   sg_layout *lay;
   int32_t *value;         /* [n]: the step value of the node's own memory, or -1 */
@@ -59,6 +61,12 @@ static const kd_node *sg_node(const kd_sg *sg, kd_node_id id) { return kd_graph_
 static bool sg_is_view_op(kd_opcode op) {
   return op == KD_IR_RESHAPE || op == KD_IR_EXPAND || op == KD_IR_PERMUTE ||
          op == KD_IR_STOPGRAD;
+}
+
+/* A view op, or a node sg_slices made one: no instruction computes it
+   unless it is copied. */
+static bool sg_is_view(const kd_sg *sg, kd_node_id i) {
+  return sg_is_view_op(kd_graph_node(sg->g, i)->op) || sg->alias[i];
 }
 
 static int64_t sg_elems(int rank, const int64_t *shape) {
@@ -265,6 +273,60 @@ static kd_status sg_schedule(kd_sg *sg, const char *split_input) {
   return KD_OK;
 }
 
+/* ---- slices ------------------------------------------------------------- */
+
+/* The index k where h is a one-hot vector along axis `axis` of a rank-r
+   tensor whose size there is `size`: CAST(EQ(IOTA, CONST k)) with the
+   iota's other dims 1 (layers.c's attention takes q, k and v out of the
+   packed qkv this way: the IR has no slice); -1 if h is not one. */
+static int64_t sg_one_hot(const kd_sg *sg, kd_node_id h, int r, int axis, int64_t size) {
+  const kd_node *c = sg_node(sg, h);
+  if (c->op == KD_IR_CAST) c = sg_node(sg, c->src[0]);
+  if (c->op != KD_IR_EQ) return -1;
+  const kd_node *io = sg_node(sg, c->src[0]), *k = sg_node(sg, c->src[1]);
+  if (io->op == KD_IR_CONST) {
+    const kd_node *t = io;
+    io = k, k = t;
+  }
+  if (io->op != KD_IR_IOTA || k->op != KD_IR_CONST || io->rank > r ||
+      io->axis + r - io->rank != axis || io->shape[io->axis] != size || k->value < 0 ||
+      k->value >= (double)size || k->value != (double)(int64_t)k->value)
+    return -1;
+  return (int64_t)k->value;
+}
+
+/* SUM(MUL(x, h), axis) with h one-hot along the axis picks x's slice at
+   h's index: a view of x (offset k * stride, stride 0), and the product,
+   read by nothing else, is never computed. x must be the product's first
+   operand (memplan's views keep their first source's memory) and of its
+   dtype and shape. */
+static kd_status sg_slices(kd_sg *sg) {
+  int32_t *readers = calloc(sg->n + 1, sizeof *readers);
+  if (!readers) return sg_fail(sg, KD_ERR_NOMEM, "out of memory");
+  for (size_t k = 0; k < sg->norder; k++) {
+    const kd_node *n = sg_node(sg, sg->order[k]);
+    for (int j = 0; j < n->nsrc; j++) readers[n->src[j]]++;
+  }
+  for (size_t o = 0; o < kd_graph_noutputs(sg->g); o++) readers[kd_graph_output(sg->g, o)]++;
+  for (size_t k = 0; k < sg->norder; k++) {
+    kd_node_id i = sg->order[k];
+    const kd_node *n = sg_node(sg, i);
+    if (n->op != KD_IR_SUM || n->axis == KD_AXIS_ALL || readers[n->src[0]] != 1) continue;
+    const kd_node *m = sg_node(sg, n->src[0]);
+    if (m->op != KD_IR_MUL) continue;
+    const kd_node *x = sg_node(sg, m->src[0]);
+    if (x->dtype != m->dtype || x->rank != m->rank || x->op == KD_IR_CONST) continue;
+    bool same = true;
+    for (int d = 0; d < x->rank; d++) same = same && x->shape[d] == m->shape[d];
+    int64_t at = same ? sg_one_hot(sg, m->src[1], m->rank, n->axis, m->shape[n->axis]) : -1;
+    if (at < 0) continue;
+    sg->slice[i] = at;
+    sg->alias[i] = sg->alias[n->src[0]] = true;
+  }
+  free(readers);
+  return KD_OK;
+}
+
 /* ---- layouts ------------------------------------------------------------ */
 
 /* numpy's reshape without a copy (_attempt_nocopy_reshape): strides for
@@ -311,6 +373,12 @@ static bool sg_view_layout(const kd_sg *sg, kd_node_id i, sg_layout *l) {
   const sg_layout *sl = &sg->lay[n->src[0]];
   *l = *sl;
   if (sl->base == KD_NONE) return true;
+  if (sg->alias[i] && n->op == KD_IR_SUM) { /* the slice; its product has x's layout */
+    l->offset += sg->slice[i] * sl->stride[n->axis];
+    l->stride[n->axis] = 0;
+    return true;
+  }
+  if (sg->alias[i]) return true;
   switch (n->op) {
   case KD_IR_EXPAND:
     for (int d = 0; d < n->rank; d++) {
@@ -342,7 +410,7 @@ static void sg_layout_all(kd_sg *sg) {
     const kd_node *n = sg_node(sg, i);
     if (n->op == KD_IR_CONST) {
       sg->lay[i] = (sg_layout){.base = KD_NONE, .imm = n->value};
-    } else if (sg_is_view_op(n->op) && !sg->copy[i]) {
+    } else if (sg_is_view(sg, i) && !sg->copy[i]) {
       if (!sg_view_layout(sg, i, &sg->lay[i])) {
         sg->copy[i] = true;
         sg_own_layout(sg, i);
@@ -417,10 +485,11 @@ static kd_status sg_layouts(kd_sg *sg) {
     for (size_t k = 0; k < sg->norder; k++) {
       kd_node_id i = sg->order[k];
       const kd_node *n = sg_node(sg, i);
+      if (sg_is_view(sg, i)) continue; /* none, or a copy, which takes any layout */
       for (int j = 0; j < n->nsrc; j++) {
         if (sg_operand_ok(sg, n, j)) continue;
         kd_node_id o = n->src[j];
-        if (sg->copy[o] || !sg_is_view_op(sg_node(sg, o)->op))
+        if (sg->copy[o] || !sg_is_view(sg, o))
           return sg_fail(sg, KD_ERR_UNSUPPORTED, "%s (%%%d): operand %d has no layout it takes",
                          kd_opcode_name(n->op), (int)sg->origin[i], j);
         sg->copy[o] = changed = true;
@@ -438,7 +507,7 @@ static kd_status sg_layouts(kd_sg *sg) {
 static bool sg_written(const kd_sg *sg, kd_node_id i) {
   const kd_node *n = sg_node(sg, i);
   if (n->op == KD_IR_INPUT || n->op == KD_IR_CONST) return false;
-  return !sg_is_view_op(n->op) || sg->copy[i];
+  return !sg_is_view(sg, i) || sg->copy[i];
 }
 
 static kd_status sg_check_dtype(kd_sg *sg, kd_node_id i) {
@@ -476,7 +545,7 @@ static kd_status sg_memory(kd_sg *sg) {
     kd_node_id i = sg->order[k];
     kd_status st = sg_check_dtype(sg, i);
     if (st != KD_OK) return st;
-    sg->view[i] = sg_is_view_op(sg_node(sg, i)->op) && !sg->copy[i];
+    sg->view[i] = sg_is_view(sg, i) && !sg->copy[i];
   }
   kd_node_id *in_place = malloc((nout + 1) * sizeof *in_place);
   if (!in_place) return sg_fail(sg, KD_ERR_NOMEM, "out of memory");
@@ -724,7 +793,7 @@ static kd_status sg_emit_node(kd_sg *sg, kd_node_id i) {
   kd_op_class cls = kd_opcode_class(n->op);
   bool ok = true;
   if (n->op == KD_IR_INPUT || n->op == KD_IR_CONST) return KD_OK;
-  if (sg_is_view_op(n->op)) {
+  if (sg_is_view(sg, i)) {
     if (!sg->copy[i]) return KD_OK;
     const kd_node *s = sg_node(sg, n->src[0]);
     sg_layout l;
@@ -789,6 +858,8 @@ static void sg_free(kd_sg *sg) {
   free(sg->needed);
   free(sg->late);
   free(sg->copy);
+  free(sg->slice);
+  free(sg->alias);
   free(sg->view);
   free(sg->external);
   free(sg->lay);
@@ -811,18 +882,21 @@ kd_status kd_stepgen(const kd_graph *g, const kd_sym_binding *bind, size_t nbind
     sg.needed = calloc(n, sizeof *sg.needed);
     sg.late = calloc(n, sizeof *sg.late);
     sg.copy = calloc(n, sizeof *sg.copy);
+    sg.slice = malloc(n * sizeof *sg.slice);
+    sg.alias = calloc(n, sizeof *sg.alias);
     sg.view = calloc(n, sizeof *sg.view);
     sg.external = calloc(n, sizeof *sg.external);
     sg.lay = calloc(n, sizeof *sg.lay);
     sg.value = malloc(n * sizeof *sg.value);
     sg.out_slot = calloc(nout, sizeof *sg.out_slot);
     sg.order = malloc(n * sizeof *sg.order);
-    if (!sg.needed || !sg.late || !sg.copy || !sg.view || !sg.external || !sg.lay || !sg.value ||
-        !sg.out_slot || !sg.order)
+    if (!sg.needed || !sg.late || !sg.copy || !sg.slice || !sg.alias || !sg.view ||
+        !sg.external || !sg.lay || !sg.value || !sg.out_slot || !sg.order)
       st = sg_fail(&sg, KD_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < n && sg.value; i++) sg.value[i] = -1;
+    for (size_t i = 0; i < n && st == KD_OK; i++) sg.value[i] = -1, sg.slice[i] = -1;
   }
   if (st == KD_OK) st = sg_schedule(&sg, split_input);
+  if (st == KD_OK) st = sg_slices(&sg);
   if (st == KD_OK) st = sg_layouts(&sg);
   if (st == KD_OK) st = sg_memory(&sg);
   size_t split = 0;

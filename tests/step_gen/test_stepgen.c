@@ -276,7 +276,7 @@ static void check_model(const kd_program *prog, const char *inst, int nattn, kd_
    axis of a strided view and of a broadcast, a reduction and a
    log-softmax over the first axis, products of a broadcast (copied first)
    and of two transposes (GEMM flags), comparisons (bool) and iota (i64),
-   rank-0 values. */
+   rank-0 values, a one-hot sum as a slice. */
 static void check_edges(kd_pool *pool2) {
   kd_graph *g = kd_graph_new();
   kd_dim n4[2] = {kd_graph_sym(g, "N"), 4}, s45[2] = {4, 5}, n1[2] = {n4[0], 1};
@@ -302,29 +302,48 @@ static void check_edges(kd_pool *pool2) {
   kd_graph_add_output(g, "pos", pos);
   kd_graph_add_output(g, "sel", kd_select(g, pos, x, kd_const(g, -1, KD_F32)));
   kd_graph_add_output(g, "idx", kd_iota(g, 2, n1, 0));
+  /* y[:, 2, :] as layers.c writes it (a view), read by a product (copied
+     first); the same sum where the product is an output too (computed) */
+  kd_dim n34[3] = {n4[0], 3, 4}, s31[2] = {3, 1};
+  kd_node_id y = kd_input(g, "y", KD_F32, 3, n34);
+  kd_node_id iota3 = kd_iota(g, 2, s31, 0);
+  kd_node_id hot2 = kd_cast(g, kd_binary(g, KD_IR_EQ, iota3, kd_const(g, 2, KD_I64)), KD_F32);
+  kd_node_id hot1 = kd_cast(g, kd_binary(g, KD_IR_EQ, iota3, kd_const(g, 1, KD_I64)), KD_F32);
+  kd_node_id slice = kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_MUL, y, hot2), 1); /* [N, 1, 4] */
+  kd_graph_add_output(g, "slice", slice);
+  kd_graph_add_output(g, "slice.mm", kd_matmul(g, kd_reshape(g, slice, 2, n4), w));
+  kd_node_id prod = kd_binary(g, KD_IR_MUL, y, hot1);
+  kd_graph_add_output(g, "prod", prod);
+  kd_graph_add_output(g, "sum.kept", kd_reduce(g, KD_IR_SUM, prod, 1));
   TU_CHECK(!kd_graph_error(g), "edges: %s", kd_graph_error(g));
   unsigned long long seed = 77;
-  double xd[3 * 4], wd[4 * 5];
+  double xd[3 * 4], wd[4 * 5], yd[3 * 3 * 4];
   for (int i = 0; i < 12; i++) xd[i] = (float)tu_uniform(&seed, -2, 2);
   for (int i = 0; i < 20; i++) wd[i] = (float)tu_uniform(&seed, -1, 1);
-  int64_t xs[2] = {3, 4}, ws[2] = {4, 5};
-  kd_ref_input in[2] = {tu_input("x", 2, xs, xd), tu_input("w", 2, ws, wd)};
-  sg_inputs s = {.n = 2, .in = in};
+  for (int i = 0; i < 36; i++) yd[i] = (float)tu_uniform(&seed, -1, 1);
+  int64_t xs[2] = {3, 4}, ws[2] = {4, 5}, ys[3] = {3, 3, 4};
+  kd_ref_input in[3] = {tu_input("x", 2, xs, xd), tu_input("w", 2, ws, wd),
+                        tu_input("y", 3, ys, yd)};
+  sg_inputs s = {.n = 3, .in = in};
   kd_sym_binding nb = {"N", 3};
   kd_step_prog *p = NULL;
   char err[256] = "";
   TU_CHECK(kd_stepgen(g, &nb, 1, NULL, &p, err, sizeof err) == KD_OK, "edges: %s", err);
   if (p) {
-    int copies = 0, trans = 0;
+    int copies = 0, trans = 0, reduces = 0;
     for (int32_t i = 0; i < p->ninstr; i++) {
       copies += p->instr[i].kind == KD_STEP_MAP && p->instr[i].fn == KD_SF_COPY;
       trans += p->instr[i].kind == KD_STEP_GEMM && p->instr[i].gemm.trans_a &&
                p->instr[i].gemm.trans_b;
+      reduces += p->instr[i].kind == KD_STEP_REDUCE;
     }
     /* copies: x.copy, t, mm.again, the strided sum's and the broadcast
-       product's operands, the broadcast sum's; the transposes: none */
-    TU_CHECK(copies == 6 && trans == 1, "edges: %d copies, %d GEMMs with two transposes", copies,
-             trans);
+       product's operands, the broadcast sum's, slice (an output view),
+       slice.mm's operand, and the two one-hot casts; the transposes: none;
+       reductions: r, sum.all, sum.bcast, lse0, max.all, sum.kept */
+    TU_CHECK(copies == 10 && trans == 1 && reduces == 6,
+             "edges: %d copies, %d GEMMs with two transposes, %d reductions", copies, trans,
+             reduces);
     bufs b1 = bufs_make(p, &s), b2 = bufs_make(p, &s);
     if (run(p, &s, &b1, NULL) == KD_OK) compare_outputs("edges", p, &b1, g, &s);
     if (run(p, &s, &b2, pool2) == KD_OK)
