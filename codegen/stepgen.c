@@ -631,8 +631,18 @@ static void sg_shape(kd_step_instr *in, int rank, const int64_t *shape) {
   for (int d = 0; d < rank; d++) in->shape[d] = shape[d];
 }
 
-/* A ref to layout l of a [rank, shape] tensor, broadcast (numpy rules) to
-   the instruction's shape. */
+/* Strides of a [rank, shape] tensor broadcast (numpy rules: right-aligned,
+   size-1 and missing dims stride 0) to the instruction's shape. */
+static void sg_bcast(int rank, const int64_t *shape, const int64_t *stride,
+                     const kd_step_instr *in, int64_t *out) {
+  for (int d = 0; d < in->rank; d++) {
+    int j = d - (in->rank - rank);
+    out[d] = j < 0 || shape[j] == 1 ? 0 : stride[j];
+  }
+}
+
+/* A ref to layout l of a [rank, shape] tensor, broadcast to the
+   instruction's shape. */
 static kd_step_ref sg_ref_layout(const kd_sg *sg, const sg_layout *l, int rank,
                                  const int64_t *shape, const kd_step_instr *in) {
   kd_step_ref r;
@@ -644,10 +654,7 @@ static kd_step_ref sg_ref_layout(const kd_sg *sg, const sg_layout *l, int rank,
   }
   r.value = sg->value[l->base];
   r.offset = l->offset;
-  for (int d = 0; d < in->rank; d++) {
-    int j = d - (in->rank - rank);
-    r.stride[d] = j < 0 || shape[j] == 1 ? 0 : l->stride[j];
-  }
+  sg_bcast(rank, shape, l->stride, in, r.stride);
   return r;
 }
 
@@ -658,19 +665,20 @@ static kd_step_ref sg_ref(const kd_sg *sg, kd_node_id id, const kd_step_instr *i
 
 /* Value v laid out densely as a [rank, shape] tensor, broadcast to the
    instruction's shape. */
-static kd_step_ref sg_dense(const kd_sg *sg, int32_t v, int rank, const int64_t *shape,
-                            const kd_step_instr *in) {
-  sg_layout l = {.base = 0};
-  sg_contig(rank, shape, l.stride);
-  kd_step_ref r = sg_ref_layout(sg, &l, rank, shape, in);
+static kd_step_ref sg_dense(int32_t v, int rank, const int64_t *shape, const kd_step_instr *in) {
+  int64_t stride[KD_MAX_RANK];
+  kd_step_ref r;
+  memset(&r, 0, sizeof r);
   r.value = v;
+  sg_contig(rank, shape, stride);
+  sg_bcast(rank, shape, stride, in, r.stride);
   return r;
 }
 
 /* Node id's own memory. */
 static kd_step_ref sg_dst(const kd_sg *sg, kd_node_id id, const kd_step_instr *in) {
   const kd_node *n = sg_node(sg, id);
-  return sg_dense(sg, sg->value[id], n->rank, n->shape, in);
+  return sg_dense(sg->value[id], n->rank, n->shape, in);
 }
 
 static kd_step_fn sg_map_fn(kd_opcode op) {
@@ -682,7 +690,7 @@ static kd_step_fn sg_map_fn(kd_opcode op) {
   case KD_IR_ABS: return KD_SF_ABS;
   case KD_IR_SIGN: return KD_SF_SIGN;
   case KD_IR_TANH: return KD_SF_TANH;
-  case KD_IR_CAST: case KD_IR_STOPGRAD: return KD_SF_COPY;
+  case KD_IR_CAST: return KD_SF_COPY;
   case KD_IR_ADD: return KD_SF_ADD;
   case KD_IR_SUB: return KD_SF_SUB;
   case KD_IR_MUL: return KD_SF_MUL;
@@ -716,7 +724,7 @@ static bool sg_emit_copy(kd_sg *sg, kd_node_id node, const sg_layout *l, int ran
   sg_shape(in, rank, shape);
   in->nsrc = 1;
   in->src[0] = sg_ref_layout(sg, l, rank, shape, in);
-  in->dst = sg_dense(sg, v, rank, shape, in);
+  in->dst = sg_dense(v, rank, shape, in);
   return true;
 }
 
