@@ -32,10 +32,11 @@
  * (stride 0), PERMUTE and STOPGRAD are refs to their base's memory, and a
  * CONST is an immediate. So is a slice written as a one-hot sum,
  * sum(x * (iota == k), axis), as layers.c takes q, k and v out of the
- * packed qkv: a ref to x at index k, with the product never computed. A view a reader cannot take through strides (a
- * product needs each matrix dense, row-major or transposed; gathers,
- * scatters and reductions over every axis need contiguous operands) is
- * copied into memory of its own first, with a MAP COPY.
+ * packed qkv: a ref to x at index k, the product never computed. A view a
+ * reader cannot take through strides (a product needs each matrix dense,
+ * row-major or transposed; gathers, scatters and reductions over every
+ * axis need contiguous operands) is copied into memory of its own first,
+ * with a MAP COPY.
  *
  * Ops: MATMUL -> GEMM (a [.., M, K] with a shared b [K, N] and a dense a
  * is one product of batch x M rows; a transposed operand, as autodiff's
