@@ -685,23 +685,23 @@ static void test_rows(kd_pool *pool) {
    columns -> softmax over columns -> a product with a [C, 3] slot ->
    gather of the product's rows at ids (slot). */
 enum { R = 64, C = 1031 };
-static kd_step_prog *sample_prog(void) {
+static kd_step_prog *sample_prog_sized(int64_t rows, int64_t cols) {
   kd_step_prog *p = kd_step_alloc(10, 7, 3);
-  p->slots[0] = (kd_step_slot){.name = "x", .dtype = KD_F32, .rank = 2, .shape = {R, C}};
-  p->slots[1] = (kd_step_slot){.name = "w", .dtype = KD_F32, .rank = 2, .shape = {C, 3}};
+  p->slots[0] = (kd_step_slot){.name = "x", .dtype = KD_F32, .rank = 2, .shape = {rows, cols}};
+  p->slots[1] = (kd_step_slot){.name = "w", .dtype = KD_F32, .rank = 2, .shape = {cols, 3}};
   p->slots[2] = (kd_step_slot){.name = "ids", .dtype = KD_I64, .rank = 1, .shape = {5}};
-  p->values[0] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_F32, .elems = R * C, .slot = 0};
-  p->values[1] = (kd_step_value){.dtype = KD_F32, .elems = C};          /* bias */
-  p->values[2] = (kd_step_value){.dtype = KD_F32, .elems = R * C};      /* exp(x) + bias */
-  p->values[3] = (kd_step_value){.dtype = KD_F32, .elems = C};          /* column sums */
-  p->values[4] = (kd_step_value){.dtype = KD_F32, .elems = R};          /* row sums */
-  p->values[5] = (kd_step_value){.dtype = KD_F32, .elems = R * C};      /* softmax */
-  p->values[6] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_F32, .elems = C * 3, .slot = 1};
-  p->values[7] = (kd_step_value){.dtype = KD_F32, .elems = R * 3};
+  p->values[0] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_F32, .elems = rows * cols, .slot = 0};
+  p->values[1] = (kd_step_value){.dtype = KD_F32, .elems = cols};          /* bias */
+  p->values[2] = (kd_step_value){.dtype = KD_F32, .elems = rows * cols};      /* exp(x) + bias */
+  p->values[3] = (kd_step_value){.dtype = KD_F32, .elems = cols};          /* column sums */
+  p->values[4] = (kd_step_value){.dtype = KD_F32, .elems = rows};          /* row sums */
+  p->values[5] = (kd_step_value){.dtype = KD_F32, .elems = rows * cols};      /* softmax */
+  p->values[6] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_F32, .elems = cols * 3, .slot = 1};
+  p->values[7] = (kd_step_value){.dtype = KD_F32, .elems = rows * 3};
   p->values[8] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_I64, .elems = 5, .slot = 2};
   p->values[9] = (kd_step_value){.dtype = KD_F32, .elems = 5 * 3};
   place_values(p);
-  const int64_t shape[2] = {R, C};
+  const int64_t shape[2] = {rows, cols};
   kd_step_ref x, b, y, cs, rs, sm;
   make_ref(&x, 0, 2, shape, L_CONTIG, 0);
   make_ref(&y, 2, 2, shape, L_CONTIG, 0);
@@ -710,26 +710,28 @@ static kd_step_prog *sample_prog(void) {
   cs = (kd_step_ref){.value = 3, .stride = {0, 1}};
   rs = (kd_step_ref){.value = 4, .stride = {1, 0}};
   kd_step_instr *in = p->instr;
-  in[0] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_EXP, .rank = 2, .shape = {R, C},
+  in[0] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_EXP, .rank = 2, .shape = {rows, cols},
                           .nsrc = 1, .dst = y, .src = {x}, .node = 0};
-  in[1] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_ADD, .rank = 2, .shape = {R, C},
+  in[1] = (kd_step_instr){.kind = KD_STEP_MAP, .fn = KD_SF_ADD, .rank = 2, .shape = {rows, cols},
                           .nsrc = 2, .dst = y, .src = {y, b}, .node = 1};
-  in[2] = (kd_step_instr){.kind = KD_STEP_REDUCE, .fn = KD_SF_SUM, .rank = 2, .shape = {R, C},
+  in[2] = (kd_step_instr){.kind = KD_STEP_REDUCE, .fn = KD_SF_SUM, .rank = 2, .shape = {rows, cols},
                           .axis = 0, .nsrc = 1, .dst = cs, .src = {y}, .node = 2};
-  in[3] = (kd_step_instr){.kind = KD_STEP_REDUCE, .fn = KD_SF_LSE, .rank = 2, .shape = {R, C},
+  in[3] = (kd_step_instr){.kind = KD_STEP_REDUCE, .fn = KD_SF_LSE, .rank = 2, .shape = {rows, cols},
                           .axis = 1, .nsrc = 1, .dst = rs, .src = {y}, .node = 3};
   in[4] = (kd_step_instr){.kind = KD_STEP_SOFTMAX, .fn = KD_SF_SOFTMAX, .rank = 2,
-                          .shape = {R, C}, .axis = 1, .nsrc = 1, .dst = sm, .src = {y},
+                          .shape = {rows, cols}, .axis = 1, .nsrc = 1, .dst = sm, .src = {y},
                           .node = -1};
   in[5] = (kd_step_instr){.kind = KD_STEP_GEMM, .nsrc = 2, .dst = {.value = 7},
                           .src = {{.value = 5}, {.value = 6}},
-                          .gemm = {.batch = 1, .m = R, .n = 3, .k = C, .alpha = 1}, .node = 5};
+                          .gemm = {.batch = 1, .m = rows, .n = 3, .k = cols, .alpha = 1}, .node = 5};
   in[6] = (kd_step_instr){.kind = KD_STEP_GATHER, .rank = 2, .shape = {5, 3}, .nsrc = 2,
-                          .dst = {.value = 9}, .src = {{.value = 7}, {.value = 8}}, .rows = R,
+                          .dst = {.value = 9}, .src = {{.value = 7}, {.value = 8}}, .rows = rows,
                           .node = 6};
   p->split = 4;
   return p;
 }
+
+static kd_step_prog *sample_prog(void) { return sample_prog_sized(R, C); }
 
 static void test_threads_and_slots(kd_pool *pool2) {
   kd_step_prog *p = sample_prog();
@@ -828,6 +830,67 @@ static void test_serialize(void) {
   kd_step_free(p);
 }
 
+/* About how many elements a program touches: a corrupted size can ask a
+   valid, in-bounds program for 2^40 iterations (a reduction reading one
+   element again and again). */
+static double prog_work(const kd_step_prog *q) {
+  double w = 0;
+  for (int i = 0; i < q->ninstr; i++) {
+    const kd_step_instr *in = &q->instr[i];
+    double e = 1;
+    for (int d = 0; d < in->rank; d++) e *= (double)in->shape[d];
+    if (in->kind == KD_STEP_GEMM)
+      e = (double)in->gemm.batch * (double)in->gemm.m * (double)in->gemm.n * (double)in->gemm.k;
+    if (in->kind == KD_STEP_GATHER || in->kind == KD_STEP_SCATTER_ADD)
+      e += (double)in->rows * (double)in->shape[1];
+    w += e;
+  }
+  return w;
+}
+
+/* Corruption never reads or writes out of bounds: one bit flipped at every
+   byte of a small valid program, the result either refused or run on an
+   arena and slots of exactly the sizes it declares (ASan catches any
+   access outside them). */
+static void test_corruption(kd_pool *pool) {
+  kd_step_prog *p = sample_prog_sized(4, 9);
+  uint8_t *b = NULL;
+  size_t n = 0;
+  CHECK(kd_step_serialize(p, &b, &n) == KD_OK);
+  kd_step_free(p);
+  int ran = 0, refused = 0;
+  for (size_t at = 0; at < n; at++) {
+    uint8_t bit = (uint8_t)(1u << (next() % 8));
+    b[at] ^= bit;
+    kd_step_prog *q = NULL;
+    char err[256];
+    if (kd_step_deserialize(b, n, &q, err, sizeof err) != KD_OK) {
+      refused++;
+    } else if (q->arena_bytes <= (1 << 24) && prog_work(q) < 1e6) {
+      void *arena = aligned_alloc(64, (size_t)(q->arena_bytes + 63) / 64 * 64 + 64);
+      memset(arena, 0, (size_t)q->arena_bytes);
+      void *slots[3] = {NULL, NULL, NULL};
+      bool small = q->nslots <= 3;
+      for (int k = 0; k < q->nslots && small; k++) {
+        double e = (double)kd_dtype_size(q->slots[k].dtype);
+        for (int d = 0; d < q->slots[k].rank; d++) e *= (double)q->slots[k].shape[d];
+        small = e <= (1 << 24);
+        if (small) slots[k] = calloc((size_t)e + 1, 1); /* + 1: malloc(0) */
+      }
+      if (small) {
+        kd_step_run(q, arena, slots, 0, q->ninstr, pool, err, sizeof err);
+        ran++;
+      }
+      for (int k = 0; k < 3; k++) free(slots[k]);
+      free(arena);
+    }
+    kd_step_free(q);
+    b[at] ^= bit;
+  }
+  CHECK(ran > 0 && refused > 0); /* both outcomes happen */
+  free(b);
+}
+
 /* Validation's other refusals, each with its message. */
 static void test_validate(void) {
   char err[256];
@@ -902,6 +965,7 @@ int main(void) {
   test_rows(pool);
   test_threads_and_slots(pool);
   test_serialize();
+  test_corruption(pool);
   test_validate();
   test_print();
   kd_pool_free(pool);
