@@ -74,6 +74,28 @@ grep -q "^interrupted: the checkpoint is int/student.ckpt.safetensors (step [0-9
   fail "Ctrl-C message: $(tail -2 int.err)"
 [ -s int/student.ckpt.safetensors ] || fail "Ctrl-C wrote no checkpoint"
 
+# 4b. Accumulation: 2 micro-batches of 4 windows make the same step as one
+# batch of 8 (the loader draws the same 8 windows in the same order; "mean"
+# weights each micro-batch by its share of the valid tokens, so the step's
+# loss is the mean over all 8 windows' tokens, not a mean of means: tiny.kd
+# ignores spaces, so the two micro-batches hold different counts). Not
+# bit-identical: the gradients are summed in another order (two products of 4
+# windows added, against one product of 8), so the losses of steps 1-3 agree
+# to about 1e-7 relative; 1e-5 leaves room for Adam to amplify that over two
+# updates and still fails for a mean of means or a missed micro-batch.
+sed 's/^  accumulate 2$/  accumulate 1/; s/^  batch 4$/  batch 8/
+     s#"../../examples/data/#"'"$here"'/../../examples/data/#' "$spec" > acc1.kd
+mkdir -p acc1 acc2 && cp run/teacher.safetensors acc1/ && cp run/teacher.safetensors acc2/
+"$kdc" run acc1.kd --train student --out acc1 --steps 3 --threads 2 --eval-batches 1 \
+  > /dev/null 2> acc1.err || fail "accumulate 1 x batch 8: $(tail -2 acc1.err)"
+"$kdc" run "$spec" --train student --out acc2 --steps 3 --threads 2 --eval-batches 1 \
+  > /dev/null 2> acc2.err || fail "accumulate 2 x batch 4: $(tail -2 acc2.err)"
+paste <(grep '"type":"step"' acc1/student.metrics.jsonl | grep -o '"loss":[^,]*' | cut -d: -f2) \
+      <(grep '"type":"step"' acc2/student.metrics.jsonl | grep -o '"loss":[^,]*' | cut -d: -f2) |
+  awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) bad = 1; n++ }
+       END { exit !(n == 3 && !bad) }' ||
+  fail "accumulation: $(paste <(grep -o '"loss":[^,]*' acc1/student.metrics.jsonl) <(grep -o '"loss":[^,]*' acc2/student.metrics.jsonl) | tr '\n' ' ')"
+
 # 5. Errors a user meets first, pinned.
 printf 'too short' > short.txt
 sed 's#"../../examples/data/shakespeare.txt"#"short.txt"#' "$spec" > short.kd
