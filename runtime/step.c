@@ -6,9 +6,11 @@
  * to dst's dtype, so f32 +, -, *, / and sqrt are bit for bit the float
  * operation (double has more than 2 x 24 + 2 bits: no double rounding) and
  * constants keep their double value; reductions and softmax accumulate in
- * double in index order. The one departure is the f32 fast path's
- * transcendentals: expf, logf, tanhf (glibc, within 1 or 2 ulps) instead of
- * the double function rounded to float. */
+ * double in index order. Two departures, each within an ulp or two of the
+ * f32 result: the f32 fast path's transcendentals are expf, logf, tanhf
+ * (glibc) instead of the double function rounded to float, and softmax is
+ * exp(x - max) / sum rather than exp(x - lse) (one exp an element, not
+ * two). */
 #include "step.h"
 
 #include <inttypes.h>
