@@ -1,8 +1,8 @@
 /* The step-program executor (runtime/step.h) against naive loops in double,
  * on odd sizes (1, 3, 17, 33, 65: never a multiple of a vector width) with
  * contiguous, broadcast (stride 0), permuted and constant operands at every
- * source position, mixed dtypes, and the byte format's round trip and
- * rejections.
+ * source position, mixed dtypes, 1 and 2 threads, and the byte format's
+ * round trip, rejections and corruption (a bit flipped at every byte).
  *
  * Tolerances. The executor computes every map in double and rounds once, so
  * +, -, *, /, sqrt, pow, comparisons and casts must equal the reference
