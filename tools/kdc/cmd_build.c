@@ -156,11 +156,7 @@ static int build(const kdc_train_plan *plan, const char *out) {
   if (!rc) rc = emit_loss(plan->eval_ce, "kdc_eval_ce", dir, "eval_ce.o");
   snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid());
   if (!rc) rc = link_binary(dir, tmp);
-  if (!rc && rename(tmp, out)) {
-    fprintf(stderr, CMD ": cannot write %s: %s\n", out, strerror(errno));
-    rc = KDC_EXIT_USER;
-  }
-  if (rc) remove(tmp);
+  rc = kdc_finish_output(CMD, rc, tmp, out);
   kdc_workdir_free(dir, files);
   return rc;
 }

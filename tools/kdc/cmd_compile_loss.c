@@ -261,11 +261,7 @@ static int build_library(const kd_graph *g, const kd_loss_options *o, out_kind k
     rc = KDC_EXIT_USER;
   }
   if (!rc) rc = k == OUT_SHARED ? link_shared(dir, o->name, tmp) : link_static(dir, o->name, tmp);
-  if (!rc && rename(tmp, out)) {
-    fprintf(stderr, CMD ": cannot write %s: %s\n", out, strerror(errno));
-    rc = KDC_EXIT_USER;
-  }
-  if (rc) remove(tmp);
+  rc = kdc_finish_output(CMD, rc, tmp, out);
   kdc_workdir_free(dir, files);
   return rc;
 }

@@ -112,26 +112,6 @@ static int parse_args(int argc, char **argv, kdc_params_args *a, void (*usage)(F
   return -1;
 }
 
-/* The instance named a->model, or NULL after saying why, listing those there are. */
-static const kd_symbol *find_instance(const kd_program *prog, const kdc_params_args *a) {
-  const kd_symbol *s = kd_program_lookup(prog, a->model);
-  if (s && s->kind == KD_SYM_INSTANCE && s->model) return s;
-  fprintf(stderr, "kdc %s: %s: ", a->cmd, a->spec);
-  if (s && s->kind == KD_SYM_INSTANCE)
-    fprintf(stderr, "'%s' is precomputed logits, not a model instance", a->model);
-  else if (s && s->kind == KD_SYM_MODEL)
-    fprintf(stderr, "'%s' is a model definition, not an instance", a->model);
-  else
-    fprintf(stderr, "no model instance '%s'", a->model);
-  int any = 0;
-  for (size_t i = 0; i < kd_program_nsymbols(prog); i++) {
-    const kd_symbol *t = kd_program_symbol(prog, i);
-    if (t->kind == KD_SYM_INSTANCE && t->model)
-      fprintf(stderr, "%s%s", any++ ? ", " : " (instances: ", t->name);
-  }
-  fprintf(stderr, "%s\n", any ? ")" : " (the spec has no model instance)");
-  return NULL;
-}
 
 /* Checks and lowers the spec and fills P; *inst gets the instance. */
 static int load_params(const kdc_params_args *a, kd_params *P, kd_program **progp,
@@ -144,7 +124,7 @@ static int load_params(const kdc_params_args *a, kd_params *P, kd_program **prog
   }
   kd_program *prog = NULL;
   int rc = KDC_EXIT_USER;
-  if (kd_check_file(a->spec, &opts, diag, &prog) == KD_OK && (*inst = find_instance(prog, a))) {
+  if (kd_check_file(a->spec, &opts, diag, &prog) == KD_OK && (*inst = kdc_find_instance(prog, a->cmd, a->spec, a->model))) {
     kd_model m;
     if (kd_lower_model(prog, *inst, diag, &m) == KD_OK) {
       char err[512];

@@ -141,23 +141,7 @@ static const kd_symbol *sample_instance(const kd_program *prog, const sample_arg
     fprintf(stderr, CMD ": %s: no train block: name the model with --model NAME\n", a->spec);
     return NULL;
   }
-  const kd_symbol *s = kd_program_lookup(prog, a->model);
-  if (s && s->kind == KD_SYM_INSTANCE && s->model) return s;
-  fprintf(stderr, CMD ": %s: ", a->spec);
-  if (s && s->kind == KD_SYM_INSTANCE)
-    fprintf(stderr, "'%s' is precomputed logits, not a model instance", a->model);
-  else if (s && s->kind == KD_SYM_MODEL)
-    fprintf(stderr, "'%s' is a model definition, not an instance", a->model);
-  else
-    fprintf(stderr, "no model instance '%s'", a->model);
-  int any = 0;
-  for (size_t i = 0; i < kd_program_nsymbols(prog); i++) {
-    const kd_symbol *t = kd_program_symbol(prog, i);
-    if (t->kind == KD_SYM_INSTANCE && t->model)
-      fprintf(stderr, "%s%s", any++ ? ", " : " (instances: ", t->name);
-  }
-  fprintf(stderr, "%s\n", any ? ")" : " (the spec has no model instance)");
-  return NULL;
+  return kdc_find_instance(prog, "sample", a->spec, a->model);
 }
 
 /* Reads the weights: a training checkpoint (its "format" metadata says so)

@@ -1,6 +1,8 @@
 /* A lowered model's parameters as a kd_params (model_params.h). */
 #include "model_params.h"
 
+#include <stdio.h>
+
 #include "fileio.h"
 
 static kd_pinit kd_pinit_of(kd_init init) {
@@ -32,4 +34,25 @@ kd_status kd_model_params(const kd_model *m, kd_params *P, char *err, size_t err
     if (st) return st;
   }
   return KD_OK;
+}
+
+const kd_symbol *kdc_find_instance(const kd_program *prog, const char *cmd, const char *spec,
+                                   const char *name) {
+  const kd_symbol *s = kd_program_lookup(prog, name);
+  if (s && s->kind == KD_SYM_INSTANCE && s->model) return s;
+  fprintf(stderr, "kdc %s: %s: ", cmd, spec);
+  if (s && s->kind == KD_SYM_INSTANCE)
+    fprintf(stderr, "'%s' is precomputed logits, not a model instance", name);
+  else if (s && s->kind == KD_SYM_MODEL)
+    fprintf(stderr, "'%s' is a model definition, not an instance", name);
+  else
+    fprintf(stderr, "no model instance '%s'", name);
+  int any = 0;
+  for (size_t i = 0; i < kd_program_nsymbols(prog); i++) {
+    const kd_symbol *t = kd_program_symbol(prog, i);
+    if (t->kind == KD_SYM_INSTANCE && t->model)
+      fprintf(stderr, "%s%s", any++ ? ", " : " (instances: ", t->name);
+  }
+  fprintf(stderr, "%s\n", any ? ")" : " (the spec has no model instance)");
+  return NULL;
 }

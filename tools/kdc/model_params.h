@@ -13,4 +13,9 @@
    parameters before the bad one; the caller frees it either way. */
 kd_status kd_model_params(const kd_model *m, kd_params *P, char *err, size_t errlen);
 
+/* The model instance `name` of prog, or NULL after printing why to stderr
+   ("kdc CMD: SPEC: no model instance 'x' (instances: a, b)"). */
+const kd_symbol *kdc_find_instance(const kd_program *prog, const char *cmd, const char *spec,
+                                   const char *name);
+
 #endif /* KDC_MODEL_PARAMS_H */

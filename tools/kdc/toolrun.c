@@ -87,3 +87,12 @@ int kdc_run_tool(const char *cmd, const char *env, const char *dflt, const char 
           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
   return KDC_EXIT_USER;
 }
+
+int kdc_finish_output(const char *cmd, int rc, const char *tmp, const char *out) {
+  if (!rc && rename(tmp, out)) {
+    fprintf(stderr, "%s: cannot write %s: %s\n", cmd, out, strerror(errno));
+    rc = KDC_EXIT_USER;
+  }
+  if (rc) remove(tmp);
+  return rc;
+}

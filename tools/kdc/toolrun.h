@@ -25,4 +25,9 @@ void kdc_workdir_free(const char *dir, const char *const *files);
 int kdc_run_tool(const char *cmd, const char *env, const char *dflt, const char *install,
                  const char *const *args);
 
+/* The end of a build into the temporary `tmp`: when rc is 0, renames it over
+ * out (a reader sees the old out or the whole new one); otherwise, or when
+ * the rename fails, removes it. Returns the final status. */
+int kdc_finish_output(const char *cmd, int rc, const char *tmp, const char *out);
+
 #endif /* KDC_TOOLRUN_H */
