@@ -62,7 +62,7 @@ grep -q "2 train blocks: say which with --train NAME" build.err || fail "build: 
 ./train_student --out int --steps 100000 --threads 1 --teacher run/teacher.safetensors \
   > int.out 2> int.err &
 pid=$!
-for _ in $(seq 1 200); do
+for _ in $(seq 1 1200); do  # up to a minute for the first step (sanitiser builds)
   [ -s int/student.metrics.jsonl ] && break
   sleep 0.05
 done
