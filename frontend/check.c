@@ -223,6 +223,10 @@ typedef struct checker {
   const sym *last_objective;
   sym **divstack;      /* divergences being checked, for recursion */
   size_t ndiv, capdiv;
+  /* `load` files, checked for existence once the train blocks are known: a
+   * file a train block of the program saves is not missing, only not made yet */
+  struct pending_load { const kd_ast *e; const kd_symbol *inst; } *loads;
+  size_t nloads, caploads;
   unit **stack;        /* the import stack */
   size_t nstack, capstack;
 } checker;
@@ -919,6 +923,16 @@ static const kd_ast *string_literal(checker *c, const kd_ast *e) {
   return string_literal(c, r->sym->node->a);
 }
 
+/* Warns that the file written `name` at e, found at path, does not exist. */
+static void warn_missing(checker *c, const kd_ast *e, const char *name, const char *path) {
+  struct stat st;
+  if (!path || stat(path, &st) == 0) return;
+  if (strcmp(path, name))
+    kd_warning(c->diag, e->loc, "file '%s' does not exist (looked for '%s')", name, path);
+  else
+    kd_warning(c->diag, e->loc, "file '%s' does not exist", name);
+}
+
 /* A string argument naming a file, joined to the folder of the .kd file;
  * warns when an input file does not exist. Returns the path (owned) or NULL. */
 static char *file_path(checker *c, const kd_ast *e, bool input) {
@@ -929,14 +943,7 @@ static char *file_path(checker *c, const kd_ast *e, bool input) {
     return NULL;
   }
   char *path = join_path(c, c->block->u->path, lit->str);
-  if (!input || c->no_file_check) return path;
-  struct stat st;
-  if (path && stat(path, &st) != 0) {
-    if (strcmp(path, lit->str))
-      kd_warning(c->diag, e->loc, "file '%s' does not exist (looked for '%s')", lit->str, path);
-    else
-      kd_warning(c->diag, e->loc, "file '%s' does not exist", lit->str);
-  }
+  if (input && !c->no_file_check) warn_missing(c, e, lit->str, path);
   return path;
 }
 
@@ -1446,7 +1453,13 @@ static void check_binding(checker *c, sym *s) {
     record(c, rhs, (kd_ref){k, KD_REF_SYMBOL, &callee->pub, NULL, NULL});
     if (node->b && expect(c, node->b, check_expr(c, node->b), KD_KM(KD_KIND_STRING),
                           "the file after 'load'"))
-      pub->file = file_path(c, node->b, true);
+      pub->file = file_path(c, node->b, false);
+    if (pub->file && !c->no_file_check) {
+      if (grow((void **)&c->loads, &c->caploads, c->nloads + 1, sizeof *c->loads))
+        c->loads[c->nloads++] = (struct pending_load){node->b, pub};
+      else
+        c->nomem = true;
+    }
     return;
   }
   kd_kind k = check_expr(c, rhs);
@@ -1796,6 +1809,15 @@ static void check_all(checker *c) {
     }
     c->p->trains[c->p->ntrains++] = &s->pub;
   }
+  for (size_t i = 0; i < c->nloads; i++) {
+    const kd_symbol *inst = c->loads[i].inst;
+    bool saved = false;
+    for (size_t t = 0; t < c->p->ntrains && !saved; t++) {
+      const char *save = c->p->trains[t]->train.save_path;
+      saved = save && !strcmp(save, inst->file);
+    }
+    if (!saved) warn_missing(c, c->loads[i].e, string_literal(c, c->loads[i].e)->str, inst->file);
+  }
 }
 
 kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag *diag,
@@ -1827,6 +1849,7 @@ kd_status kd_check_file(const char *path, const kd_check_options *opts, kd_diag 
   else st = KD_ERR_SYNTAX;
   free(c.stack);
   free(c.divstack);
+  free(c.loads);
   free(c.trained.v);
   if (c.nomem) st = KD_ERR_NOMEM;
   else if (st == KD_OK && kd_diag_error_count(diag) > errors_before) st = KD_ERR_SEMANTIC;
