@@ -48,6 +48,13 @@ grep -q "2 train blocks: say which with --train NAME" build.err || fail "build: 
 [ "$(losses bin/student.metrics.jsonl)" = "$(losses run/student.metrics.jsonl)" ] ||
   fail "the built binary's losses differ from kdc run's"
 
+# 2b. The thread count changes no number: products are split by shape and
+# reductions keep their order, whatever the pool's size.
+./train_student --out t1 --threads 1 --eval-batches 4 --teacher run/teacher.safetensors \
+  > /dev/null 2> t1.err || fail "--threads 1 exited $?: $(tail -3 t1.err)"
+[ "$(losses t1/student.metrics.jsonl)" = "$(losses run/student.metrics.jsonl)" ] ||
+  fail "1 thread and 2 threads give different losses"
+
 # 3. --resume: 3 steps, then the rest from the checkpoint = the 6-step run.
 ./train_student --out res --steps 3 --threads 2 --eval-batches 4 --teacher run/teacher.safetensors \
   > /dev/null 2>&1 || fail "3 steps"
