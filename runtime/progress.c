@@ -16,7 +16,7 @@ static double kd_now(void) {
 void kd_progress_init(kd_progress *p, FILE *f, int64_t first_step, int64_t total_steps) {
   memset(p, 0, sizeof *p);
   p->f = f;
-  p->tty = isatty(fileno(f));
+  p->tty = f && isatty(fileno(f));
   p->first = first_step;
   p->total = total_steps;
   p->t0 = kd_now();
