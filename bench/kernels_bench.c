@@ -1,10 +1,11 @@
 /* kdc_kernels_bench: sgemm GFLOP/s (runtime/kernels.h) for the matrix
  * products of examples/distill.kd's student and teacher at B*T = 2048 rows,
  * forward and both adjoints, next to the machine's copy bandwidth, for 1 and
- * 2 threads (OpenBLAS's, set with kd_blas_set_threads), and the gather,
- * scatter and head split in GB/s on the kd_pool of the same size.
+ * 2 threads (the kd_pool's, OpenBLAS on one thread, as a step runs them;
+ * --blas: OpenBLAS's own threads, one call a product, for comparison), and
+ * the gather, scatter and head split in GB/s on the kd_pool of that size.
  *
- *   kdc_kernels_bench [--threads 1,2] [--quick]
+ *   kdc_kernels_bench [--threads 1,2] [--blas] [--quick]
  *
  * The models (distill.kd): gpt(layers, dim, heads, vocab = 256, ctx = 128);
  * student dim 128, 4 heads; teacher dim 256, 8 heads. B = 16, T = 128.
@@ -35,13 +36,14 @@ static float *buf(int64_t n) {
 }
 
 static int repeats = 10;
+static kd_pool *gemm_pool; /* the products' pool; NULL with --blas */
 
 /* Best seconds of `repeats` runs of p after one warm-up. */
-static double time_gemm(const kd_gemm *p, const float *a, const float *b, float *c) {
+static double time_gemm(kd_pool *pool, const kd_gemm *p, const float *a, const float *b, float *c) {
   double best = 1e30;
   for (int r = 0; r <= repeats; r++) {
     double t0 = now();
-    if (kd_gemm_run(p, a, b, c) != KD_OK) exit(1);
+    if (kd_gemm_run(pool, p, a, b, c) != KD_OK) exit(1);
     double t = now() - t0;
     if (r && t < best) best = t;
   }
@@ -56,7 +58,7 @@ static void bench_linear(const char *name, int64_t R, int64_t in, int64_t out) {
   kd_gemm ga = {.batch = 1, .m = R, .n = in, .k = out, .trans_b = true, .alpha = 1};
   kd_gemm gb = {.batch = 1, .m = in, .n = out, .k = R, .trans_a = true, .alpha = 1, .beta = 1};
   double flop = 2.0 * (double)R * (double)in * (double)out * 1e-9;
-  double t[3] = {time_gemm(&fw, x, w, y), time_gemm(&ga, y, w, dx), time_gemm(&gb, x, y, dw)};
+  double t[3] = {time_gemm(gemm_pool, &fw, x, w, y), time_gemm(gemm_pool, &ga, y, w, dx), time_gemm(gemm_pool, &gb, x, y, dw)};
   printf("  %-22s [%5lld, %4lld] x [%4lld, %4lld]  fwd %6.1f  dA %6.1f  dB %6.1f GFLOP/s\n", name,
          (long long)R, (long long)in, (long long)in, (long long)out, flop / t[0], flop / t[1],
          flop / t[2]);
@@ -73,7 +75,7 @@ static void bench_attention(const char *name, int64_t BH, int64_t T, int64_t Dh)
                 .stride_a = T * T, .stride_b = T * Dh, .stride_c = T * Dh};
   double flop = 2.0 * (double)(BH * T * T * Dh) * 1e-9;
   printf("  %-22s %lld x [%lld, %lld]: q k^T %6.1f  att v %6.1f GFLOP/s\n", name, (long long)BH,
-         (long long)T, (long long)Dh, flop / time_gemm(&qk, q, k, s), flop / time_gemm(&av, s, v, o));
+         (long long)T, (long long)Dh, flop / time_gemm(gemm_pool, &qk, q, k, s), flop / time_gemm(gemm_pool, &av, s, v, o));
   free(q), free(k), free(v), free(s), free(o);
 }
 
@@ -105,12 +107,14 @@ static void bench_rows(kd_pool *pool, int64_t R, int64_t V, int64_t D, int64_t H
 
 int main(int argc, char **argv) {
   int threads[2] = {1, 2}, nthreads = 2;
+  bool blas = false;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--quick") == 0) repeats = 1;
+    else if (strcmp(argv[i], "--blas") == 0) blas = true;
     else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
       nthreads = sscanf(argv[++i], "%d,%d", &threads[0], &threads[1]);
     else {
-      fprintf(stderr, "usage: kdc_kernels_bench [--threads 1,2] [--quick]\n");
+      fprintf(stderr, "usage: kdc_kernels_bench [--threads 1,2] [--blas] [--quick]\n");
       return 2;
     }
   }
@@ -119,9 +123,10 @@ int main(int argc, char **argv) {
   for (int k = 0; k < nthreads; k++) {
     kd_pool *pool = NULL;
     if (kd_pool_new(threads[k], &pool) != KD_OK) return 1;
-    kd_blas_set_threads(threads[k]);
-    printf("# %d thread(s), OpenBLAS threads %d, B*T = %lld rows\n", threads[k],
-           kd_blas_threads(), (long long)R);
+    kd_blas_set_threads(blas ? threads[k] : 1);
+    gemm_pool = blas ? NULL : pool;
+    printf("# %d thread(s), products on %s (OpenBLAS threads %d), B*T = %lld rows\n", threads[k],
+           blas ? "OpenBLAS's threads" : "the pool", kd_blas_threads(), (long long)R);
     if (repeats > 1 && kd_stream_report(stdout, pool, NULL) != KD_OK) return 1;
     static const struct { const char *name; int64_t D, H; } m[] = {
         {"student (dim 128)", 128, 4}, {"teacher (dim 256)", 256, 8}};

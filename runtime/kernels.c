@@ -15,47 +15,97 @@ int kd_blas_threads(void) { return openblas_get_num_threads(); }
 
 static bool blas_size_ok(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c) {
+/* A product's tiles: C [M, N] of every batch item cut into tm x tn tiles,
+ * one cblas_sgemm each, handed out over the pool. The tiling depends on the
+ * shape alone, never on the pool's size, and each tile is one
+ * single-threaded call whose K loop is the full product's, so C is
+ * bit-identical whatever the thread count. Rows first (a tile of rows
+ * packs B once more, a cost of K N against tm K N multiply-adds), then
+ * columns when a product has too few row tiles to share. */
+enum { GEMM_ROWS = 256, GEMM_MIN_TILE = 64, GEMM_TASKS = 8 };
+
+typedef struct gemm_ctx {
+  const kd_gemm *p;
+  const float *a, *b;
+  float *c;
+  int64_t tm, tn, rt, ct; /* tile sizes; tiles along M and N */
+} gemm_ctx;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Half of a tile side, rounded up to a multiple of 16 (OpenBLAS's sgemm
+   register blocks are multiples of 16 floats wide), at least GEMM_MIN_TILE. */
+static int64_t half_tile(int64_t t) {
+  int64_t h = ceil_div(ceil_div(t, 2), 16) * 16;
+  return h > GEMM_MIN_TILE ? h : GEMM_MIN_TILE;
+}
+
+static void gemm_tiles(void *vctx, int64_t begin, int64_t end, int worker) {
+  (void)worker;
+  const gemm_ctx *g = vctx;
+  const kd_gemm *p = g->p;
+  int lda = (int)(p->trans_a ? p->m : p->k), ldb = (int)(p->trans_b ? p->k : p->n);
+  for (int64_t t = begin; t < end; t++) {
+    int64_t item = t / (g->rt * g->ct), i0 = t / g->ct % g->rt * g->tm, j0 = t % g->ct * g->tn;
+    int64_t m = p->m - i0 < g->tm ? p->m - i0 : g->tm, n = p->n - j0 < g->tn ? p->n - j0 : g->tn;
+    /* row block i0 of op(A): rows of A, or columns of A^T; column block
+       j0 of op(B): columns of B, or rows of B^T */
+    const float *a = g->a + item * p->stride_a + (p->trans_a ? i0 : i0 * p->k);
+    const float *b = g->b + item * p->stride_b + (p->trans_b ? j0 * p->k : j0);
+    float *c = g->c + item * p->stride_c + i0 * p->n + j0;
+    cblas_sgemm(CblasRowMajor, p->trans_a ? CblasTrans : CblasNoTrans,
+                p->trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)p->k, p->alpha, a,
+                lda > 0 ? lda : 1, b, ldb > 0 ? ldb : 1, p->beta, c, (int)p->n);
+  }
+}
+
+kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const float *b, float *c) {
   if (p->batch < 0 || !blas_size_ok(p->m) || !blas_size_ok(p->n) || !blas_size_ok(p->k))
     return KD_ERR_INVALID;
-  int m = (int)p->m, n = (int)p->n, k = (int)p->k;
-  int lda = p->trans_a ? m : k; /* A is [K, M] or [M, K] */
-  int ldb = p->trans_b ? k : n; /* B is [N, K] or [K, N] */
-  if (!blas_size_ok(lda) || !blas_size_ok(ldb)) return KD_ERR_INVALID;
-  if (m == 0 || n == 0) return KD_OK;
-  for (int64_t i = 0; i < p->batch; i++)
-    cblas_sgemm(CblasRowMajor, p->trans_a ? CblasTrans : CblasNoTrans,
-                p->trans_b ? CblasTrans : CblasNoTrans, m, n, k, p->alpha,
-                a + i * p->stride_a, lda > 0 ? lda : 1, b + i * p->stride_b, ldb > 0 ? ldb : 1,
-                p->beta, c + i * p->stride_c, n);
+  if (p->batch == 0 || p->m == 0 || p->n == 0) return KD_OK;
+  /* at most GEMM_ROWS rows a tile; halve the longer side (down to
+     GEMM_MIN_TILE) while there are fewer than GEMM_TASKS tiles */
+  gemm_ctx g = {p, a, b, c, p->m < GEMM_ROWS ? p->m : GEMM_ROWS, p->n, 0, 0};
+  for (;;) {
+    g.rt = ceil_div(p->m, g.tm), g.ct = ceil_div(p->n, g.tn);
+    if (p->batch * g.rt * g.ct >= GEMM_TASKS) break;
+    int64_t *side = g.tn > g.tm ? &g.tn : &g.tm;
+    if (*side <= GEMM_MIN_TILE) break;
+    *side = half_tile(*side);
+  }
+  /* about a million multiply-adds a chunk, so a chunk outweighs waking a
+     worker; products smaller than that run on this thread */
+  int64_t tile = g.tm * g.tn * (p->k > 0 ? p->k : 1);
+  kd_pool_parallel_for(pool, p->batch * g.rt * g.ct, tile >= (1 << 20) ? 1 : (1 << 20) / tile,
+                       gemm_tiles, &g);
   return KD_OK;
 }
 
-kd_status kd_matmul_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
+kd_status kd_matmul_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
                     const float *b, float *c) {
   /* a shared b: the batch's rows are one [B*M, K] matrix */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = n, .k = k,
                .alpha = 1, .beta = 0, .stride_a = m * k, .stride_b = k * n, .stride_c = m * n};
-  return kd_gemm_run(&p, a, b, c);
+  return kd_gemm_run(pool, &p, a, b, c);
 }
 
-kd_status kd_matmul_grad_a_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *dc, const float *b, float beta, float *da) {
   /* da [M, K] = dc [M, N] @ b^T, b stored [K, N] */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = k, .k = n,
                .trans_b = true, .alpha = 1, .beta = beta,
                .stride_a = m * n, .stride_b = k * n, .stride_c = m * k};
-  return kd_gemm_run(&p, dc, b, da);
+  return kd_gemm_run(pool, &p, dc, b, da);
 }
 
-kd_status kd_matmul_grad_b_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
+kd_status kd_matmul_grad_b_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
                            const float *a, const float *dc, float beta, float *db) {
   /* db [K, N] = a^T @ dc, a stored [M, K]; with a shared b, the sum over the
      batch is the product of the stacked [B*M, K] and [B*M, N] matrices */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = k, .n = n, .k = b_shared ? batch * m : m,
                .trans_a = true, .alpha = 1, .beta = beta,
                .stride_a = m * k, .stride_b = m * n, .stride_c = k * n};
-  return kd_gemm_run(&p, a, dc, db);
+  return kd_gemm_run(pool, &p, a, dc, db);
 }
 
 /* ---- gather and scatter of rows ----------------------------------------- */

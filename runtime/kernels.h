@@ -6,15 +6,15 @@
  * IR op each kernel implements is named next to it (ir/ops.def, semantics in
  * ir/refexec.c).
  *
- * Threads. Matrix products go through OpenBLAS sgemm on its own threads;
- * everything else runs on our kd_pool. The two never run at once: a step
- * calls sgemm from the thread that drives the step, never from inside a
- * pool task (OpenBLAS's pthread build would nest its threads inside ours,
- * 2 x 2 threads on 2 cores). kd_blas_set_threads gives OpenBLAS as many
- * threads as the pool has, so a step uses the same cores throughout.
+ * Threads. Every kernel runs on our kd_pool, matrix products included:
+ * kd_gemm_run cuts C into tiles and each pool worker calls OpenBLAS's
+ * sgemm on its tiles, so OpenBLAS must run one thread of its own
+ * (kd_blas_set_threads(1); more would nest its threads inside ours, and
+ * its idle threads spin on sched_yield against our workers).
  *
  * Determinism: every kernel gives bit-identical results whatever the
- * thread count; kd_scatter_add_rows_f32 sums each destination row in the
+ * thread count (a product's tiles depend on its shape alone);
+ * kd_scatter_add_rows_f32 sums each destination row in the
  * order of the ids, never with float atomics.
  *
  * Legend: B = batch, M, K, N = matrix sizes, V = table rows, D = row width,
@@ -33,20 +33,22 @@
 void kd_blas_set_threads(int n);
 int kd_blas_threads(void);
 
-/* The general batched product, one cblas_sgemm per batch item:
+/* The general batched product, tiles of each batch item split over pool:
  *   C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b],   b in [0, batch)
  * op(A) is [M, K] (A is stored [K, M] when trans_a), op(B) is [K, N] (stored
  * [N, K] when trans_b), C is [M, N]. stride_* is the number of floats from
  * one batch item to the next; stride_b = 0 shares one B across the batch.
  * beta = 0 overwrites C (NaNs in it are ignored, as BLAS specifies).
- * KD_ERR_INVALID on a negative size. */
+ * KD_ERR_INVALID on a negative size. Tiles of at most 256 rows, cut
+ * further (not below 64 x 64) until there are 8 per product, each one
+ * cblas_sgemm call; pool NULL runs them on this thread. */
 typedef struct kd_gemm {
   int64_t batch, m, n, k;
   bool trans_a, trans_b;
   float alpha, beta;
   int64_t stride_a, stride_b, stride_c;
 } kd_gemm;
-kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c);
+kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const float *b, float *c);
 
 /* MATMUL and its two adjoints, for a [B, M, K] and b [K, N] (b_shared) or
  * b [B, K, N]; c, dc are [B, M, N]. beta = 1 accumulates into the output
@@ -55,12 +57,12 @@ kd_status kd_gemm_run(const kd_gemm *p, const float *a, const float *b, float *c
  *   grad_a:   da = dc @ b^T            shared b: one [B*M, N] x [N, K] call
  *   grad_b:   db = a^T @ dc            shared b: summed over the batch, as
  *             one [K, B*M] x [B*M, N] call (db is [K, N]); else [B, K, N] */
-kd_status kd_matmul_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
-                    const float *b, float *c);
-kd_status kd_matmul_grad_a_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
-                           const float *dc, const float *b, float beta, float *da);
-kd_status kd_matmul_grad_b_f32(int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
-                           const float *a, const float *dc, float beta, float *db);
+kd_status kd_matmul_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                        bool b_shared, const float *a, const float *b, float *c);
+kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                               bool b_shared, const float *dc, const float *b, float beta, float *da);
+kd_status kd_matmul_grad_b_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                               bool b_shared, const float *a, const float *dc, float beta, float *db);
 
 /* GATHER_ROWS (the embedding's forward): out[i, :] = table[ids[i], :] for
  * i in [0, n); table [V, D], out [n, D]. An id outside [0, V) gives

@@ -69,7 +69,7 @@ static const int64_t mkn[][3] = {{1, 1, 1},   {3, 17, 1},   {17, 3, 64}, {64, 13
                                  {130, 64, 3}, {1, 130, 17}, {17, 1, 130}};
 
 /* kd_gemm_run with every transpose, alpha and beta, batched and shared. */
-static void test_gemm_general(void) {
+static void test_gemm_general(kd_pool *pool) {
   for (size_t s = 0; s < sizeof mkn / sizeof mkn[0]; s++)
     for (int flags = 0; flags < 8; flags++) {
       int64_t batch = 3, m = mkn[s][0], k = mkn[s][1], n = mkn[s][2];
@@ -80,23 +80,23 @@ static void test_gemm_general(void) {
       float *a = randv(batch * m * k), *b = randv(batch * k * n), *c0 = randv(batch * m * n);
       float *c = malloc((size_t)(batch * m * n) * sizeof *c);
       memcpy(c, c0, (size_t)(batch * m * n) * sizeof *c);
-      CHECK(kd_gemm_run(&p, a, b, c) == KD_OK);
+      CHECK(kd_gemm_run(pool, &p, a, b, c) == KD_OK);
       CHECK(gemm_check(&p, a, b, c0, c) == 0);
       free(a), free(b), free(c0), free(c);
     }
   /* beta = 0 overwrites C: NaNs already there do not leak into it */
   float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {1, -1, 2}, c[2] = {NAN, NAN};
   kd_gemm p = {.batch = 1, .m = 2, .n = 1, .k = 3, .alpha = 1};
-  CHECK(kd_gemm_run(&p, a, b, c) == KD_OK && c[0] == 5 && c[1] == 11);
+  CHECK(kd_gemm_run(pool, &p, a, b, c) == KD_OK && c[0] == 5 && c[1] == 11);
   kd_gemm neg = {.batch = 1, .m = -1, .n = 1, .k = 1};
   float x = 0;
-  CHECK(kd_gemm_run(&neg, &x, &x, &x) == KD_ERR_INVALID);
+  CHECK(kd_gemm_run(pool, &neg, &x, &x, &x) == KD_ERR_INVALID);
 }
 
 /* MATMUL's three products against kd_gemm_check's naive loops written out
    from the definitions (forward c = a b, da = dc b^T, db = a^T dc summed
    over the batch when b is shared). */
-static void test_matmul_products(void) {
+static void test_matmul_products(kd_pool *pool) {
   for (size_t s = 0; s < sizeof mkn / sizeof mkn[0]; s++)
     for (int shared = 0; shared < 2; shared++) {
       int64_t B = 3, m = mkn[s][0], k = mkn[s][1], n = mkn[s][2];
@@ -108,20 +108,20 @@ static void test_matmul_products(void) {
       memcpy(db, db0, (size_t)nb * 4);
       float *zero = calloc((size_t)(B * m * n + 1), 4);
 
-      CHECK(kd_matmul_f32(B, m, k, n, shared, a, b, c) == KD_OK);
+      CHECK(kd_matmul_f32(pool, B, m, k, n, shared, a, b, c) == KD_OK);
       kd_gemm fw = {.batch = B, .m = m, .n = n, .k = k, .alpha = 1, .stride_a = m * k,
                     .stride_b = shared ? 0 : k * n, .stride_c = m * n};
       CHECK(gemm_check(&fw, a, b, zero, c) == 0);
 
       /* da accumulates (beta = 1): da = da0 + dc b^T */
-      CHECK(kd_matmul_grad_a_f32(B, m, k, n, shared, dc, b, 1.0f, da) == KD_OK);
+      CHECK(kd_matmul_grad_a_f32(pool, B, m, k, n, shared, dc, b, 1.0f, da) == KD_OK);
       kd_gemm ga = {.batch = B, .m = m, .n = k, .k = n, .trans_b = true, .alpha = 1, .beta = 1,
                     .stride_a = m * n, .stride_b = shared ? 0 : k * n, .stride_c = m * k};
       CHECK(gemm_check(&ga, dc, b, da0, da) == 0);
 
       /* db accumulates too; shared: db = db0 + sum_t a[t]^T dc[t], checked
          against the sum written out over the batch */
-      CHECK(kd_matmul_grad_b_f32(B, m, k, n, shared, a, dc, 1.0f, db) == KD_OK);
+      CHECK(kd_matmul_grad_b_f32(pool, B, m, k, n, shared, a, dc, 1.0f, db) == KD_OK);
       int bad = 0;
       for (int64_t t = 0; t < (shared ? 1 : B); t++)
         for (int64_t i = 0; i < k; i++)
@@ -154,11 +154,49 @@ static void test_blas_threads(void) {
   for (int t = 1; t <= 2; t++) {
     kd_blas_set_threads(t);
     CHECK(kd_blas_threads() == t);
-    CHECK(kd_matmul_f32(1, m, k, n, true, a, b, c) == KD_OK);
+    CHECK(kd_matmul_f32(NULL, 1, m, k, n, true, a, b, c) == KD_OK);
     CHECK(gemm_check(&p, a, b, zero, c) == 0);
   }
   kd_blas_set_threads(1);
   free(a), free(b), free(c), free(zero);
+}
+
+/* Products large enough to be cut into tiles (kernels.c: rows, then
+   columns, edges not multiples of the tile), every transpose, accumulating:
+   within the bound of gemm_check (a tile at a wrong offset is off by O(1)),
+   and bit-identical for every pool size, the serial run included, since
+   the tiles depend on the shape alone. */
+static void test_gemm_tiles(void) {
+  static const int64_t shapes[][4] = {/* batch, M, N, K */
+                                      {1, 600, 90, 70}, {1, 100, 1000, 33}, {2, 70, 150, 300},
+                                      {1, 257, 257, 5}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int flags = 0; flags < 4; flags++) {
+      int64_t batch = shapes[s][0], m = shapes[s][1], n = shapes[s][2], k = shapes[s][3];
+      kd_gemm p = {.batch = batch, .m = m, .n = n, .k = k, .trans_a = flags & 1,
+                   .trans_b = flags & 2, .alpha = 1.5f, .beta = 1.0f, .stride_a = m * k,
+                   .stride_b = k * n, .stride_c = m * n};
+      float *a = randv(batch * m * k), *b = randv(batch * k * n), *c0 = randv(batch * m * n);
+      float *c[4];
+      for (int t = 0; t <= 3; t++) {
+        kd_pool *pool = NULL;
+        if (t) CHECK(kd_pool_new(t, &pool) == KD_OK);
+        c[t] = malloc((size_t)(batch * m * n) * sizeof *c[t]);
+        memcpy(c[t], c0, (size_t)(batch * m * n) * sizeof *c[t]);
+        CHECK(kd_gemm_run(pool, &p, a, b, c[t]) == KD_OK);
+        kd_pool_free(pool);
+      }
+      CHECK(gemm_check(&p, a, b, c0, c[0]) == 0);
+      for (int t = 1; t <= 3; t++) {
+        bool same = memcmp(c[0], c[t], (size_t)(batch * m * n) * sizeof *c[t]) == 0;
+        CHECK(same);
+        if (!same)
+          fprintf(stderr, "gemm tiles B=%lld M=%lld N=%lld K=%lld flags %d: %d threads differ\n",
+                  (long long)batch, (long long)m, (long long)n, (long long)k, flags, t);
+      }
+      free(a), free(b), free(c0);
+      for (int t = 0; t <= 3; t++) free(c[t]);
+    }
 }
 
 static const int64_t sizes[] = {1, 3, 17, 64, 130};
@@ -310,14 +348,15 @@ static void test_permute(kd_pool *pool) {
 }
 
 int main(void) {
-  test_gemm_general();
-  test_matmul_products();
   test_blas_threads();
+  test_gemm_tiles();
   /* no pool (serial), then 1, 2 and 3 workers: 3 on 2 cores makes chunks
      land on a worker that is not the caller's even when one is descheduled */
   for (int t = 0; t <= 3; t++) {
     kd_pool *pool = NULL;
     if (t) CHECK(kd_pool_new(t, &pool) == KD_OK);
+    test_gemm_general(pool);
+    test_matmul_products(pool);
     test_gather(pool);
     test_scatter(pool);
     test_permute(pool);
