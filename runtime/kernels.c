@@ -76,8 +76,11 @@ kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const flo
   /* about a million multiply-adds a chunk, so a chunk outweighs waking a
      worker; products smaller than that run on this thread */
   int64_t tile = g.tm * g.tn * (p->k > 0 ? p->k : 1);
-  kd_pool_parallel_for(pool, p->batch * g.rt * g.ct, tile >= (1 << 20) ? 1 : (1 << 20) / tile,
-                       gemm_tiles, &g);
+  /* batch items whose C overlap (a stride_c under M N) run in order, on
+     this thread, as one loop would */
+  bool overlap = p->batch > 1 && p->stride_c < p->m * p->n;
+  kd_pool_parallel_for(overlap ? NULL : pool, p->batch * g.rt * g.ct,
+                       tile >= (1 << 20) ? 1 : (1 << 20) / tile, gemm_tiles, &g);
   return KD_OK;
 }
 
