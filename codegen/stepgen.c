@@ -1,6 +1,7 @@
 /* Lowering of graphs to step programs (stepgen.h): instantiate and rewrite,
  * schedule, decide which views need memory, plan memory, emit. */
 #include "stepgen.h"
+#include "stepfuse.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -926,6 +927,10 @@ kd_status kd_stepgen(const kd_graph *g, const kd_sym_binding *bind, size_t nbind
     memcpy(p->instr, sg.instr, sg.ninstr * sizeof *p->instr);
     p->split = (int32_t)split;
     p->arena_bytes = sg.plan.arena_bytes;
+    const char *no_fuse = getenv("KDC_NO_FUSE"); /* tests and measurements: the unfused program */
+    if (!(no_fuse && strcmp(no_fuse, "1") == 0)) st = kd_step_fuse(p, err, errlen);
+  }
+  if (st == KD_OK) {
     char msg[256] = "";
     if (kd_step_validate(p, msg, sizeof msg) != KD_OK)
       st = sg_fail(&sg, KD_ERR_INVALID, "the program does not validate: %s", msg);

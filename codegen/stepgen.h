@@ -46,6 +46,9 @@
  * reduce of the flattened operand); IOTA -> MAP IOTA; elementwise ops and
  * CAST -> MAP. Values are f32, i64 or bool.
  *
+ * Last, chains of maps are fused (codegen/stepfuse.h), unless the
+ * environment sets KDC_NO_FUSE=1.
+ *
  * Errors: KD_ERR_INVALID for an unbound symbol or a split input the graph
  * does not have; KD_ERR_UNSUPPORTED naming the op (or dtype) the step
  * cannot take; KD_ERR_NOMEM. *out is NULL then. */

@@ -12,6 +12,7 @@
  * exp(x - max) / sum rather than exp(x - lse) (one exp an element, not
  * two). */
 #include "step.h"
+#include "step_fused.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -22,7 +23,7 @@
 /* ---- names -------------------------------------------------------------- */
 
 static const char *const kd_step_kind_names[] = {"map",  "reduce", "softmax",
-                                                 "gemm", "gather", "scatter_add"};
+                                                 "gemm", "gather", "scatter_add", "fused"};
 _Static_assert(sizeof kd_step_kind_names / sizeof kd_step_kind_names[0] == KD_STEP_KIND_COUNT,
                "a name per step kind");
 
@@ -54,6 +55,7 @@ static int fn_arity(kd_step_kind kind, kd_step_fn fn) {
   case KD_STEP_GEMM:
   case KD_STEP_GATHER:
   case KD_STEP_SCATTER_ADD: return 2;
+  case KD_STEP_FUSED: return 0; /* its leaves are in its expression */
   default: return -1;
   }
 }
@@ -90,6 +92,11 @@ kd_step_prog *kd_step_alloc(int32_t nvalues, int32_t ninstr, int32_t nslots) {
 
 void kd_step_free(kd_step_prog *p) {
   if (!p) return;
+  for (int32_t e = 0; e < p->nexprs && p->exprs; e++) {
+    free(p->exprs[e].leaf);
+    free(p->exprs[e].op);
+  }
+  free(p->exprs);
   free(p->values);
   free(p->instr);
   free(p->slots);
@@ -270,6 +277,53 @@ static kd_status check_rows(const kd_step_prog *p, int32_t i, const kd_step_inst
   return st;
 }
 
+/* FUSED: its expression's operand codes and functions, its leaves as MAP's
+   sources (in bounds; overlapping dst only as the same elements), dst f32
+   and written once. */
+static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_instr *in,
+                             char *err, size_t errlen) {
+  if (in->expr < 0 || in->expr >= p->nexprs)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: expression %d is not in 0..%d", i,
+                in->expr, p->nexprs - 1);
+  const kd_step_expr *e = &p->exprs[in->expr];
+  if (e->nleaf < 0 || e->nop < 1)
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: expression %d has %d leaves and %d "
+                "ops", i, in->expr, e->nleaf, e->nop);
+  for (int32_t t = 0; t < e->nop; t++) {
+    const kd_step_eop *op = &e->op[t];
+    int arity = fn_arity(KD_STEP_MAP, op->fn);
+    if (arity < 1)
+      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: fn %d (%s) is not a map "
+                  "of operands", i, t, (int)op->fn, fn_name(op->fn));
+    for (int q = 0; q < arity; q++)
+      if (op->a[q] >= t || op->a[q] < -e->nleaf)
+        return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: operand %d is %d, not "
+                    "in %d..%d", i, t, q, op->a[q], -e->nleaf, t - 1);
+  }
+  mem_span dspan, lspan;
+  kd_status st = check_ref(p, i, 0, &in->dst, in->rank, in->shape, &dspan, err, errlen);
+  if (st == KD_OK) st = check_dtype(p, i, 0, &in->dst, KD_F32, err, errlen);
+  if (st != KD_OK) return st;
+  if (!writes_once(&in->dst, in->rank, in->shape, -1))
+    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's strides write an element "
+                "twice", i);
+  for (int32_t k = 0; k < e->nleaf; k++) {
+    const kd_step_ref *r = &e->leaf[k];
+    if (r->value == -1) continue;
+    char msg[256], pre[64];
+    st = check_ref(p, i, 1, r, in->rank, in->shape, &lspan, msg, sizeof msg);
+    if (st != KD_OK) { /* check_ref names the ref "src 0": say which leaf */
+      int n = snprintf(pre, sizeof pre, "instruction %d: %s: ", i, kd_ref_names[1]);
+      const char *why = n > 0 && strncmp(msg, pre, (size_t)n) == 0 ? msg + n : msg;
+      return fail(st, err, errlen, "instruction %d: leaf %d: %s", i, k, why);
+    }
+    if (spans_overlap(dspan, lspan) && !same_access(p, &in->dst, r, in->rank, in->shape))
+      return fail(KD_ERR_FORMAT, err, errlen,
+                  "instruction %d: dst overlaps leaf %d without being the same elements", i, k);
+  }
+  return KD_OK;
+}
+
 static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t errlen) {
   const kd_step_instr *in = &p->instr[i];
   if ((unsigned)in->kind >= KD_STEP_KIND_COUNT)
@@ -303,6 +357,7 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
   case KD_STEP_GEMM: st = check_gemm(p, i, in, spans, err, errlen); break;
   case KD_STEP_GATHER:
   case KD_STEP_SCATTER_ADD: st = check_rows(p, i, in, spans, err, errlen); break;
+  case KD_STEP_FUSED: st = check_fused(p, i, in, err, errlen); break;
   default: /* MAP, REDUCE, SOFTMAX: strided refs over shape */
     if (in->kind == KD_STEP_REDUCE && in->dst.stride[in->axis] != 0)
       return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's stride along axis %d is "
@@ -439,14 +494,28 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
   }
   for (int32_t i = 0; i < p->ninstr; i++) {
     const kd_step_instr *in = &p->instr[i];
-    bool strided = in->kind <= KD_STEP_SOFTMAX;
+    bool strided = in->kind <= KD_STEP_SOFTMAX || in->kind == KD_STEP_FUSED;
     int32_t dv = in->dst.value;
     fprintf(out, "  [%d] %s", i, kind_name(in->kind));
-    if (strided) fprintf(out, " %s", fn_name(in->fn));
+    if (strided && in->kind != KD_STEP_FUSED) fprintf(out, " %s", fn_name(in->fn));
     fprintf(out, " %s ", dv >= 0 && dv < p->nvalues ? kd_dtype_name(p->values[dv].dtype) : "?");
     print_dims(out, in->rank, in->shape, ", ");
     fputc(' ', out);
     print_ref(out, &in->dst, strided);
+    if (in->kind == KD_STEP_FUSED && in->expr >= 0 && in->expr < p->nexprs) {
+      const kd_step_expr *e = &p->exprs[in->expr];
+      fprintf(out, " <- expr %d:", in->expr);
+      for (int32_t k = 0; k < e->nleaf; k++) {
+        fprintf(out, "%s l%d = ", k ? "," : "", k);
+        print_ref(out, &e->leaf[k], true);
+      }
+      for (int32_t t = 0; t < e->nop; t++) {
+        fprintf(out, "; r%d = %s", t, fn_name(e->op[t].fn));
+        for (int q = 0; q < fn_arity(KD_STEP_MAP, e->op[t].fn) && q < KD_STEP_MAX_SRC; q++)
+          fprintf(out, e->op[t].a[q] >= 0 ? " r%d" : " l%d",
+                  e->op[t].a[q] >= 0 ? e->op[t].a[q] : -1 - e->op[t].a[q]);
+      }
+    }
     if (in->nsrc > 0) fputs(" <-", out);
     for (int s = 0; s < in->nsrc && s < KD_STEP_MAX_SRC; s++) {
       fputs(s ? ", " : " ", out);
@@ -473,13 +542,15 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
 /* Every field fixed-width little-endian; the counts in the header fix the
  * length exactly, so a reader checks it before reading anything else. */
 enum {
-  KD_SER_HEADER = 4 + 4 + 4 * 4 + 8,
+  KD_SER_HEADER = 4 + 4 + 4 * 4 + 8 + 3 * 4,
   KD_SER_VALUE = 4 + 4 + 8 + 8 + 4,
   KD_SER_REF = 4 + 8 + 8 * KD_STEP_MAX_RANK + 8,
   KD_SER_GEMM = 4 * 8 + 1 + 1 + 4 + 4 + 3 * 8,
   KD_SER_INSTR = 4 + 4 + 4 + 8 * KD_STEP_MAX_RANK + 4 + 4 + (1 + KD_STEP_MAX_SRC) * KD_SER_REF +
-                 KD_SER_GEMM + 8 + 1 + 4,
+                 KD_SER_GEMM + 8 + 1 + 4 + 4,
   KD_SER_SLOT = KD_STEP_NAME_MAX + 4 + 4 + 8 * KD_STEP_MAX_RANK + 1,
+  KD_SER_EXPR = 4 + 4, /* then its leaves (refs) and ops */
+  KD_SER_EOP = 4 + 4 * KD_STEP_MAX_SRC,
 };
 
 typedef struct ser {
@@ -510,15 +581,31 @@ static void put_ref(ser *s, const kd_step_ref *r) {
   put_f64(s, r->imm);
 }
 
-static size_t ser_size(int64_t nv, int64_t ni, int64_t ns) {
-  return (size_t)(KD_SER_HEADER + nv * KD_SER_VALUE + ni * KD_SER_INSTR + ns * KD_SER_SLOT);
+/* The header's counts: values, instructions, slots, expressions, and the
+   expressions' leaves and ops in all. */
+typedef struct ser_counts {
+  int32_t nv, ni, ns, ne, nleaf, nop;
+} ser_counts;
+
+static size_t ser_size(ser_counts c) {
+  return (size_t)(KD_SER_HEADER + (int64_t)c.nv * KD_SER_VALUE + (int64_t)c.ni * KD_SER_INSTR +
+                  (int64_t)c.ns * KD_SER_SLOT + (int64_t)c.ne * KD_SER_EXPR +
+                  (int64_t)c.nleaf * KD_SER_REF + (int64_t)c.nop * KD_SER_EOP);
 }
 
 kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
   *buf = NULL;
   *len = 0;
-  if (p->nvalues < 0 || p->ninstr < 0 || p->nslots < 0) return KD_ERR_INVALID;
-  size_t n = ser_size(p->nvalues, p->ninstr, p->nslots);
+  if (p->nvalues < 0 || p->ninstr < 0 || p->nslots < 0 || p->nexprs < 0) return KD_ERR_INVALID;
+  ser_counts c = {p->nvalues, p->ninstr, p->nslots, p->nexprs, 0, 0};
+  int64_t nleaf = 0, nop = 0;
+  for (int32_t e = 0; e < p->nexprs; e++) {
+    if (p->exprs[e].nleaf < 0 || p->exprs[e].nop < 0) return KD_ERR_INVALID;
+    nleaf += p->exprs[e].nleaf, nop += p->exprs[e].nop;
+  }
+  if (nleaf > INT32_MAX || nop > INT32_MAX) return KD_ERR_INVALID;
+  c.nleaf = (int32_t)nleaf, c.nop = (int32_t)nop;
+  size_t n = ser_size(c);
   ser s = {malloc(n), 0};
   if (!s.p) return KD_ERR_NOMEM;
   put_u(&s, KD_STEP_MAGIC, 4);
@@ -526,6 +613,9 @@ kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
   put_i32(&s, p->nvalues);
   put_i32(&s, p->ninstr);
   put_i32(&s, p->nslots);
+  put_i32(&s, c.ne);
+  put_i32(&s, c.nleaf);
+  put_i32(&s, c.nop);
   put_i32(&s, p->split);
   put_i64(&s, p->arena_bytes);
   for (int32_t v = 0; v < p->nvalues; v++) {
@@ -561,6 +651,7 @@ kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
     put_i64(&s, in->rows);
     put_u(&s, in->accumulate, 1);
     put_i32(&s, in->node);
+    put_i32(&s, in->expr);
   }
   for (int32_t k = 0; k < p->nslots; k++) {
     const kd_step_slot *sl = &p->slots[k];
@@ -572,6 +663,16 @@ kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
     put_i32(&s, sl->rank);
     for (int d = 0; d < KD_STEP_MAX_RANK; d++) put_i64(&s, sl->shape[d]);
     put_u(&s, sl->output, 1);
+  }
+  for (int32_t e = 0; e < p->nexprs; e++) {
+    const kd_step_expr *x = &p->exprs[e];
+    put_i32(&s, x->nleaf);
+    put_i32(&s, x->nop);
+    for (int32_t k = 0; k < x->nleaf; k++) put_ref(&s, &x->leaf[k]);
+    for (int32_t t = 0; t < x->nop; t++) {
+      put_i32(&s, (int32_t)x->op[t].fn);
+      for (int q = 0; q < KD_STEP_MAX_SRC; q++) put_i32(&s, x->op[t].a[q]);
+    }
   }
   *buf = s.p;
   *len = s.pos;
@@ -630,16 +731,25 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
   if (version != KD_STEP_VERSION)
     return fail(KD_ERR_FORMAT, err, errlen, "step program version %" PRIu32 "; this runtime "
                 "reads version %d (rebuild it with this kdc)", version, KD_STEP_VERSION);
-  int32_t nv = get_i32(&s), ni = get_i32(&s), ns = get_i32(&s);
-  if (nv < 0 || ni < 0 || ns < 0)
+  ser_counts cnt;
+  cnt.nv = get_i32(&s), cnt.ni = get_i32(&s), cnt.ns = get_i32(&s);
+  cnt.ne = get_i32(&s), cnt.nleaf = get_i32(&s), cnt.nop = get_i32(&s);
+  int32_t nv = cnt.nv, ni = cnt.ni, ns = cnt.ns;
+  if (nv < 0 || ni < 0 || ns < 0 || cnt.ne < 0 || cnt.nleaf < 0 || cnt.nop < 0)
     return fail(KD_ERR_FORMAT, err, errlen, "step program: negative counts");
-  size_t want = ser_size(nv, ni, ns); /* < 2^31 x 3 x 2^10: no overflow in 64 bits */
+  size_t want = ser_size(cnt); /* < 2^31 x 6 x 2^10: no overflow in 64 bits */
   if (len != want)
     return fail(KD_ERR_FORMAT, err, errlen, "step program %s: %zu bytes, its counts (%d values, "
-                "%d instructions, %d slots) need %zu", len < want ? "truncated" : "too long",
-                len, nv, ni, ns, want);
+                "%d instructions, %d slots, %d expressions of %d leaves and %d ops) need %zu",
+                len < want ? "truncated" : "too long", len, nv, ni, ns, cnt.ne, cnt.nleaf, cnt.nop,
+                want);
   kd_step_prog *p = kd_step_alloc(nv, ni, ns);
+  if (p && cnt.ne > 0 && !(p->exprs = calloc((size_t)cnt.ne, sizeof *p->exprs))) {
+    kd_step_free(p);
+    p = NULL;
+  }
   if (!p) return fail(KD_ERR_NOMEM, err, errlen, "out of memory");
+  p->nexprs = cnt.ne;
   p->split = get_i32(&s);
   p->arena_bytes = get_i64(&s);
   for (int32_t v = 0; v < nv; v++) {
@@ -675,6 +785,7 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     in->rows = get_i64(&s);
     in->accumulate = get_bool(&s);
     in->node = get_i32(&s);
+    in->expr = get_i32(&s);
   }
   bool padded = true;
   for (int32_t k = 0; k < ns; k++) {
@@ -689,10 +800,38 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     sl->output = get_bool(&s);
   }
   kd_status st = KD_OK;
-  if (s.bad_bool) st = fail(KD_ERR_FORMAT, err, errlen, "step program: a flag byte is not 0 or 1");
-  else if (!padded)
+  int64_t leaves = 0, ops = 0; /* read so far: never past the header's totals */
+  for (int32_t e = 0; e < cnt.ne && st == KD_OK; e++) {
+    kd_step_expr *x = &p->exprs[e];
+    int32_t nl = get_i32(&s), no = get_i32(&s);
+    if (nl < 0 || no < 0 || nl > cnt.nleaf - leaves || no > cnt.nop - ops) {
+      st = fail(KD_ERR_FORMAT, err, errlen, "step program: expression %d's %d leaves and %d ops "
+                "are not within the header's %d and %d", e, nl, no, cnt.nleaf, cnt.nop);
+      break;
+    }
+    x->leaf = calloc((size_t)nl + 1, sizeof *x->leaf);
+    x->op = calloc((size_t)no + 1, sizeof *x->op);
+    if (!x->leaf || !x->op) {
+      st = fail(KD_ERR_NOMEM, err, errlen, "out of memory");
+      break;
+    }
+    x->nleaf = nl, x->nop = no;
+    leaves += nl, ops += no;
+    for (int32_t k = 0; k < nl; k++) get_ref(&s, &x->leaf[k]);
+    for (int32_t t = 0; t < no; t++) {
+      x->op[t].fn = (kd_step_fn)get_i32(&s);
+      for (int q = 0; q < KD_STEP_MAX_SRC; q++) x->op[t].a[q] = get_i32(&s);
+    }
+  }
+  if (st == KD_OK && (leaves != cnt.nleaf || ops != cnt.nop))
+    st = fail(KD_ERR_FORMAT, err, errlen, "step program: the expressions hold %" PRId64
+              " leaves and %" PRId64 " ops, the header says %d and %d", leaves, ops, cnt.nleaf,
+              cnt.nop);
+  if (st == KD_OK && s.bad_bool)
+    st = fail(KD_ERR_FORMAT, err, errlen, "step program: a flag byte is not 0 or 1");
+  else if (st == KD_OK && !padded)
     st = fail(KD_ERR_FORMAT, err, errlen, "step program: a slot name is not NUL-padded");
-  else st = kd_step_validate(p, err, errlen);
+  else if (st == KD_OK) st = kd_step_validate(p, err, errlen);
   if (st != KD_OK) {
     kd_step_free(p);
     return st;
@@ -1234,6 +1373,7 @@ static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *
     red_ctx c = {.src = ops[1], .dst = ops[0]};
     return run_rows(in, &c, pool);
   }
+  case KD_STEP_FUSED: return kd_step_run_fused(p, i, arena, slots, pool, err, errlen);
   case KD_STEP_GEMM: {
     const float *a = (const float *)ops[1].base + ops[1].offset;
     const float *b = (const float *)ops[2].base + ops[2].offset;
@@ -1272,3 +1412,17 @@ kd_status kd_step_run(const kd_step_prog *p, void *arena, void *const *slots, in
   }
   return KD_OK;
 }
+
+/* ---- shared with step_fused.c --------------------------------------------- */
+
+void kd_step_map_f32(kd_step_fn fn, int64_t n, float *restrict d, const float *restrict a,
+                     bool va, double xs, const float *restrict b, bool vb, double ys) {
+  map_f32(fn, n, d, a, va, xs, b, vb, ys);
+}
+
+void kd_step_map_double(kd_step_fn fn, int n, double *r, const double *x, const double *y,
+                        const double *z) {
+  map_double(fn, n, r, x, y, z);
+}
+
+int kd_step_map_arity(kd_step_fn fn) { return fn_arity(KD_STEP_MAP, fn); }

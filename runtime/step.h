@@ -52,7 +52,7 @@
 #define KD_STEP_MAX_SRC 3
 #define KD_STEP_NAME_MAX 128 /* a slot's name, NUL included */
 #define KD_STEP_MAGIC 0x5044534bu /* "KSDP" little-endian */
-#define KD_STEP_VERSION 1
+#define KD_STEP_VERSION 2
 
 typedef enum kd_step_kind {
   KD_STEP_MAP,         /* dst = fn(src[0..nsrc)) at every index of shape */
@@ -66,6 +66,8 @@ typedef enum kd_step_kind {
                           (i64); shape = {n, D}; contiguous refs */
   KD_STEP_SCATTER_ADD, /* dst [rows, D] = sum of src[0] [n, D] at ids src[1];
                           dst zeroed first unless accumulate; shape = {n, D} */
+  KD_STEP_FUSED,       /* dst (f32) = exprs[expr] at every index of shape: a chain
+                          of maps in one pass, its intermediates never stored */
   KD_STEP_KIND_COUNT
 } kd_step_kind;
 
@@ -114,7 +116,29 @@ typedef struct kd_step_instr {
   int64_t rows;      /* GATHER, SCATTER_ADD: the table's rows */
   bool accumulate;   /* SCATTER_ADD */
   int32_t node;      /* the IR node it computes, for printing and profiles; -1 if none */
+  int32_t expr;      /* FUSED: index into exprs (ignored by the other kinds) */
 } kd_step_instr;
+
+/* A FUSED instruction's expression (codegen/stepfuse.h makes them): ops
+ * evaluated in order at every index of the instruction's shape, each one
+ * computing what one MAP would, into a register. An operand code k >= 0 is
+ * op k's register (k < the op's own index), k < 0 is leaf -1 - k. Leaves are
+ * refs over the instruction's shape as MAP's sources are: f32, i64 or bool
+ * memory, or a constant (value -1, imm). An op computes as the MAP it
+ * replaces did: on the f32 path when fn is not SELECT and every operand is
+ * a register, an f32 leaf or a constant, else in double from its operands
+ * and rounded to f32 once (registers are f32: what the MAP's dst held). The
+ * last op's register is the result. Operands past fn's arity are ignored. */
+typedef struct kd_step_eop {
+  kd_step_fn fn; /* a map fn: not IOTA */
+  int32_t a[KD_STEP_MAX_SRC];
+} kd_step_eop;
+
+typedef struct kd_step_expr {
+  int32_t nleaf, nop; /* nop >= 1 */
+  kd_step_ref *leaf;
+  kd_step_eop *op;
+} kd_step_expr;
 
 typedef struct kd_step_slot {
   char name[KD_STEP_NAME_MAX]; /* "tokens", "embed_1.weight", "logits", "logits.grad",
@@ -132,10 +156,12 @@ typedef struct kd_step_prog {
   kd_step_value *values;
   kd_step_instr *instr;
   kd_step_slot *slots;
+  int32_t nexprs;     /* FUSED instructions' expressions; each owns its leaf and op */
+  kd_step_expr *exprs; /* arrays (malloc'd; kd_step_free frees them) */
 } kd_step_prog;
 
-/* A zeroed program with room for the given counts (split = ninstr); NULL
- * when out of memory. kd_step_free(NULL) does nothing. */
+/* A zeroed program with room for the given counts (split = ninstr) and no
+ * expressions; NULL when out of memory. kd_step_free(NULL) does nothing. */
 kd_step_prog *kd_step_alloc(int32_t nvalues, int32_t ninstr, int32_t nslots);
 void kd_step_free(kd_step_prog *p);
 

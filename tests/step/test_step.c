@@ -813,11 +813,11 @@ static void test_serialize(void) {
   CHECK(kd_step_deserialize(b1, n1, &q, err, sizeof err) == KD_ERR_FORMAT && !q);
   CHECK(strcmp(err, "not a step program (magic 0x5044534a)") == 0);
   b1[0] ^= 1;
-  b1[4] = 2;
+  b1[4] = 3;
   CHECK(kd_step_deserialize(b1, n1, &q, err, sizeof err) == KD_ERR_FORMAT);
-  CHECK(strcmp(err, "step program version 2; this runtime reads version 1 (rebuild it with this "
+  CHECK(strcmp(err, "step program version 3; this runtime reads version 2 (rebuild it with this "
                     "kdc)") == 0);
-  b1[4] = 1;
+  b1[4] = 2;
   free(b1);
 
   /* a ref past its value's end: the column sums' broadcast bias read one

@@ -204,14 +204,34 @@ static void round_inputs(sg_inputs *s) {
   }
 }
 
-/* Generates and checks a program; returns its split (-1 on failure). */
+/* The program's FUSED instructions (codegen/stepfuse.h). */
+static int count_fused(const kd_step_prog *p) {
+  int n = 0;
+  for (int32_t i = 0; i < p->ninstr; i++) n += p->instr[i].kind == KD_STEP_FUSED;
+  return n;
+}
+
+/* Generates and checks a program, and the same unfused (KDC_NO_FUSE=1),
+   which must give the same bits; returns the unfused split (-1 on
+   failure). */
 static int32_t check_program(const char *what, const kd_graph *g, const char *split,
                              const sg_inputs *s, const kd_model *m, int nattn, kd_pool *pool2) {
-  kd_step_prog *p = NULL;
+  kd_step_prog *p = NULL, *u = NULL;
   char err[256] = "";
   TU_CHECK(kd_stepgen(g, bind, 2, split, &p, err, sizeof err) == KD_OK, "%s: %s", what, err);
-  if (!p) return -1;
-  int32_t first = p->split;
+  setenv("KDC_NO_FUSE", "1", 1);
+  TU_CHECK(kd_stepgen(g, bind, 2, split, &u, err, sizeof err) == KD_OK, "%s: %s", what, err);
+  unsetenv("KDC_NO_FUSE");
+  if (!p || !u) {
+    kd_step_free(p);
+    kd_step_free(u);
+    return -1;
+  }
+  int32_t first = u->split;
+  printf("%s: %d instructions unfused, %d fused (%d FUSED)\n", what, u->ninstr, p->ninstr,
+         count_fused(p));
+  TU_CHECK(count_fused(u) == 0 && count_fused(p) > 0 && p->ninstr < u->ninstr,
+           "%s: fusion did nothing", what);
   check_arena(what, p);
   if (split) {
     TU_CHECK(p->split > 0 && p->split < p->ninstr, "%s: split %d of %d", what, p->split,
@@ -236,6 +256,11 @@ static int32_t check_program(const char *what, const kd_graph *g, const char *sp
            "%s: serialisation: %s", what, err);
   if (q && run(q, s, &again, pool2) == KD_OK)
     TU_CHECK(outputs_equal(p, &one, &again), "%s: the deserialised program differs", what);
+  bufs plain = bufs_make(u, s);
+  if (run(u, s, &plain, pool2) == KD_OK)
+    TU_CHECK(outputs_equal(p, &one, &plain), "%s: fused and unfused differ", what);
+  bufs_free(&plain);
+  kd_step_free(u);
   kd_blas_set_threads(1);
   free(buf);
   kd_step_free(q);
