@@ -386,7 +386,7 @@ static void kd_note(const kd_train_config *c, const char *fmt, const char *a, do
 /* Names for the table; a kind or fn added to step.h after these shows as
    its number. */
 static const char *const kd_prof_kinds[] = {"map", "reduce", "softmax", "gemm", "gather",
-                                            "scatter_add"};
+                                            "scatter_add", "fused"};
 static const char *const kd_prof_fns[] = {
     "copy", "fill", "iota", "neg", "exp", "log", "sqrt", "abs", "sign", "tanh",
     "add",  "sub",  "mul",  "mulz", "div", "pow", "max", "min",
