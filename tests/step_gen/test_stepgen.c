@@ -211,6 +211,25 @@ static int count_fused(const kd_step_prog *p) {
   return n;
 }
 
+/* In a forward program (no split), the MLP's whole elementwise part between
+   its two products (bias, GELU) is one FUSED instruction: each instruction
+   computing a tanh is a FUSED between two GEMMs. Returns their number. */
+static int check_gelu(const char *what, const kd_step_prog *p) {
+  int n = 0;
+  for (int32_t i = 0; i < p->ninstr; i++) {
+    const kd_step_instr *in = &p->instr[i];
+    bool tanh = in->kind == KD_STEP_MAP && in->fn == KD_SF_TANH;
+    for (int32_t t = 0; in->kind == KD_STEP_FUSED && t < p->exprs[in->expr].nop; t++)
+      tanh = tanh || p->exprs[in->expr].op[t].fn == KD_SF_TANH;
+    if (!tanh) continue;
+    n++;
+    TU_CHECK(in->kind == KD_STEP_FUSED && i > 0 && i + 1 < p->ninstr &&
+                 p->instr[i - 1].kind == KD_STEP_GEMM && p->instr[i + 1].kind == KD_STEP_GEMM,
+             "%s: instruction %d's tanh is not one FUSED between the MLP's products", what, i);
+  }
+  return n;
+}
+
 /* Generates and checks a program, and the same unfused (KDC_NO_FUSE=1),
    which must give the same bits; returns the unfused split (-1 on
    failure). */
@@ -232,6 +251,8 @@ static int32_t check_program(const char *what, const kd_graph *g, const char *sp
          count_fused(p));
   TU_CHECK(count_fused(u) == 0 && count_fused(p) > 0 && p->ninstr < u->ninstr,
            "%s: fusion did nothing", what);
+  if (!split && strstr(what, "tiny")) /* a gpt of 1 layer: one GELU */
+    TU_CHECK(check_gelu(what, p) == 1, "%s: the GELU is not one instruction", what);
   check_arena(what, p);
   if (split) {
     TU_CHECK(p->split > 0 && p->split < p->ninstr, "%s: split %d of %d", what, p->split,
