@@ -337,6 +337,40 @@ static void test_validation(void) {
   expect_invalid(p, "instruction 0: dst overlaps leaf 0 without being the same elements");
 }
 
+/* A bit flipped at every byte of a fused program's bytes: refused, or a
+   program that runs within its arena (ASan checks the tests' build). */
+static void test_corruption(void) {
+  kd_step_prog *f = build_tree(7 * 0x9E3779B97F4A7C15ull, 3, 5, 3);
+  CHECK(fuse(f) > 0);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  CHECK(kd_step_serialize(f, &buf, &len) == KD_OK);
+  int refused = 0, ran = 0;
+  for (size_t at = 0; buf && at < len; at++) {
+    buf[at] ^= (uint8_t)(1u << (at % 8));
+    kd_step_prog *q = NULL;
+    char err[256] = "";
+    if (kd_step_deserialize(buf, len, &q, err, sizeof err) != KD_OK) {
+      refused++;
+    } else {
+      size_t bytes = ((size_t)q->arena_bytes + 127) / 64 * 64; /* a flipped size may be huge */
+      char *arena = q->arena_bytes < (1 << 24) ? aligned_alloc(64, bytes) : NULL;
+      if (arena) {
+        memset(arena, 0, bytes);
+        kd_step_run(q, arena, NULL, 0, q->ninstr, NULL, err, sizeof err);
+      }
+      free(arena);
+      kd_step_free(q);
+      ran++;
+    }
+    buf[at] ^= (uint8_t)(1u << (at % 8));
+  }
+  printf("corruption: %zu bytes, %d refused, %d ran\n", len, refused, ran);
+  CHECK(refused > 0);
+  free(buf);
+  kd_step_free(f);
+}
+
 int main(void) {
   kd_pool *pool = NULL;
   CHECK(kd_pool_new(2, &pool) == KD_OK);
@@ -345,6 +379,7 @@ int main(void) {
   test_reuse(false, pool);
   test_between();
   test_validation();
+  test_corruption();
   kd_pool_free(pool);
   return check_exit("test_stepfuse");
 }
