@@ -1143,6 +1143,8 @@ static void map_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   }
 }
 
+/* step_fused.c takes the f32 path on the same test (kd_step_run_fused):
+   change both together, or fused and unfused programs differ. */
 static bool fast_fn(kd_step_fn fn) {
   return fn != KD_SF_IOTA && fn != KD_SF_SELECT;
 }

@@ -26,6 +26,8 @@ typedef struct fref {
   double imm;
 } fref;
 
+/* A leaf's block: floats (v), else a scalar (s), or doubles (dv: i64 and
+   bool leaves). */
 typedef struct fleaf {
   const float *v;
   double s;
@@ -282,8 +284,8 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
     op->fn = e->op[t].fn;
     op->arity = kd_step_map_arity(op->fn);
     memcpy(op->a, e->op[t].a, sizeof op->a);
-    /* MAP's test for its f32 path, with dst f32 (validated) and registers
-       f32 (MAP dsts of f32) */
+    /* MAP's test for its f32 path (step.c's run_map and fast_fn), with
+       dst f32 (validated) and registers f32 (what f32 MAP dsts held) */
     op->fast = op->fn != KD_SF_SELECT;
     for (int q = 0; q < op->arity && op->fast; q++)
       op->fast = op->a[q] >= 0 || c.ref[-op->a[q]].constant || c.ref[-op->a[q]].dtype == KD_F32;
