@@ -147,10 +147,16 @@ static void load_leaf(const fref *r, const fscratch *s, int k, int64_t o, int64_
   double *buf = s->ld + (size_t)k * B; /* i64 or bool: read by general ops only */
   if (r->dtype == KD_I64) {
     const int64_t *v = (const int64_t *)r->base + o;
-    for (int t = 0; t < m; t++) buf[t] = (double)v[t * st];
+    if (st == 1) /* the common strides apart, so that they vectorise */
+      for (int t = 0; t < m; t++) buf[t] = (double)v[t];
+    else
+      for (int t = 0; t < m; t++) buf[t] = (double)v[t * st];
   } else {
     const uint8_t *v = (const uint8_t *)r->base + o;
-    for (int t = 0; t < m; t++) buf[t] = v[t * st] != 0;
+    if (st == 1)
+      for (int t = 0; t < m; t++) buf[t] = v[t] != 0;
+    else
+      for (int t = 0; t < m; t++) buf[t] = v[t * st] != 0;
   }
   l->dv = buf;
 }
