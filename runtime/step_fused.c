@@ -52,6 +52,7 @@ typedef struct fctx {
   int64_t shape[KD_STEP_MAX_RANK];
   char *scratch; /* per worker: scratch_bytes */
   size_t scratch_bytes;
+  int nworkers;
 } fctx;
 
 /* The scratch of one worker, carved from its bytes (64-byte aligned parts). */
@@ -204,6 +205,9 @@ static void eval_block(const fctx *c, const fscratch *s, const int64_t *off, int
    time, as MAP's map_chunk. */
 static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   const fctx *c = vctx;
+  /* A call nested in another pool's job runs serially under that pool's
+     index, which may be past ours: any one scratch is then free. */
+  if (worker < 0 || worker >= c->nworkers) worker = 0;
   fscratch s;
   scratch_layout(c, c->scratch + (size_t)worker * c->scratch_bytes, &s);
   int in = c->rank - 1;
@@ -276,11 +280,12 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
                                      : slots ? slots[v->slot] : NULL;
     if (!f->base && v->loc == KD_LOC_SLOT) {
       st = KD_ERR_INVALID;
-      snprintf(err, errlen, "instruction %d: slot %d (%s) is not bound", i, v->slot,
-               p->slots[v->slot].name);
+      if (err && errlen)
+        snprintf(err, errlen, "instruction %d: slot %d (%s) is not bound", i, v->slot,
+                 p->slots[v->slot].name);
     } else if (!f->base) {
       st = KD_ERR_INVALID;
-      snprintf(err, errlen, "instruction %d: no arena", i);
+      if (err && errlen) snprintf(err, errlen, "instruction %d: no arena", i);
     }
     f->offset = r->offset;
     memcpy(f->stride, r->stride, sizeof f->stride);
@@ -299,13 +304,14 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
   if (st == KD_OK && (c.nregs = assign_registers(e, c.op)) < 0) st = KD_ERR_NOMEM;
   if (st == KD_OK) {
     merge_dims(&c);
-    int workers = pool ? kd_pool_size(pool) : 1;
+    c.nworkers = kd_pool_size(pool);
     c.scratch_bytes = scratch_layout(&c, NULL, NULL);
-    c.scratch = aligned_alloc(64, (size_t)workers * c.scratch_bytes);
+    c.scratch = aligned_alloc(64, (size_t)c.nworkers * c.scratch_bytes);
     if (!c.scratch) st = KD_ERR_NOMEM;
   }
   if (st == KD_OK) kd_pool_parallel_for(pool, total, FUSED_GRAIN, fused_chunk, &c);
-  else if (st == KD_ERR_NOMEM) snprintf(err, errlen, "instruction %d: out of memory", i);
+  else if (st == KD_ERR_NOMEM && err && errlen)
+    snprintf(err, errlen, "instruction %d: out of memory", i);
   free(c.scratch);
   free(c.ref);
   free(c.op);
