@@ -316,6 +316,31 @@ static void test_validation(void) {
   free(arena);
   kd_step_free(p);
 
+  /* printed with its expression */
+  p = hand_fused();
+  char *text = NULL;
+  size_t tlen = 0;
+  FILE *mem = open_memstream(&text, &tlen);
+  kd_step_print(p, mem);
+  fclose(mem);
+  CHECK(strstr(text, "  [0] fused f32 [8] %2 +0 [1 0 0 0] <- expr 0: l0 = %0 +0 [1 0 0 0], l1 = "
+                     "%1 +0 [1 0 0 0]; r0 = add l0 l1; r1 = exp r0\n") != NULL);
+  free(text);
+  /* a leaf in an unbound slot */
+  p->values[1] = (kd_step_value){.loc = KD_LOC_SLOT, .dtype = KD_F32, .elems = 8, .slot = 0};
+  kd_step_slot *slots = realloc(p->slots, sizeof *slots);
+  if (!slots) abort();
+  p->slots = slots;
+  p->nslots = 1;
+  p->slots[0] = (kd_step_slot){.name = "x", .dtype = KD_F32, .rank = 1, .shape = {8}};
+  CHECK(kd_step_validate(p, err, sizeof err) == KD_OK);
+  arena = aligned_alloc(64, 192);
+  void *none[1] = {NULL};
+  CHECK(kd_step_run(p, arena, none, 0, 1, NULL, err, sizeof err) == KD_ERR_INVALID);
+  CHECK(strcmp(err, "instruction 0: slot 0 (x) is not bound") == 0);
+  free(arena);
+  kd_step_free(p);
+
   p = hand_fused();
   p->exprs[0].op[1].a[0] = 1; /* its own register */
   expect_invalid(p, "instruction 0: op 1: operand 0 is 1, not in -2..0");
