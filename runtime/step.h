@@ -7,7 +7,8 @@
  * OpenBLAS sgemm calls (runtime/kernels.h); embedding gathers and their
  * adjoints are the kernels of kernels.h; everything else is an elementwise
  * map, a reduction over one axis or a softmax over the last axis, split over
- * the thread pool.
+ * the thread pool. A FUSED instruction is a chain of maps in one pass
+ * (codegen/stepfuse.h), its intermediates never stored.
  *
  * Memory. A program names `nvalues` buffers. An ARENA value lives at a fixed
  * byte offset of the caller's arena (arena_bytes, 64-byte aligned); a SLOT
@@ -33,8 +34,8 @@
  * Serialisation: kd_step_serialize writes a versioned little-endian byte
  * string; kd_step_deserialize reads one back and validates it (every ref
  * within its value's bounds for every index of its shape, every value and
- * slot index in range), so a corrupted program is an error, never an
- * out-of-bounds access. */
+ * slot index in range, every expression's operand codes and functions), so
+ * a corrupted program is an error, never an out-of-bounds access. */
 #ifndef KD_STEP_H
 #define KD_STEP_H
 
