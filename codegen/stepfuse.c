@@ -4,7 +4,6 @@
  * tree of maps becomes one instruction at its last map's place. */
 #include "stepfuse.h"
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
