@@ -5,14 +5,17 @@
  * Numbers follow ir/refexec.c: every map computes in double and rounds once
  * to dst's dtype, so f32 +, -, *, / and sqrt are bit for bit the float
  * operation (double has more than 2 x 24 + 2 bits: no double rounding) and
- * constants keep their double value; reductions and softmax accumulate in
- * double in index order. Two departures, each within an ulp or two of the
- * f32 result: the f32 fast path's transcendentals are expf, logf, tanhf
- * (glibc) instead of the double function rounded to float, and softmax is
- * exp(x - max) / sum rather than exp(x - lse) (one exp an element, not
- * two). */
+ * constants keep their double value; reductions and log softmax
+ * accumulate in double in index order. Two departures, each within a few
+ * ulps of the f32 result: the f32 fast path's transcendentals are
+ * runtime/vmath.h's (vectorised; exp and log within 1.5 ulps, tanh 2)
+ * instead of the double function rounded to float, and softmax is
+ * exp(x - max) / sum rather than exp(x - lse), its exps vmath's (3 ulps in
+ * all; softmax_chunk says why). A row maximum of f32 may give -0 where
+ * refexec gives +0 or the reverse (row_max_f32). */
 #include "step.h"
 #include "step_fused.h"
+#include "vmath.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -945,8 +948,8 @@ static void coalesce(map_ctx *c) {
    either vectors (stride 1) or scalars (stride 0 or a constant: xs, ys).
    In place, d equals a or b exactly (validation allows nothing else), and
    each element is read before it is written at the same j, which the
-   vectorised loops keep. A vectorised expf/logf/tanhf (SLEEF, or the
-   polynomial codegen emits for the loss kernels) would go here. */
+   vectorised loops keep; exp, log and tanh are vmath.h's, which vectorise
+   too. */
 #define KD_UNARY(EXPR)                                                            \
   do {                                                                            \
     if (va)                                                                       \
@@ -990,12 +993,12 @@ static void map_f32(kd_step_fn fn, int64_t n, float *restrict d, const float *re
   case KD_SF_COPY:
   case KD_SF_FILL: KD_UNARY(x); break;
   case KD_SF_NEG: KD_UNARY(-x); break;
-  case KD_SF_EXP: KD_UNARY(expf(x)); break;
-  case KD_SF_LOG: KD_UNARY(logf(x)); break;
+  case KD_SF_EXP: KD_UNARY(kd_expf(x)); break;
+  case KD_SF_LOG: KD_UNARY(kd_logf(x)); break;
   case KD_SF_SQRT: KD_UNARY(sqrtf(x)); break;
   case KD_SF_ABS: KD_UNARY(fabsf(x)); break;
   case KD_SF_SIGN: KD_UNARY(x > 0 ? 1.0f : x < 0 ? -1.0f : x); break;
-  case KD_SF_TANH: KD_UNARY(tanhf(x)); break;
+  case KD_SF_TANH: KD_UNARY(kd_tanhf(x)); break;
   case KD_SF_ADD: KD_BINARY(x + y); break;
   case KD_SF_SUB: KD_BINARY(x - y); break;
   case KD_SF_MUL: KD_BINARY(x * y); break;
@@ -1236,8 +1239,38 @@ static inline __attribute__((always_inline)) void reduce_impl(kd_step_fn fn, con
   memcpy(out, acc, (size_t)W * sizeof *acc);
 }
 
+/* The maximum of a contiguous f32 row, 8 lanes at a time (vectorised: a
+   float compare and select, NaN noted apart); NaN if any element is. The
+   same value as reduce_impl's chain, bar the sign of a zero maximum when
+   both -0 and +0 occur (the lanes meet them in another order). */
+static double row_max_f32(const float *x, int64_t len) {
+  enum { L = 8 };
+  float acc[L];
+  int nan[L];
+  for (int w = 0; w < L; w++) acc[w] = -INFINITY, nan[w] = 0;
+  int64_t k = 0;
+  for (; k + L <= len; k += L)
+    for (int w = 0; w < L; w++) {
+      float v = x[k + w];
+      acc[w] = v > acc[w] ? v : acc[w];
+      nan[w] |= v != v;
+    }
+  for (; k < len; k++) {
+    acc[0] = x[k] > acc[0] ? x[k] : acc[0];
+    nan[0] |= x[k] != x[k];
+  }
+  float m = acc[0];
+  int any = nan[0];
+  for (int w = 1; w < L; w++) m = acc[w] > m ? acc[w] : m, any |= nan[w];
+  return any ? NAN : m;
+}
+
 static void reduce_rows(kd_step_fn fn, const operand *src, int64_t off, int64_t cs, int64_t sa,
                         int64_t len, int W, double *out) {
+  if (fn == KD_SF_RMAX && src->dtype == KD_F32 && sa == 1) {
+    for (int w = 0; w < W; w++) out[w] = row_max_f32((const float *)src->base + off + w * cs, len);
+    return;
+  }
   if (src->dtype == KD_F32) reduce_impl(fn, src, true, off, cs, sa, len, W, out);
   else reduce_impl(fn, src, false, off, cs, sa, len, W, out);
 }
@@ -1276,24 +1309,57 @@ static void reduce_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   }
 }
 
-/* SOFTMAX and LOG_SOFTMAX, one f32 row at a time, as refexec: with m the
- * row's maximum and s = sum exp(x - m) (in double, in index order), log
- * softmax is x - (m + log s) and softmax exp(x - m) / s, which is refexec's
- * exp(x - lse) to within a double rounding, so within 1 ulp of it once
- * rounded to float; the exps of the sum are kept for rows of up to
- * SOFT_KEEP elements (one exp an element), recomputed for longer ones. A
- * row with no finite maximum (all -inf: NaN, as refexec; +inf; NaN) takes
- * refexec's formula as it stands. The double exp (glibc's, scalar) is most
- * of the time; a vectorised one accurate to a few double ulps would keep
- * these results and go several times faster. */
+/* SOFTMAX and LOG_SOFTMAX, one f32 row at a time, as refexec up to the
+ * exps: with m the row's maximum, e_k = exp(x_k - m) and s = sum e_k (in
+ * double), log softmax is x - (m + log s) and softmax e_k / s.
+ *
+ * Softmax's exps are float, vectorised: x_k - m (exact in double) is split
+ * into float hi + lo and e_k = kd_expf(hi) (1 + lo), so the rounding of
+ * x_k - m to float (|x_k - m| / 2 ulps of e_k, when the row spans tens)
+ * does not count; e_k is within about 2.5 ulps, softmax within 3 ulps of
+ * refexec's exp(x - lse) (s is summed in four chains and e_k multiplied by
+ * 1 / s: double roundings, invisible in float). Rows longer than SOFT_KEEP
+ * go through the block twice (the sum, then the output).
+ *
+ * Log softmax keeps double exps summed in index order: its x - lse is then
+ * refexec's to the last bit, and no model runs it per token. A row with no
+ * finite maximum (all -inf: NaN, as refexec; +inf; NaN) takes refexec's
+ * formula as it stands. */
 enum { SOFT_KEEP = 2048 };
+
+/* e[k] = exp(x[k sa] - m) for k < n, lo scratch. */
+static void soft_exps(const float *x, int64_t sa, double m, int64_t n, float *restrict e,
+                      float *restrict lo) {
+  for (int64_t k = 0; k < n; k++) {
+    double d = (double)x[k * sa] - m; /* -inf for a masked x: hi -inf, lo 0 */
+    float hi = (float)d;
+    e[k] = hi;
+    lo[k] = d == (double)hi ? 0.0f : (float)(d - (double)hi);
+  }
+  for (int64_t k = 0; k < n; k++) {
+    float v = kd_expf(e[k]);
+    e[k] = v + v * lo[k];
+  }
+}
+
+/* The sum of e[0..n) in double, four interleaved chains (element k in
+   chain k % 4) added as (c0 + c1) + (c2 + c3): a fixed order, four times
+   the throughput of one chain. */
+static double sum4(const float *e, int64_t n) {
+  double c[4] = {0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4)
+    for (int w = 0; w < 4; w++) c[w] += e[k + w];
+  for (; k < n; k++) c[k % 4] += e[k];
+  return (c[0] + c[1]) + (c[2] + c[3]);
+}
 
 static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   (void)worker;
   const red_ctx *c = vctx;
-  bool soft = c->in->fn == KD_SF_SOFTMAX, keep = c->len <= SOFT_KEEP;
+  bool soft = c->in->fn == KD_SF_SOFTMAX;
   int64_t sa = c->sa, da = c->da, len = c->len;
-  double e[SOFT_KEEP];
+  float e[SOFT_KEEP], lo[SOFT_KEEP];
   for (int64_t t = begin; t < end; t++) {
     int64_t so, dof;
     row_block(c, t, &so, &dof);
@@ -1309,18 +1375,26 @@ static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
       continue;
     }
     double s = 0;
-    for (int64_t k = 0; k < len; k++) {
-      double v = exp((double)x[k * sa] - m);
-      if (keep) e[k] = v;
-      s += v;
-    }
-    if (!soft) {
+    if (!soft) { /* double exps: x - lse stays exact to the last bit */
+      for (int64_t k = 0; k < len; k++) s += exp((double)x[k * sa] - m);
       double lse = m + log(s);
       for (int64_t k = 0; k < len; k++) y[k * da] = (float)((double)x[k * sa] - lse);
-    } else if (keep) {
-      for (int64_t k = 0; k < len; k++) y[k * da] = (float)(e[k] / s);
-    } else {
-      for (int64_t k = 0; k < len; k++) y[k * da] = (float)(exp((double)x[k * sa] - m) / s);
+      continue;
+    }
+    for (int64_t k0 = 0; k0 < len; k0 += SOFT_KEEP) {
+      int64_t n = len - k0 < SOFT_KEEP ? len - k0 : SOFT_KEEP;
+      soft_exps(x + k0 * sa, sa, m, n, e, lo);
+      s += sum4(e, n);
+    }
+    double inv = 1 / s;
+    for (int64_t k0 = 0; k0 < len; k0 += SOFT_KEEP) {
+      int64_t n = len - k0 < SOFT_KEEP ? len - k0 : SOFT_KEEP;
+      if (len > SOFT_KEEP) soft_exps(x + k0 * sa, sa, m, n, e, lo); /* else still there */
+      float *yk = y + k0 * da;
+      if (da == 1)
+        for (int64_t k = 0; k < n; k++) yk[k] = (float)(e[k] * inv);
+      else
+        for (int64_t k = 0; k < n; k++) yk[k * da] = (float)(e[k] * inv);
     }
   }
 }

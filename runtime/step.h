@@ -176,7 +176,8 @@ int32_t kd_step_find_slot(const kd_step_prog *p, const char *name);
 /* Runs instructions [begin, end). arena: arena_bytes, 64-byte aligned;
  * slots[i]: slot i's memory (slots[i] may be NULL for a slot no instruction
  * of [begin, end) touches). Maps and reductions split their outer indices
- * over pool (NULL: one thread); products call sgemm from this thread.
+ * over pool (NULL: one thread), products too (kernels.h: tiles of C, one
+ * single-threaded sgemm each).
  * KD_ERR_INVALID for a gathered id outside the table (err says which), a
  * missing slot, or a range outside [0, ninstr]; err names the instruction:
  * "instruction 3: gather: id 300 at position 17 is outside the table's 256
