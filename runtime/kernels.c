@@ -84,16 +84,17 @@ kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const flo
   return KD_OK;
 }
 
-kd_status kd_matmul_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared, const float *a,
-                    const float *b, float *c) {
+kd_status kd_matmul_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                        bool b_shared, const float *a, const float *b, float *c) {
   /* a shared b: the batch's rows are one [B*M, K] matrix */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = n, .k = k,
                .alpha = 1, .beta = 0, .stride_a = m * k, .stride_b = k * n, .stride_c = m * n};
   return kd_gemm_run(pool, &p, a, b, c);
 }
 
-kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
-                           const float *dc, const float *b, float beta, float *da) {
+kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                               bool b_shared, const float *dc, const float *b, float beta,
+                               float *da) {
   /* da [M, K] = dc [M, N] @ b^T, b stored [K, N] */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = b_shared ? batch * m : m, .n = k, .k = n,
                .trans_b = true, .alpha = 1, .beta = beta,
@@ -101,8 +102,9 @@ kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t 
   return kd_gemm_run(pool, &p, dc, b, da);
 }
 
-kd_status kd_matmul_grad_b_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n, bool b_shared,
-                           const float *a, const float *dc, float beta, float *db) {
+kd_status kd_matmul_grad_b_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
+                               bool b_shared, const float *a, const float *dc, float beta,
+                               float *db) {
   /* db [K, N] = a^T @ dc, a stored [M, K]; with a shared b, the sum over the
      batch is the product of the stacked [B*M, K] and [B*M, N] matrices */
   kd_gemm p = {.batch = b_shared ? 1 : batch, .m = k, .n = n, .k = b_shared ? batch * m : m,

@@ -38,10 +38,10 @@ static const char *const kd_step_fn_names[] = {
 _Static_assert(sizeof kd_step_fn_names / sizeof kd_step_fn_names[0] == KD_SF_COUNT,
                "a name per step function");
 
-static const char *kind_name(kd_step_kind k) {
+const char *kd_step_kind_name(kd_step_kind k) {
   return (unsigned)k < KD_STEP_KIND_COUNT ? kd_step_kind_names[k] : "?";
 }
-static const char *fn_name(kd_step_fn f) {
+const char *kd_step_fn_name(kd_step_fn f) {
   return (unsigned)f < KD_SF_COUNT ? kd_step_fn_names[f] : "?";
 }
 
@@ -266,7 +266,8 @@ static kd_status check_rows(const kd_step_prog *p, int32_t i, const kd_step_inst
   bool gather = in->kind == KD_STEP_GATHER;
   if (in->rank != 2 || in->shape[0] < 0 || in->shape[1] < 0 || in->rows < 0)
     return fail(KD_ERR_FORMAT, err, errlen,
-                "instruction %d: %s needs shape {n, D} and rows >= 0", i, kind_name(in->kind));
+                "instruction %d: %s needs shape {n, D} and rows >= 0", i,
+                kd_step_kind_name(in->kind));
   int64_t n = in->shape[0], D = in->shape[1], big, small;
   if (__builtin_mul_overflow(in->rows, D, &big) || __builtin_mul_overflow(n, D, &small))
     return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: sizes overflow", i);
@@ -297,7 +298,7 @@ static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_ins
     int arity = fn_arity(KD_STEP_MAP, op->fn);
     if (arity < 1)
       return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: fn %d (%s) is not a map "
-                  "of operands", i, t, (int)op->fn, fn_name(op->fn));
+                  "of operands", i, t, (int)op->fn, kd_step_fn_name(op->fn));
     for (int q = 0; q < arity; q++)
       if (op->a[q] >= t || op->a[q] < -e->nleaf)
         return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: operand %d is %d, not "
@@ -337,11 +338,11 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
                  in->kind == KD_STEP_SOFTMAX;
   if (uses_fn && arity < 0)
     return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s cannot compute fn %d (%s)", i,
-                kind_name(in->kind), (int)in->fn, fn_name(in->fn));
+                kd_step_kind_name(in->kind), (int)in->fn, kd_step_fn_name(in->fn));
   if (in->nsrc != arity)
     return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s%s%s takes %d sources, not %d", i,
-                kind_name(in->kind), uses_fn ? " " : "", uses_fn ? fn_name(in->fn) : "", arity,
-                in->nsrc);
+                kd_step_kind_name(in->kind), uses_fn ? " " : "",
+                uses_fn ? kd_step_fn_name(in->fn) : "", arity, in->nsrc);
   if (in->rank < 0 || in->rank > KD_STEP_MAX_RANK)
     return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: rank %d is not in 0..%d", i,
                 in->rank, KD_STEP_MAX_RANK);
@@ -499,8 +500,8 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
     const kd_step_instr *in = &p->instr[i];
     bool strided = in->kind <= KD_STEP_SOFTMAX || in->kind == KD_STEP_FUSED;
     int32_t dv = in->dst.value;
-    fprintf(out, "  [%d] %s", i, kind_name(in->kind));
-    if (strided && in->kind != KD_STEP_FUSED) fprintf(out, " %s", fn_name(in->fn));
+    fprintf(out, "  [%d] %s", i, kd_step_kind_name(in->kind));
+    if (strided && in->kind != KD_STEP_FUSED) fprintf(out, " %s", kd_step_fn_name(in->fn));
     fprintf(out, " %s ", dv >= 0 && dv < p->nvalues ? kd_dtype_name(p->values[dv].dtype) : "?");
     print_dims(out, in->rank, in->shape, ", ");
     fputc(' ', out);
@@ -513,7 +514,7 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
         print_ref(out, &e->leaf[k], true);
       }
       for (int32_t t = 0; t < e->nop; t++) {
-        fprintf(out, "; r%d = %s", t, fn_name(e->op[t].fn));
+        fprintf(out, "; r%d = %s", t, kd_step_fn_name(e->op[t].fn));
         for (int q = 0; q < fn_arity(KD_STEP_MAP, e->op[t].fn) && q < KD_STEP_MAX_SRC; q++)
           fprintf(out, e->op[t].a[q] >= 0 ? " r%d" : " l%d",
                   e->op[t].a[q] >= 0 ? e->op[t].a[q] : -1 - e->op[t].a[q]);
@@ -1469,7 +1470,7 @@ static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *
              : kd_scatter_add_rows_f32(pool, x, ids, in->shape[0], in->rows, in->shape[1],
                                        in->accumulate, y, msg, sizeof msg);
     if (st != KD_OK)
-      return fail(st, err, errlen, "instruction %d: %s: %s", i, kind_name(in->kind),
+      return fail(st, err, errlen, "instruction %d: %s: %s", i, kd_step_kind_name(in->kind),
                   msg[0] ? msg : kd_status_str(st));
     return KD_OK;
   }

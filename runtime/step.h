@@ -197,6 +197,11 @@ kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len);
 kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out, char *err,
                               size_t errlen);
 
+/* "map", "gemm", ...; "exp", "sum", ...: the names kd_step_print uses ("?"
+ * out of range). */
+const char *kd_step_kind_name(kd_step_kind k);
+const char *kd_step_fn_name(kd_step_fn f);
+
 /* One line per value, slot and instruction, for `kdc emit-ir --after step`:
  *   step: 412 instructions (split 190), 37 slots, arena 18874368 bytes
  *   [12] map mul f32 [16, 128, 384] <- %3 +0 [49152 384 1 0], imm 0.5 */

@@ -383,27 +383,6 @@ static void kd_note(const kd_train_config *c, const char *fmt, const char *a, do
 
 /* ---- KDC_STEP_PROFILE ------------------------------------------------------ */
 
-/* Names for the table; a kind or fn added to step.h after these shows as
-   its number. */
-static const char *const kd_prof_kinds[] = {"map", "reduce", "softmax", "gemm", "gather",
-                                            "scatter_add", "fused"};
-static const char *const kd_prof_fns[] = {
-    "copy", "fill", "iota", "neg", "exp", "log", "sqrt", "abs", "sign", "tanh",
-    "add",  "sub",  "mul",  "mulz", "div", "pow", "max", "min",
-    "lt",   "le",   "gt",   "ge",  "eq",  "ne",  "select",
-    "sum",  "rmax", "lse",  "softmax", "log_softmax"};
-
-static const char *kd_prof_name(const char *const *names, size_t n, int i, char *buf,
-                                size_t len) {
-  if (i >= 0 && (size_t)i < n) return names[i];
-  snprintf(buf, len, "#%d", i);
-  return buf;
-}
-#define KD_PROF_KIND(k, buf) \
-  kd_prof_name(kd_prof_kinds, sizeof kd_prof_kinds / sizeof *kd_prof_kinds, (int)(k), buf, sizeof buf)
-#define KD_PROF_FN(f, buf) \
-  kd_prof_name(kd_prof_fns, sizeof kd_prof_fns / sizeof *kd_prof_fns, (int)(f), buf, sizeof buf)
-
 /* An instruction's kind, fn (maps, reductions, softmax) and sizes, e.g.
    "map mul [16, 128, 384]" or "gemm 1 x 2048 x 768 x 256 ta". */
 static void kd_prof_describe(const kd_step_instr *in, char *buf, size_t len) {
@@ -417,9 +396,8 @@ static void kd_prof_describe(const kd_step_instr *in, char *buf, size_t len) {
   char shape[96];
   kd_shape_str(in->rank, in->shape, shape, sizeof shape);
   bool has_fn = in->kind <= KD_STEP_SOFTMAX;
-  char kb[16], fb[16];
-  snprintf(buf, len, "%s%s%s %s", KD_PROF_KIND(in->kind, kb), has_fn ? " " : "",
-           has_fn ? KD_PROF_FN(in->fn, fb) : "", shape);
+  snprintf(buf, len, "%s%s%s %s", kd_step_kind_name(in->kind), has_fn ? " " : "",
+           has_fn ? kd_step_fn_name(in->fn) : "", shape);
   if (in->kind == KD_STEP_REDUCE || in->kind == KD_STEP_SOFTMAX)
     snprintf(buf + strlen(buf), len - strlen(buf), " axis %d", in->axis);
 }
@@ -475,9 +453,9 @@ static void kd_prof_print(const kd_trainer *t, int64_t steps) {
       if (by_fn[j] > 0 && (best < 0 || by_fn[j] > by_fn[best])) best = j;
     if (best < 0) break;
     int kind = best / (KD_SF_COUNT + 1), f = best % (KD_SF_COUNT + 1);
-    char kb[16], fb[16];
-    fprintf(stderr, " %s%s%s %.1f%%", KD_PROF_KIND(kind, kb), f < KD_SF_COUNT ? " " : "",
-            f < KD_SF_COUNT ? KD_PROF_FN(f, fb) : "", by_fn[best] * pct);
+    fprintf(stderr, " %s%s%s %.1f%%", kd_step_kind_name((kd_step_kind)kind),
+            f < KD_SF_COUNT ? " " : "", f < KD_SF_COUNT ? kd_step_fn_name((kd_step_fn)f) : "",
+            by_fn[best] * pct);
     by_fn[best] = 0;
   }
   fprintf(stderr, "\n  top instructions (ms a step, share):\n");
