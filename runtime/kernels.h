@@ -60,9 +60,11 @@ kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const flo
 kd_status kd_matmul_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
                         bool b_shared, const float *a, const float *b, float *c);
 kd_status kd_matmul_grad_a_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
-                               bool b_shared, const float *dc, const float *b, float beta, float *da);
+                               bool b_shared, const float *dc, const float *b, float beta,
+                               float *da);
 kd_status kd_matmul_grad_b_f32(kd_pool *pool, int64_t batch, int64_t m, int64_t k, int64_t n,
-                               bool b_shared, const float *a, const float *dc, float beta, float *db);
+                               bool b_shared, const float *a, const float *dc, float beta,
+                               float *db);
 
 /* GATHER_ROWS (the embedding's forward): out[i, :] = table[ids[i], :] for
  * i in [0, n); table [V, D], out [n, D]. An id outside [0, V) gives
