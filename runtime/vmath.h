@@ -75,7 +75,11 @@ static inline float kd_expf(float x0) {
   p = p * z + r + 1.0f;
   /* k = k1 + k2, k1 = floor(k / 2) (k + 256 > 0: an unsigned shift) */
   int32_t k = kd_vm_int(n), k1 = (int32_t)((uint32_t)(k + 256) >> 1) - 128;
-  float y = p * kd_vm_pow2(k1) * kd_vm_pow2(k - k1);
+  /* below -150 ln2 the result rounds to 0: chosen, not computed, since a
+     product that underflows costs a microcode assist (100+ cycles on x86),
+     and softmax's masked -inf lands here on every other element */
+  float s2 = x < -103.972076f ? 0.0f : kd_vm_pow2(k - k1);
+  float y = p * kd_vm_pow2(k1) * s2;
   return x0 != x0 ? x0 : y;
 }
 
