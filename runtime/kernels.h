@@ -39,9 +39,9 @@ int kd_blas_threads(void);
  * [N, K] when trans_b), C is [M, N]. stride_* is the number of floats from
  * one batch item to the next; stride_b = 0 shares one B across the batch.
  * beta = 0 overwrites C (NaNs in it are ignored, as BLAS specifies).
- * KD_ERR_INVALID on a negative size. Tiles of at most 256 rows, cut
- * further (not below 64 x 64) until there are 8 per product, each one
- * cblas_sgemm call; pool NULL runs them on this thread. */
+ * KD_ERR_INVALID on a negative size. Tiles of at most 1024 rows, cut
+ * further (not below 64 x 64) until a product has 2 (kernels.c says why so
+ * few), each one cblas_sgemm call; pool NULL runs them on this thread. */
 typedef struct kd_gemm {
   int64_t batch, m, n, k;
   bool trans_a, trans_b;

@@ -169,7 +169,7 @@ static void test_blas_threads(void) {
 static void test_gemm_tiles(void) {
   static const int64_t shapes[][4] = {/* batch, M, N, K */
                                       {1, 600, 90, 70}, {1, 100, 1000, 33}, {2, 70, 150, 300},
-                                      {1, 257, 257, 5}};
+                                      {1, 257, 257, 5}, {1, 2100, 20, 9}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int flags = 0; flags < 4; flags++) {
       int64_t batch = shapes[s][0], m = shapes[s][1], n = shapes[s][2], k = shapes[s][3];
