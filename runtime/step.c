@@ -16,12 +16,12 @@
  * a row maximum of f32 may give -0 where refexec gives +0 or the reverse
  * (row_max_f32). */
 #include "step.h"
+#include "fileio.h"
 #include "step_fused.h"
 #include "vmath.h"
 
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,17 +66,6 @@ static int fn_arity(kd_step_kind kind, kd_step_fn fn) {
 }
 
 static bool dtype_ok(kd_dtype t) { return t == KD_F32 || t == KD_I64 || t == KD_BOOL; }
-
-__attribute__((format(printf, 4, 5))) static kd_status fail(kd_status st, char *err,
-                                                            size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return st;
-}
 
 /* ---- allocation --------------------------------------------------------- */
 
@@ -163,16 +152,16 @@ static kd_status check_ref(const kd_step_prog *p, int32_t i, int which, const kd
                            size_t errlen) {
   const char *name = kd_ref_names[which];
   if (r->value < 0 || r->value >= p->nvalues)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: value %d is not in 0..%d", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s: value %d is not in 0..%d", i,
                 name, r->value, p->nvalues - 1);
   int64_t hi = 0;
   bool empty = false;
   const char *why = ref_span(r, rank, shape, &hi, &empty);
   if (why)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: %s", i, name, why);
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s: %s", i, name, why);
   const kd_step_value *v = &p->values[r->value];
   if (!empty && hi >= v->elems)
-    return fail(KD_ERR_FORMAT, err, errlen,
+    return kd_errf(err, errlen, KD_ERR_FORMAT,
                 "instruction %d: %s: element %" PRId64 " is outside value %d's %" PRId64
                 " elements",
                 i, name, hi, r->value, v->elems);
@@ -229,7 +218,7 @@ static kd_status check_dtype(const kd_step_prog *p, int32_t i, int which, const 
                              kd_dtype want, char *err, size_t errlen) {
   kd_dtype got = p->values[r->value].dtype;
   if (got == want) return KD_OK;
-  return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s is %s, %s expected", i,
+  return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s is %s, %s expected", i,
               kd_ref_names[which], kd_dtype_name(got), kd_dtype_name(want));
 }
 
@@ -238,12 +227,12 @@ static kd_status check_gemm(const kd_step_prog *p, int32_t i, const kd_step_inst
   const kd_gemm *g = &in->gemm;
   if (g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->m > INT32_MAX ||
       g->n > INT32_MAX || g->k > INT32_MAX)
-    return fail(KD_ERR_FORMAT, err, errlen,
+    return kd_errf(err, errlen, KD_ERR_FORMAT,
                 "instruction %d: gemm sizes batch %" PRId64 " m %" PRId64 " n %" PRId64
                 " k %" PRId64 " out of range",
                 i, g->batch, g->m, g->n, g->k);
   if (g->stride_a < 0 || g->stride_b < 0 || g->stride_c < 0)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: negative gemm stride", i);
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: negative gemm stride", i);
   /* item t of a matrix of `size` floats spans [t * stride, t * stride + size) */
   const int64_t size[3] = {g->m * g->k, g->k * g->n, g->m * g->n};
   const int64_t stride[3] = {g->stride_a, g->stride_b, g->stride_c};
@@ -254,7 +243,7 @@ static kd_status check_gemm(const kd_step_prog *p, int32_t i, const kd_step_inst
     if (g->batch > 0 && size[r] > 0 &&
         (__builtin_mul_overflow(g->batch - 1, stride[r], &t) ||
          __builtin_add_overflow(t, size[r], &n)))
-      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s: gemm extent overflows", i,
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s: gemm extent overflows", i,
                   kd_ref_names[which[r]]);
     kd_status st = check_run(p, i, which[r], refs[r], n, &spans[which[r]], err, errlen);
     if (st == KD_OK) st = check_dtype(p, i, which[r], refs[r], KD_F32, err, errlen);
@@ -267,12 +256,12 @@ static kd_status check_rows(const kd_step_prog *p, int32_t i, const kd_step_inst
                             mem_span *spans, char *err, size_t errlen) {
   bool gather = in->kind == KD_STEP_GATHER;
   if (in->rank != 2 || in->shape[0] < 0 || in->shape[1] < 0 || in->rows < 0)
-    return fail(KD_ERR_FORMAT, err, errlen,
+    return kd_errf(err, errlen, KD_ERR_FORMAT,
                 "instruction %d: %s needs shape {n, D} and rows >= 0", i,
                 kd_step_kind_name(in->kind));
   int64_t n = in->shape[0], D = in->shape[1], big, small;
   if (__builtin_mul_overflow(in->rows, D, &big) || __builtin_mul_overflow(n, D, &small))
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: sizes overflow", i);
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: sizes overflow", i);
   /* gather: table src 0 [rows, D], dst [n, D]; scatter: src 0 [n, D], dst [rows, D] */
   kd_status st = check_run(p, i, 1, &in->src[0], gather ? big : small, &spans[1], err, errlen);
   if (st == KD_OK) st = check_run(p, i, 2, &in->src[1], n, &spans[2], err, errlen);
@@ -289,21 +278,21 @@ static kd_status check_rows(const kd_step_prog *p, int32_t i, const kd_step_inst
 static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_instr *in,
                              char *err, size_t errlen) {
   if (in->expr < 0 || in->expr >= p->nexprs)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: expression %d is not in 0..%d", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: expression %d is not in 0..%d", i,
                 in->expr, p->nexprs - 1);
   const kd_step_expr *e = &p->exprs[in->expr];
   if (e->nleaf < 0 || e->nop < 1)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: expression %d has %d leaves and %d "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: expression %d has %d leaves and %d "
                 "ops", i, in->expr, e->nleaf, e->nop);
   for (int32_t t = 0; t < e->nop; t++) {
     const kd_step_eop *op = &e->op[t];
     int arity = fn_arity(KD_STEP_MAP, op->fn);
     if (arity < 1)
-      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: fn %d (%s) is not a map "
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: op %d: fn %d (%s) is not a map "
                   "of operands", i, t, (int)op->fn, kd_step_fn_name(op->fn));
     for (int q = 0; q < arity; q++)
       if (op->a[q] >= t || op->a[q] < -e->nleaf)
-        return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: op %d: operand %d is %d, not "
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: op %d: operand %d is %d, not "
                     "in %d..%d", i, t, q, op->a[q], -e->nleaf, t - 1);
   }
   mem_span dspan, lspan;
@@ -311,7 +300,7 @@ static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_ins
   if (st == KD_OK) st = check_dtype(p, i, 0, &in->dst, KD_F32, err, errlen);
   if (st != KD_OK) return st;
   if (!writes_once(&in->dst, in->rank, in->shape, -1))
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's strides write an element "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: dst's strides write an element "
                 "twice", i);
   for (int32_t k = 0; k < e->nleaf; k++) {
     const kd_step_ref *r = &e->leaf[k];
@@ -321,10 +310,10 @@ static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_ins
     if (st != KD_OK) { /* check_ref names the ref "src 0": say which leaf */
       int n = snprintf(pre, sizeof pre, "instruction %d: %s: ", i, kd_ref_names[1]);
       const char *why = n > 0 && strncmp(msg, pre, (size_t)n) == 0 ? msg + n : msg;
-      return fail(st, err, errlen, "instruction %d: leaf %d: %s", i, k, why);
+      return kd_errf(err, errlen, st, "instruction %d: leaf %d: %s", i, k, why);
     }
     if (spans_overlap(dspan, lspan) && !same_access(p, &in->dst, r, in->rank, in->shape))
-      return fail(KD_ERR_FORMAT, err, errlen,
+      return kd_errf(err, errlen, KD_ERR_FORMAT,
                   "instruction %d: dst overlaps leaf %d without being the same elements", i, k);
   }
   return KD_OK;
@@ -333,28 +322,28 @@ static kd_status check_fused(const kd_step_prog *p, int32_t i, const kd_step_ins
 static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t errlen) {
   const kd_step_instr *in = &p->instr[i];
   if ((unsigned)in->kind >= KD_STEP_KIND_COUNT)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: kind %d is not a step kind", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: kind %d is not a step kind", i,
                 (int)in->kind);
   int arity = fn_arity(in->kind, in->fn);
   bool uses_fn = in->kind == KD_STEP_MAP || in->kind == KD_STEP_REDUCE ||
                  in->kind == KD_STEP_SOFTMAX;
   if (uses_fn && arity < 0)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s cannot compute fn %d (%s)", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s cannot compute fn %d (%s)", i,
                 kd_step_kind_name(in->kind), (int)in->fn, kd_step_fn_name(in->fn));
   if (in->nsrc != arity)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: %s%s%s takes %d sources, not %d", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s%s%s takes %d sources, not %d", i,
                 kd_step_kind_name(in->kind), uses_fn ? " " : "",
                 uses_fn ? kd_step_fn_name(in->fn) : "", arity, in->nsrc);
   if (in->rank < 0 || in->rank > KD_STEP_MAX_RANK)
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: rank %d is not in 0..%d", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: rank %d is not in 0..%d", i,
                 in->rank, KD_STEP_MAX_RANK);
   for (int32_t d = 0; d < in->rank; d++)
     if (in->shape[d] < 0)
-      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: negative dimension %d", i, d);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: negative dimension %d", i, d);
   bool axis_used = in->kind == KD_STEP_REDUCE || in->kind == KD_STEP_SOFTMAX ||
                    (in->kind == KD_STEP_MAP && in->fn == KD_SF_IOTA);
   if (axis_used && (in->axis < 0 || in->axis >= in->rank))
-    return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: axis %d is not in 0..%d", i,
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: axis %d is not in 0..%d", i,
                 in->axis, in->rank - 1);
 
   mem_span spans[1 + KD_STEP_MAX_SRC] = {{0}};
@@ -366,21 +355,21 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
   case KD_STEP_FUSED: st = check_fused(p, i, in, err, errlen); break;
   default: /* MAP, REDUCE, SOFTMAX: strided refs over shape */
     if (in->kind == KD_STEP_REDUCE && in->dst.stride[in->axis] != 0)
-      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's stride along axis %d is "
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: dst's stride along axis %d is "
                   "%" PRId64 ", not 0", i, in->axis, in->dst.stride[in->axis]);
     st = check_ref(p, i, 0, &in->dst, in->rank, in->shape, &spans[0], err, errlen);
     for (int s = 0; s < in->nsrc && st == KD_OK; s++) {
       const kd_step_ref *r = &in->src[s];
       bool constant = r->value == -1 && in->kind == KD_STEP_MAP;
       if (in->kind == KD_STEP_MAP && in->fn == KD_SF_FILL && !constant)
-        return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: fill takes a constant", i);
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: fill takes a constant", i);
       spans[1 + s].empty = true;
       if (!constant)
         st = check_ref(p, i, 1 + s, r, in->rank, in->shape, &spans[1 + s], err, errlen);
     }
     if (st != KD_OK) return st;
     if (!writes_once(&in->dst, in->rank, in->shape, in->kind == KD_STEP_REDUCE ? in->axis : -1))
-      return fail(KD_ERR_FORMAT, err, errlen, "instruction %d: dst's strides write an element "
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: dst's strides write an element "
                   "twice", i);
     if (in->kind == KD_STEP_SOFTMAX) {
       st = check_dtype(p, i, 0, &in->dst, KD_F32, err, errlen);
@@ -396,7 +385,7 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
     if (!spans_overlap(spans[0], spans[1 + s])) continue;
     bool elementwise = in->kind == KD_STEP_MAP || in->kind == KD_STEP_SOFTMAX;
     if (!elementwise || !same_access(p, &in->dst, &in->src[s], in->rank, in->shape))
-      return fail(KD_ERR_FORMAT, err, errlen,
+      return kd_errf(err, errlen, KD_ERR_FORMAT,
                   "instruction %d: dst overlaps %s without being the same elements", i,
                   kd_ref_names[1 + s]);
   }
@@ -406,52 +395,52 @@ static kd_status check_instr(const kd_step_prog *p, int32_t i, char *err, size_t
 kd_status kd_step_validate(const kd_step_prog *p, char *err, size_t errlen) {
   if (p->nvalues < 0 || p->ninstr < 0 || p->nslots < 0 || p->split < 0 || p->split > p->ninstr ||
       p->arena_bytes < 0)
-    return fail(KD_ERR_FORMAT, err, errlen, "bad counts: %d values, %d instructions, %d slots, "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "bad counts: %d values, %d instructions, %d slots, "
                 "split %d, arena %" PRId64 " bytes", p->nvalues, p->ninstr, p->nslots, p->split,
                 p->arena_bytes);
   for (int32_t s = 0; s < p->nslots; s++) {
     const kd_step_slot *sl = &p->slots[s];
     size_t len = strnlen(sl->name, KD_STEP_NAME_MAX);
     if (len == 0 || len == KD_STEP_NAME_MAX)
-      return fail(KD_ERR_FORMAT, err, errlen, "slot %d: name empty or not terminated", s);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "slot %d: name empty or not terminated", s);
     if (!dtype_ok(sl->dtype) || sl->rank < 0 || sl->rank > KD_STEP_MAX_RANK)
-      return fail(KD_ERR_FORMAT, err, errlen, "slot %d (%s): bad dtype or rank", s, sl->name);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "slot %d (%s): bad dtype or rank", s, sl->name);
     for (int32_t d = 0; d < sl->rank; d++)
       if (sl->shape[d] < 0)
-        return fail(KD_ERR_FORMAT, err, errlen, "slot %d (%s): negative dimension", s, sl->name);
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "slot %d (%s): negative dimension", s, sl->name);
     for (int32_t t = 0; t < s; t++)
       if (strcmp(p->slots[t].name, sl->name) == 0)
-        return fail(KD_ERR_FORMAT, err, errlen, "slots %d and %d are both named %s", t, s,
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "slots %d and %d are both named %s", t, s,
                     sl->name);
   }
   for (int32_t v = 0; v < p->nvalues; v++) {
     const kd_step_value *val = &p->values[v];
     if (!dtype_ok(val->dtype) || val->elems < 0)
-      return fail(KD_ERR_FORMAT, err, errlen, "value %d: bad dtype or size", v);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: bad dtype or size", v);
     int64_t bytes;
     if (__builtin_mul_overflow(val->elems, (int64_t)kd_dtype_size(val->dtype), &bytes))
-      return fail(KD_ERR_FORMAT, err, errlen, "value %d: size overflows", v);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: size overflows", v);
     if (val->loc == KD_LOC_ARENA) {
       int64_t end;
       if (val->offset < 0 || val->offset % 64 != 0 ||
           __builtin_add_overflow(val->offset, bytes, &end) || end > p->arena_bytes)
-        return fail(KD_ERR_FORMAT, err, errlen, "value %d: bytes %" PRId64 "..+%" PRId64
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: bytes %" PRId64 "..+%" PRId64
                     " are not a 64-byte aligned part of the %" PRId64 "-byte arena", v,
                     val->offset, bytes, p->arena_bytes);
     } else if (val->loc == KD_LOC_SLOT) {
       if (val->slot < 0 || val->slot >= p->nslots)
-        return fail(KD_ERR_FORMAT, err, errlen, "value %d: slot %d is not in 0..%d", v,
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: slot %d is not in 0..%d", v,
                     val->slot, p->nslots - 1);
       const kd_step_slot *sl = &p->slots[val->slot];
       int64_t numel = 1;
       for (int32_t d = 0; d < sl->rank; d++)
         if (__builtin_mul_overflow(numel, sl->shape[d], &numel)) numel = INT64_MAX;
       if (sl->dtype != val->dtype || val->elems > numel)
-        return fail(KD_ERR_FORMAT, err, errlen, "value %d: %s [%" PRId64 "] does not fit slot "
+        return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: %s [%" PRId64 "] does not fit slot "
                     "%d (%s, %" PRId64 " elements)", v, kd_dtype_name(val->dtype), val->elems,
                     val->slot, kd_dtype_name(sl->dtype), numel);
     } else {
-      return fail(KD_ERR_FORMAT, err, errlen, "value %d: location %d", v, (int)val->loc);
+      return kd_errf(err, errlen, KD_ERR_FORMAT, "value %d: location %d", v, (int)val->loc);
     }
   }
   for (int32_t i = 0; i < p->ninstr; i++) {
@@ -729,23 +718,23 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
   deser s = {buf, 0, false};
   uint32_t magic = len >= 4 ? (uint32_t)get_u(&s, 4) : 0;
   if (len >= 4 && magic != KD_STEP_MAGIC)
-    return fail(KD_ERR_FORMAT, err, errlen, "not a step program (magic 0x%08" PRIx32 ")", magic);
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "not a step program (magic 0x%08" PRIx32 ")", magic);
   if (len < KD_SER_HEADER)
-    return fail(KD_ERR_FORMAT, err, errlen, "step program truncated: %zu bytes, the header "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "step program truncated: %zu bytes, the header "
                 "alone is %d", len, KD_SER_HEADER);
   uint32_t version = (uint32_t)get_u(&s, 4);
   if (version != KD_STEP_VERSION)
-    return fail(KD_ERR_FORMAT, err, errlen, "step program version %" PRIu32 "; this runtime "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "step program version %" PRIu32 "; this runtime "
                 "reads version %d (rebuild it with this kdc)", version, KD_STEP_VERSION);
   ser_counts cnt;
   cnt.nv = get_i32(&s), cnt.ni = get_i32(&s), cnt.ns = get_i32(&s);
   cnt.ne = get_i32(&s), cnt.nleaf = get_i32(&s), cnt.nop = get_i32(&s);
   int32_t nv = cnt.nv, ni = cnt.ni, ns = cnt.ns;
   if (nv < 0 || ni < 0 || ns < 0 || cnt.ne < 0 || cnt.nleaf < 0 || cnt.nop < 0)
-    return fail(KD_ERR_FORMAT, err, errlen, "step program: negative counts");
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "step program: negative counts");
   size_t want = ser_size(cnt); /* < 2^31 x 6 x 2^10: no overflow in 64 bits */
   if (len != want)
-    return fail(KD_ERR_FORMAT, err, errlen, "step program %s: %zu bytes, its counts (%d values, "
+    return kd_errf(err, errlen, KD_ERR_FORMAT, "step program %s: %zu bytes, its counts (%d values, "
                 "%d instructions, %d slots, %d expressions of %d leaves and %d ops) need %zu",
                 len < want ? "truncated" : "too long", len, nv, ni, ns, cnt.ne, cnt.nleaf, cnt.nop,
                 want);
@@ -754,7 +743,7 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     kd_step_free(p);
     p = NULL;
   }
-  if (!p) return fail(KD_ERR_NOMEM, err, errlen, "out of memory");
+  if (!p) return kd_errf(err, errlen, KD_ERR_NOMEM, "out of memory");
   p->nexprs = cnt.ne;
   p->split = get_i32(&s);
   p->arena_bytes = get_i64(&s);
@@ -811,14 +800,14 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     kd_step_expr *x = &p->exprs[e];
     int32_t nl = get_i32(&s), no = get_i32(&s);
     if (nl < 0 || no < 0 || nl > cnt.nleaf - leaves || no > cnt.nop - ops) {
-      st = fail(KD_ERR_FORMAT, err, errlen, "step program: expression %d's %d leaves and %d ops "
+      st = kd_errf(err, errlen, KD_ERR_FORMAT, "step program: expression %d's %d leaves and %d ops "
                 "are not within the header's %d and %d", e, nl, no, cnt.nleaf, cnt.nop);
       break;
     }
     x->leaf = calloc((size_t)nl + 1, sizeof *x->leaf);
     x->op = calloc((size_t)no + 1, sizeof *x->op);
     if (!x->leaf || !x->op) {
-      st = fail(KD_ERR_NOMEM, err, errlen, "out of memory");
+      st = kd_errf(err, errlen, KD_ERR_NOMEM, "out of memory");
       break;
     }
     x->nleaf = nl, x->nop = no;
@@ -830,13 +819,13 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     }
   }
   if (st == KD_OK && (leaves != cnt.nleaf || ops != cnt.nop))
-    st = fail(KD_ERR_FORMAT, err, errlen, "step program: the expressions hold %" PRId64
+    st = kd_errf(err, errlen, KD_ERR_FORMAT, "step program: the expressions hold %" PRId64
               " leaves and %" PRId64 " ops, the header says %d and %d", leaves, ops, cnt.nleaf,
               cnt.nop);
   if (st == KD_OK && s.bad_bool)
-    st = fail(KD_ERR_FORMAT, err, errlen, "step program: a flag byte is not 0 or 1");
+    st = kd_errf(err, errlen, KD_ERR_FORMAT, "step program: a flag byte is not 0 or 1");
   else if (st == KD_OK && !padded)
-    st = fail(KD_ERR_FORMAT, err, errlen, "step program: a slot name is not NUL-padded");
+    st = kd_errf(err, errlen, KD_ERR_FORMAT, "step program: a slot name is not NUL-padded");
   else if (st == KD_OK) st = kd_step_validate(p, err, errlen);
   if (st != KD_OK) {
     kd_step_free(p);
@@ -899,9 +888,9 @@ static kd_status resolve(const kd_step_prog *p, int32_t i, void *arena, void *co
   o->base = val->loc == KD_LOC_ARENA ? (arena ? (char *)arena + val->offset : NULL)
                                      : slots ? slots[val->slot] : NULL;
   if (!o->base && val->loc == KD_LOC_SLOT)
-    return fail(KD_ERR_INVALID, err, errlen, "instruction %d: slot %d (%s) is not bound", i,
+    return kd_errf(err, errlen, KD_ERR_INVALID, "instruction %d: slot %d (%s) is not bound", i,
                 val->slot, p->slots[val->slot].name);
-  if (!o->base) return fail(KD_ERR_INVALID, err, errlen, "instruction %d: no arena", i);
+  if (!o->base) return kd_errf(err, errlen, KD_ERR_INVALID, "instruction %d: no arena", i);
   o->offset = r->offset;
   memcpy(o->stride, r->stride, sizeof o->stride);
   return KD_OK;
@@ -1476,7 +1465,7 @@ static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *
     const float *a = (const float *)ops[1].base + ops[1].offset;
     const float *b = (const float *)ops[2].base + ops[2].offset;
     st = kd_gemm_run(pool, &in->gemm, a, b, (float *)ops[0].base + ops[0].offset);
-    if (st != KD_OK) return fail(st, err, errlen, "instruction %d: gemm: %s", i, kd_status_str(st));
+    if (st != KD_OK) return kd_errf(err, errlen, st, "instruction %d: gemm: %s", i, kd_status_str(st));
     return KD_OK;
   }
   case KD_STEP_GATHER:
@@ -1491,18 +1480,18 @@ static kd_status run_instr(const kd_step_prog *p, int32_t i, void *arena, void *
              : kd_scatter_add_rows_f32(pool, x, ids, in->shape[0], in->rows, in->shape[1],
                                        in->accumulate, y, msg, sizeof msg);
     if (st != KD_OK)
-      return fail(st, err, errlen, "instruction %d: %s: %s", i, kd_step_kind_name(in->kind),
+      return kd_errf(err, errlen, st, "instruction %d: %s: %s", i, kd_step_kind_name(in->kind),
                   msg[0] ? msg : kd_status_str(st));
     return KD_OK;
   }
-  default: return fail(KD_ERR_INVALID, err, errlen, "instruction %d: bad kind", i);
+  default: return kd_errf(err, errlen, KD_ERR_INVALID, "instruction %d: bad kind", i);
   }
 }
 
 kd_status kd_step_run(const kd_step_prog *p, void *arena, void *const *slots, int32_t begin,
                       int32_t end, kd_pool *pool, char *err, size_t errlen) {
   if (begin < 0 || end < begin || end > p->ninstr)
-    return fail(KD_ERR_INVALID, err, errlen, "instructions %d..%d are not a range of 0..%d",
+    return kd_errf(err, errlen, KD_ERR_INVALID, "instructions %d..%d are not a range of 0..%d",
                 begin, end, p->ninstr);
   for (int32_t i = begin; i < end; i++) {
     kd_status st = run_instr(p, i, arena, slots, pool, err, errlen);

@@ -25,27 +25,9 @@
 #include <string.h>
 
 #include "check.h"
+#include "progbuild.h"
 #include "step.h"
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint64_t next(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return rng;
-}
-static double urand(void) { return (double)(next() >> 11) / 9007199254740992.0; } /* [0, 1) */
-
-/* ---- building programs ------------------------------------------------------- */
-
-/* Places every value in the arena, one after the other, 64-byte aligned. */
-static void place_values(kd_step_prog *p) {
-  int64_t at = 0;
-  for (int v = 0; v < p->nvalues; v++) {
-    if (p->values[v].loc != KD_LOC_ARENA) continue;
-    p->values[v].offset = at;
-    at += (p->values[v].elems * (int64_t)kd_dtype_size(p->values[v].dtype) + 63) / 64 * 64;
-  }
-  p->arena_bytes = at;
-}
 
 static void *new_arena(const kd_step_prog *p) {
   size_t n = (size_t)(p->arena_bytes + 64);

@@ -15,26 +15,11 @@
 #include <string.h>
 
 #include "check.h"
+#include "progbuild.h"
 #include "step.h"
 #include "stepfuse.h"
 #include "threadpool.h"
 
-static uint64_t rng;
-static uint64_t next(void) {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return rng;
-}
-static double urand(void) { return (double)(next() >> 11) / 9007199254740992.0; } /* [0, 1) */
-
-static void place_values(kd_step_prog *p) {
-  int64_t at = 0;
-  for (int v = 0; v < p->nvalues; v++) {
-    if (p->values[v].loc != KD_LOC_ARENA) continue;
-    p->values[v].offset = at;
-    at += (p->values[v].elems * (int64_t)kd_dtype_size(p->values[v].dtype) + 63) / 64 * 64;
-  }
-  p->arena_bytes = at;
-}
 
 /* ---- random trees ------------------------------------------------------------ */
 

@@ -24,6 +24,7 @@
 #include "checkpoint.h"
 #include "commands.h"
 #include "fileio.h"
+#include "kernels.h"
 #include "model_params.h"
 #include "stepgen.h"
 #include "train_graph.h"
@@ -347,6 +348,7 @@ int kdc_cmd_sample(int argc, char **argv) {
     fprintf(stderr, CMD ": cannot start %" PRId64 " threads\n", a.threads);
     goto done;
   }
+  kd_blas_set_threads(1); /* products split over our pool, never nested (kernels.h) */
   rc = generate(&a, sp, &P, T, V, pool);
 done:
   kd_pool_free(pool);
