@@ -207,7 +207,8 @@ int kdc_cmd_build(int argc, char **argv) {
     if (!rc) rc = build(&plan, out);
     kdc_train_plan_free(&plan);
   }
-  if (!rc) printf("wrote %s (`%s%s --help` lists its options)\n", out, strchr(out, '/') ? "" : "./", out);
+  if (!rc)
+    printf("wrote %s (`%s%s --help` lists its options)\n", out, strchr(out, '/') ? "" : "./", out);
   kd_program_free(prog);
   kd_diag_free(diag);
   return rc;
