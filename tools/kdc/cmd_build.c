@@ -196,7 +196,8 @@ int kdc_cmd_build(int argc, char **argv) {
   if (!only && n == 1) train = kd_program_train(prog, 0);
   if (!rc && !train) {
     if (only) fprintf(stderr, CMD ": %s: no train block trains '%s'\n", spec, only);
-    else if (n) fprintf(stderr, CMD ": %s: %zu train blocks: say which with --train NAME\n", spec, n);
+    else if (n)
+      fprintf(stderr, CMD ": %s: %zu train blocks: say which with --train NAME\n", spec, n);
     else fprintf(stderr, CMD ": %s: no train block\n", spec);
     rc = KDC_EXIT_USER;
   }
