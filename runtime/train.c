@@ -10,7 +10,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "train.h"
 
+#include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,10 +60,6 @@ static void *kd_alloc64(size_t bytes) {
   return p;
 }
 
-static const char *kd_shape_str(int rank, const int64_t *shape, char *buf, size_t len) {
-  return kd_params_shape_str(rank, shape, buf, len);
-}
-
 /* A slot must have the dtype and shape the trainer gives it. */
 static kd_status kd_slot_expect(const char *who, const kd_step_slot *s, kd_dtype dt, int rank,
                                 const int64_t *shape, char *err, size_t errlen) {
@@ -70,8 +68,8 @@ static kd_status kd_slot_expect(const char *who, const kd_step_slot *s, kd_dtype
   if (ok) return KD_OK;
   char a[96], b[96];
   return kd_errf(err, errlen, KD_ERR_INVALID, "%s: slot '%s' is %s %s, the trainer gives %s %s",
-                 who, s->name, kd_dtype_name(s->dtype), kd_shape_str(s->rank, s->shape, a, sizeof a),
-                 kd_dtype_name(dt), kd_shape_str(rank, shape, b, sizeof b));
+                 who, s->name, kd_dtype_name(s->dtype), kd_params_shape_str(s->rank, s->shape, a, sizeof a),
+                 kd_dtype_name(dt), kd_params_shape_str(rank, shape, b, sizeof b));
 }
 
 /* Points every slot of prog at the trainer's memory: the batch, the logits,
@@ -375,9 +373,15 @@ static kd_status kd_save(kd_trainer *t, int64_t done, bool weights, char *err, s
   return st;
 }
 
-static void kd_note(const kd_train_config *c, const char *fmt, const char *a, double x) {
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void kd_note(const kd_train_config *c, const char *fmt, ...) {
   if (!c->log) return;
-  fprintf(c->log, fmt, a, x);
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(c->log, fmt, ap);
+  va_end(ap);
   fflush(c->log);
 }
 
@@ -394,7 +398,7 @@ static void kd_prof_describe(const kd_step_instr *in, char *buf, size_t len) {
     return;
   }
   char shape[96];
-  kd_shape_str(in->rank, in->shape, shape, sizeof shape);
+  kd_params_shape_str(in->rank, in->shape, shape, sizeof shape);
   bool has_fn = in->kind <= KD_STEP_SOFTMAX;
   snprintf(buf, len, "%s%s%s %s", kd_step_kind_name(in->kind), has_fn ? " " : "",
            has_fn ? kd_step_fn_name(in->fn) : "", shape);
@@ -538,8 +542,8 @@ static kd_status kd_loop(kd_trainer *t, kd_train_result *r, char *err, size_t er
     r->interrupted = true;
     if ((st = kd_save(t, step, false, err, errlen)) != KD_OK) return st;
     if (c->log && c->ckpt_path)
-      kd_note(c, "interrupted: the checkpoint is %s (step %.0f); --resume continues\n",
-              c->ckpt_path, (double)step);
+      kd_note(c, "interrupted: the checkpoint is %s (step %" PRId64 "); --resume continues\n",
+              c->ckpt_path, step);
   }
   return KD_OK;
 }
