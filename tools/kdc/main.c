@@ -16,7 +16,7 @@ static const kdc_command commands[] = {
   {"init", "write a model instance's initialised weights (safetensors)", kdc_cmd_init},
   {"params", "list a model instance's parameters; check a weights file against them",
    kdc_cmd_params},
-  {"run", "train a spec's models: JIT-compiled step programs and loss kernels", kdc_cmd_run},
+  {"run", "train a spec's models (step programs and JIT-compiled loss kernels)", kdc_cmd_run},
   {"build", "write a standalone training binary for a spec's train block", kdc_cmd_build},
   {"sample", "generate text from a model's weights file or checkpoint", kdc_cmd_sample},
 };
