@@ -226,6 +226,14 @@ static kd_status kd_trainer_init(kd_trainer *t, const kd_train_config *c, char *
 /* Window rows [B, T+1] -> tokens (the first T) and labels (the last T);
  * rows at or past `rows` are padding: token 0, label ignore_index. Returns
  * the number of valid labels. */
+/* The valid labels of B full window rows, without filling anything. */
+static int64_t kd_count_valid(const kd_trainer *t, const int32_t *win) {
+  int64_t valid = 0;
+  for (int64_t b = 0; b < t->B; b++)
+    for (int64_t i = 1; i <= t->T; i++) valid += win[b * (t->T + 1) + i] != t->c->ignore_index;
+  return valid;
+}
+
 static int64_t kd_fill_batch(kd_trainer *t, const int32_t *win, int rows) {
   int64_t valid = 0;
   for (int64_t b = 0; b < t->B; b++)
@@ -305,7 +313,7 @@ static kd_status kd_forward_backward(kd_trainer *t, double *loss, char *err, siz
   int64_t per = t->B * (t->T + 1), total = 0;
   int acc = c->accumulate;
   for (int m = 0; m < acc; m++) kd_loader_random(&t->train, t->windows + m * per);
-  for (int m = 0; m < acc; m++) total += t->valid[m] = kd_fill_batch(t, t->windows + m * per, (int)t->B);
+  for (int m = 0; m < acc; m++) total += t->valid[m] = kd_count_valid(t, t->windows + m * per);
   *loss = 0;
   for (int m = 0; m < acc; m++) {
     kd_fill_batch(t, t->windows + m * per, (int)t->B);

@@ -7,30 +7,14 @@
  * executor (gradcheck.h; tolerances 1e-6 as test_layers.c: the loss is
  * O(1), and the parameters are drawn from [-0.5, 0.5] so that attention and
  * the norms are far from degenerate). */
-#include <unistd.h>
 
 #include "check.h"
 #include "gradcheck.h"
+#include "modeltest.h"
 #include "lower_model.h"
 
 #define ATOL 1e-6
 #define RTOL 1e-6
-
-static kd_program *load(const char *path) {
-  kd_diag *diag = kd_diag_new(stderr);
-  kd_program *p = NULL;
-  TU_CHECK(kd_check_file(path, NULL, diag, &p) == KD_OK, "%s does not check", path);
-  kd_diag_free(diag);
-  return p;
-}
-
-static kd_status lower(const kd_program *p, const char *name, kd_model *m) {
-  kd_diag *diag = kd_diag_new(stderr);
-  kd_status st = kd_lower_model(p, kd_program_lookup(p, name), diag, m);
-  TU_CHECK(st == KD_OK, "lowering %s", name);
-  kd_diag_free(diag);
-  return st;
-}
 
 /* The parameter's shape as "[a, b]", or "none". */
 static const char *shape_of(const kd_model *m, const char *name, char *buf, size_t len) {
@@ -62,10 +46,10 @@ static size_t gpt_params(size_t layers, size_t d, size_t v, size_t ctx) {
 }
 
 static void test_distill(void) {
-  kd_program *p = load(KD_SOURCE_DIR "/tests/model/gpt_distill.kd");
+  kd_program *p = mt_load(KD_SOURCE_DIR "/tests/model/gpt_distill.kd");
   if (!p) return;
   kd_model st, te;
-  if (lower(p, "student", &st) == KD_OK) {
+  if (mt_lower(p, "student", &st) == KD_OK) {
     static const char *const want[][2] = {
         {"embed_1.weight", "[256, 128]"},          {"embed_2.weight", "[128, 128]"},
         {"blocks.0.ln_1.weight", "[128]"},         {"blocks.0.ln_1.bias", "[128]"},
@@ -98,7 +82,7 @@ static void test_distill(void) {
            st.layers.nparams, count_params(&st));
     kd_model_free(&st);
   }
-  if (lower(p, "teacher", &te) == KD_OK) {
+  if (mt_lower(p, "teacher", &te) == KD_OK) {
     char buf[64];
     TU_CHECK(te.layers.nparams == 2 + 4 * 12 + 4, "teacher: %zu parameters", te.layers.nparams);
     TU_CHECK(!strcmp(shape_of(&te, "blocks.3.mlp.proj.weight", buf, sizeof buf), "[1024, 256]"),
@@ -148,20 +132,7 @@ static void add_cross_entropy(kd_graph *g) {
 }
 
 static void test_tiny_gpt(void) {
-  char dir[] = "/tmp/kd_lower_model_XXXXXX", path[64];
-  if (!mkdtemp(dir)) {
-    TU_CHECK(0, "mkdtemp");
-    return;
-  }
-  snprintf(path, sizeof path, "%s/tiny.kd", dir);
-  FILE *f = fopen(path, "w");
-  if (f) {
-    fputs(tiny, f);
-    fclose(f);
-  }
-  kd_program *p = load(path);
-  remove(path);
-  rmdir(dir);
+  kd_program *p = mt_load_text(tiny, "tiny.kd");
   if (!p) return;
 
   /* 3 heads do not divide 16: an error at the attention call */
@@ -178,7 +149,7 @@ static void test_tiny_gpt(void) {
            "the error: %s", msg);
 
   kd_model m;
-  if (lower(p, "student", &m) != KD_OK) {
+  if (mt_lower(p, "student", &m) != KD_OK) {
     kd_program_free(p);
     return;
   }

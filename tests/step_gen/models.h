@@ -6,10 +6,10 @@
 #ifndef KD_STEPGEN_MODELS_H
 #define KD_STEPGEN_MODELS_H
 
-#include <unistd.h>
 
 #include "check.h"
 #include "lower_model.h"
+#include "modeltest.h"
 #include "testutil.h"
 
 static const char sg_spec[] =
@@ -37,35 +37,8 @@ static const char sg_spec[] =
 
 enum { SG_B = 2, SG_T = 5, SG_V = 11 };
 
-/* The spec checked (through a temporary file: the checker reads files). */
-static kd_program *sg_load(void) {
-  char dir[] = "/tmp/kd_step_gen_XXXXXX", path[64];
-  kd_program *p = NULL;
-  if (!mkdtemp(dir)) {
-    TU_CHECK(0, "mkdtemp");
-    return NULL;
-  }
-  snprintf(path, sizeof path, "%s/models.kd", dir);
-  FILE *f = fopen(path, "w");
-  if (f) {
-    fputs(sg_spec, f);
-    fclose(f);
-    kd_diag *diag = kd_diag_new(stderr);
-    TU_CHECK(kd_check_file(path, NULL, diag, &p) == KD_OK, "the models do not check");
-    kd_diag_free(diag);
-  }
-  remove(path);
-  rmdir(dir);
-  return p;
-}
-
-static kd_status sg_lower(const kd_program *p, const char *name, kd_model *m) {
-  kd_diag *diag = kd_diag_new(stderr);
-  kd_status st = kd_lower_model(p, kd_program_lookup(p, name), diag, m);
-  TU_CHECK(st == KD_OK, "lowering %s", name);
-  kd_diag_free(diag);
-  return st;
-}
+/* The spec checked. */
+static kd_program *sg_load(void) { return mt_load_text(sg_spec, "models.kd"); }
 
 /* A model's inputs for the reference executor: every parameter uniform in
  * [-0.5, 0.5] (attention and the norms far from degenerate, logits of order

@@ -294,7 +294,7 @@ static int32_t check_program(const char *what, const kd_graph *g, const char *sp
 
 static void check_model(const kd_program *prog, const char *inst, int nattn, kd_pool *pool2) {
   kd_model m;
-  if (sg_lower(prog, inst, &m) != KD_OK) return;
+  if (mt_lower(prog, inst, &m) != KD_OK) return;
   kd_graph *tg = NULL, *fg = NULL;
   char err[256] = "", what[64];
   TU_CHECK(kd_train_graph(&m, &tg, err, sizeof err) == KD_OK, "%s: %s", inst, err);

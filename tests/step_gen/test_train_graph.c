@@ -86,7 +86,7 @@ static void compare(const char *what, const char *name, const kd_ref_value *got,
 
 static void check_model(const kd_program *p, const char *inst) {
   kd_model m;
-  if (sg_lower(p, inst, &m) != KD_OK) return;
+  if (mt_lower(p, inst, &m) != KD_OK) return;
   char err[256] = "";
   kd_graph *tg = NULL, *fg = NULL;
   TU_CHECK(kd_train_graph(&m, &tg, err, sizeof err) == KD_OK, "%s: %s", inst, err);

@@ -58,14 +58,6 @@ static void run_usage(FILE *out) {
           "130 stopped by Ctrl-C (the checkpoint is saved)\n");
 }
 
-static bool parse_i64(const char *s, int64_t lo, int64_t *v) {
-  char *end;
-  long long x = strtoll(s, &end, 10);
-  if (!*s || *end || x < lo) return false;
-  *v = x;
-  return true;
-}
-
 /* -1 to go on, else the exit status. */
 static int run_parse(int argc, char **argv, run_args *a) {
   for (int i = 1; i < argc; i++) {
@@ -79,7 +71,7 @@ static int run_parse(int argc, char **argv, run_args *a) {
       a->resume = true;
     } else if ((!strcmp(s, "--steps") || !strcmp(s, "--threads") ||
                 !strcmp(s, "--eval-batches")) && more) {
-      if (!parse_i64(argv[++i], 1, &v) || v > (int64_t)1 << 40) {
+      if (!kdc_parse_int(argv[++i], 1, (int64_t)1 << 40, &v)) {
         fprintf(stderr, CMD ": %s takes an integer >= 1, not '%s'\n", s, argv[i]);
         return KDC_EXIT_USAGE;
       }

@@ -63,14 +63,6 @@ static void sample_usage(FILE *out) {
           "exit status: 0 generated, 1 a bad spec, checkpoint or prompt, 2 usage error\n");
 }
 
-static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *v) {
-  char *end;
-  long long x = strtoll(s, &end, 10);
-  if (!*s || *end || x < lo || x > hi) return false;
-  *v = x;
-  return true;
-}
-
 /* -1 to go on, else the exit status. */
 static int sample_parse(int argc, char **argv, sample_args *a) {
   for (int i = 1; i < argc; i++) {
@@ -87,13 +79,13 @@ static int sample_parse(int argc, char **argv, sample_args *a) {
       a->prompt = argv[++i];
     } else if ((!strcmp(s, "--tokens") || !strcmp(s, "--top-k")) && more) {
       int64_t v;
-      if (!parse_i64(argv[++i], 0, (int64_t)1 << 40, &v)) {
+      if (!kdc_parse_int(argv[++i], 0, (int64_t)1 << 40, &v)) {
         fprintf(stderr, CMD ": %s takes an integer >= 0, not '%s'\n", s, argv[i]);
         return KDC_EXIT_USAGE;
       }
       *(!strcmp(s, "--tokens") ? &a->tokens : &a->top_k) = v;
     } else if (!strcmp(s, "--threads") && more) {
-      if (!parse_i64(argv[++i], 1, 4096, &a->threads)) {
+      if (!kdc_parse_int(argv[++i], 1, 4096, &a->threads)) {
         fprintf(stderr, CMD ": --threads takes an integer from 1 to 4096, not '%s'\n", argv[i]);
         return KDC_EXIT_USAGE;
       }

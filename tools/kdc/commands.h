@@ -4,7 +4,14 @@
 #ifndef KDC_COMMANDS_H
 #define KDC_COMMANDS_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 enum { KDC_EXIT_OK = 0, KDC_EXIT_USER = 1, KDC_EXIT_USAGE = 2 };
+
+/* An option's decimal integer in [lo, hi] (the whole string); false for
+   anything else, *v then untouched. Shared by the subcommands' parsers. */
+bool kdc_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *v);
 
 typedef struct kdc_command {
   const char *name;

@@ -1,8 +1,17 @@
 /* kdc: the compiled knowledge-distillation command. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
+
+bool kdc_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *v) {
+  char *end;
+  long long x = strtoll(s, &end, 10);
+  if (!*s || *end || x < lo || x > hi) return false;
+  *v = x;
+  return true;
+}
 
 static const kdc_command commands[] = {
   {"check", "parse and check .kd files; print diagnostics", kdc_cmd_check},

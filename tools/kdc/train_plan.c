@@ -29,13 +29,6 @@ static int plan_fail(const kdc_plan_options *o, const char *fmt, ...) {
   return KDC_EXIT_USER;
 }
 
-static char *plan_strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
-}
-
 static const char *base_name(const char *path) {
   const char *s = strrchr(path, '/');
   return s ? s + 1 : path;
@@ -57,7 +50,7 @@ static char *join(const char *dir, const char *name) {
 /* The folder of path ("." when it has none); malloc'd. */
 static char *dir_of(const char *path) {
   const char *s = strrchr(path, '/');
-  if (!s) return plan_strdup(".");
+  if (!s) return strdup(".");
   char *d = malloc((size_t)(s - path) + 1);
   if (!d) return NULL;
   memcpy(d, path, (size_t)(s - path));
@@ -164,15 +157,15 @@ int kdc_train_plan_make(const kd_program *prog, const kd_symbol *train, const kd
   c->params = &p->params;
 
   /* files */
-  char *dir = o->out_dir ? plan_strdup(o->out_dir)
+  char *dir = o->out_dir ? strdup(o->out_dir)
               : t->save_path ? dir_of(t->save_path)
                              : dir_of(o->spec);
   char name[512];
   if (!dir) return plan_fail(o, "out of memory");
-  p->data_path = plan_strdup(d->path);
+  p->data_path = strdup(d->path);
   p->save_path = !t->save_path ? NULL
                  : o->out_dir  ? join(dir, base_name(t->save_path))
-                               : plan_strdup(t->save_path);
+                               : strdup(t->save_path);
   snprintf(name, sizeof name, "%s.ckpt.safetensors", p->student_sym->name);
   p->ckpt_path = join(dir, name);
   snprintf(name, sizeof name, "%s.metrics.jsonl", p->student_sym->name);
@@ -201,7 +194,7 @@ int kdc_train_plan_make(const kd_program *prog, const kd_symbol *train, const kd
                          &p->teacher_params, &p->teacher_prog)))
       return rc;
     char *there = o->out_dir ? join(o->out_dir, base_name(p->teacher_sym->file)) : NULL;
-    p->teacher_file = there && exists(there) ? there : plan_strdup(p->teacher_sym->file);
+    p->teacher_file = there && exists(there) ? there : strdup(p->teacher_sym->file);
     if (p->teacher_file != there) free(there);
     if (!p->teacher_file) return plan_fail(o, "out of memory");
     if (need_teacher && !exists(p->teacher_file))
