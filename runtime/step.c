@@ -976,26 +976,30 @@ static void coalesce(map_ctx *c) {
     }                                                                             \
   } while (0)
 
+/* Binary ops compute in float, immediates rounded to float first, as any
+   f32 framework does. For + - * / min max, compares and MULZ on float
+   operands that gives the very bits of rounding the double result (double
+   has more than 2 x 24 + 2 bits, so the double rounding is innocuous), at
+   twice the vector width of double. */
 #define KD_BINARY(EXPR)                                                           \
   do {                                                                            \
     if (va && vb)                                                                 \
       for (int64_t j = 0; j < n; j++) {                                           \
-        double x = a[j], y = b[j];                                                \
+        float x = a[j], y = b[j];                                                 \
         d[j] = (float)(EXPR);                                                     \
       }                                                                           \
     else if (va)                                                                  \
       for (int64_t j = 0; j < n; j++) {                                           \
-        double x = a[j], y = ys;                                                  \
+        float x = a[j], y = (float)ys;                                            \
         d[j] = (float)(EXPR);                                                     \
       }                                                                           \
     else if (vb)                                                                  \
       for (int64_t j = 0; j < n; j++) {                                           \
-        double x = xs, y = b[j];                                                  \
+        float x = (float)xs, y = b[j];                                            \
         d[j] = (float)(EXPR);                                                     \
       }                                                                           \
     else {                                                                        \
-      double x = xs, y = ys;                                                      \
-      float r = (float)(EXPR);                                                    \
+      float x = (float)xs, y = (float)ys, r = (float)(EXPR);                      \
       for (int64_t j = 0; j < n; j++) d[j] = r;                                   \
     }                                                                             \
   } while (0)
@@ -1016,9 +1020,9 @@ static void map_f32(kd_step_fn fn, int64_t n, float *restrict d, const float *re
   case KD_SF_ADD: KD_BINARY(x + y); break;
   case KD_SF_SUB: KD_BINARY(x - y); break;
   case KD_SF_MUL: KD_BINARY(x * y); break;
-  case KD_SF_MULZ: KD_BINARY(x == 0 ? 0.0 : x * y); break;
+  case KD_SF_MULZ: KD_BINARY(x == 0 ? 0.0f : x * y); break;
   case KD_SF_DIV: KD_BINARY(x / y); break;
-  case KD_SF_POW: KD_BINARY(pow(x, y)); break;
+  case KD_SF_POW: KD_BINARY(pow(x, y)); break; /* in double: exact float arguments */
   case KD_SF_MAX: KD_BINARY(isnan(x) || isnan(y) ? NAN : x > y ? x : y); break;
   case KD_SF_MIN: KD_BINARY(isnan(x) || isnan(y) ? NAN : x < y ? x : y); break;
   case KD_SF_LT: KD_BINARY(x < y); break;

@@ -187,8 +187,11 @@ int32_t kd_step_find_slot(const kd_step_prog *p, const char *name);
  * overlapping a source it is not read as (a map or softmax may work in
  * place through the identical ref). Dtypes: maps and reductions take any
  * mix (computed in double, stored as CAST does; NaN to i64 is 0 and
- * out-of-range values saturate); softmax, products, gathers and scatters
- * are f32 (ids i64). */
+ * out-of-range values saturate), except that a map whose dst and memory
+ * sources are all f32 (not IOTA or SELECT) computes in f32 with its
+ * constants rounded to f32, as an f32 framework does (exp, log and tanh
+ * from runtime/vmath.h); softmax, products, gathers and scatters are f32
+ * (ids i64). */
 kd_status kd_step_run(const kd_step_prog *p, void *arena, void *const *slots, int32_t begin,
                       int32_t end, kd_pool *pool, char *err, size_t errlen);
 

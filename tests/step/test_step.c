@@ -202,6 +202,8 @@ static int map_case(kd_step_fn fn, int rank, const int64_t *shape, const int *la
          dt[0] == KD_F32 ? sizeof before : 0);
   CHECK(kd_step_run(p, arena, NULL, 0, 1, pool, err, sizeof err) == KD_OK);
   int bad = 0;
+  bool f32_path = dt[0] == KD_F32 && fn != KD_SF_IOTA && fn != KD_SF_SELECT;
+  for (int s = 0; s < nsrc; s++) f32_path &= in->src[s].value < 0 || dt[1 + s] == KD_F32;
   int64_t idx[KD_STEP_MAX_RANK] = {0};
   bool more = true;
   for (int d = 0; d < rank; d++) more &= shape[d] > 0;
@@ -210,6 +212,9 @@ static int map_case(kd_step_fn fn, int rank, const int64_t *shape, const int *la
     for (int s = 0; s < nsrc; s++)
       x[s] = in->src[s].value < 0 ? in->src[s].imm
                                   : load(p, arena, 1 + s, ref_offset(&in->src[s], rank, idx));
+    /* the f32 path rounds constants to f32 (step.h) */
+    if (f32_path)
+      for (int s = 0; s < nsrc; s++) x[s] = (float)x[s];
     if (fn == KD_SF_IOTA) x[0] = (double)idx[axis];
     double want = ref_fn(fn, x);
     int64_t o = ref_offset(&in->dst, rank, idx);
