@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: kdc against PyTorch eager on the CPU, in one run.
 
-    python3 bench/train_bench.py [--threads 2] [--steps 60] [--torch-steps 10]
+    python3 bench/train_bench.py [--threads 2] [--steps 60] [--torch-steps 10] [--rounds 3]
 
 The workload is examples/fkl.kd's training step: the teacher of
 examples/teacher.kd (3 layers, width 128) forward, the student (1 layer,
@@ -15,8 +15,11 @@ AdamW; 16 windows of 64 bytes (1024 tokens) a step. Printed, in order:
     training steps (kdc's own count, evaluation excluded: --eval-batches 1)
     and the process's peak resident memory;
   - PyTorch: bench/torch_train.py --objective fkl_ce on the same model sizes
-    and threads, its tokens/s (median step) and peak resident memory;
-  - the ratio kdc / PyTorch (target: 1.5 or more) and the two peaks.
+    and threads, its tokens/s (mean over its steps after warmup) and peak
+    resident memory;
+  - kdc and PyTorch alternate --rounds times (a shared machine's load
+    drifts over a minute): one row per round with both figures and their
+    ratio, then the median ratio (target: 1.5 or more).
 
 PyTorch runs from $KDC_PYTHON, else /usr/bin/python3 when it imports torch
 (Debian's python3-torch), else python3; without torch its rows say so.
@@ -26,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60, help="kdc's steps (> the 50 warmup steps)")
     ap.add_argument("--torch-steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="kdc and PyTorch runs, alternating (the machine's load drifts)")
     ap.add_argument("--kdc", default=os.path.join(ROOT, "build", "kdc"))
     a = ap.parse_args()
     stream = os.path.join(os.path.dirname(a.kdc), "bench", "kdc_stream")
@@ -82,31 +88,37 @@ def main():
         teacher = os.path.join(work, "teacher.safetensors")
         subprocess.run([a.kdc, "init", os.path.join(ROOT, "examples", "teacher.kd"), "--model",
                         "teacher", "-o", teacher], check=True, capture_output=True)
-        p, kdc_rss = run_measured([a.kdc, "run", os.path.join(ROOT, "examples", "fkl.kd"),
-                                   "--out", work, "--steps", str(a.steps), "--threads",
-                                   str(a.threads), "--eval-batches", "1"], work)
-        if p.returncode != 0:
-            sys.exit("kdc run failed:\n" + p.stderr[-2000:])
-        m = re.search(r"student: \d+ steps, .*, (\d+) tokens/s", p.stdout)
-        kdc_tps = float(m.group(1))
-        print("%-8s %12s %14s" % ("", "tokens/s", "peak RSS MiB"))
-        print("%-8s %12.0f %14.0f" % ("kdc", kdc_tps, kdc_rss))
         py = find_torch_python()
-        if not py:
-            print("%-8s %12s %14s" % ("pytorch", "skipped: no torch", ""))
-            return
-        p = subprocess.run([py, os.path.join(ROOT, "bench", "torch_train.py"), "--threads",
-                            str(a.threads), "--steps", str(a.torch_steps), "--objective",
-                            "fkl_ce", "--teacher-layers", "3", "--teacher-dim", "128",
-                            "--teacher-heads", "4", "--dim", "64", "--heads", "4",
-                            "--seq", "64", "--ctx", "64"],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit("torch_train.py failed:\n" + p.stderr[-2000:])
-        t = json.loads(p.stdout.strip().splitlines()[-1])
-        print("%-8s %12.0f %14.0f" % ("pytorch", t["tokens_per_s"], t["peak_rss_mb"]))
-        print("kdc / pytorch tokens/s: %.2fx (target 1.5x); peak RSS kdc %.0f MiB, pytorch %.0f MiB"
-              % (kdc_tps / t["tokens_per_s"], kdc_rss, t["peak_rss_mb"]))
+        print("%-6s %12s %14s %12s %14s %8s" % ("round", "kdc tok/s", "kdc RSS MiB",
+                                               "torch tok/s", "torch RSS MiB", "ratio"))
+        ratios = []
+        for r in range(a.rounds):
+            p, kdc_rss = run_measured([a.kdc, "run", os.path.join(ROOT, "examples", "fkl.kd"),
+                                       "--out", work, "--steps", str(a.steps), "--threads",
+                                       str(a.threads), "--eval-batches", "1"], work)
+            if p.returncode != 0:
+                sys.exit("kdc run failed:\n" + p.stderr[-2000:])
+            m = re.search(r"student: \d+ steps, .*, (\d+) tokens/s", p.stdout)
+            kdc_tps = float(m.group(1))
+            if not py:
+                print("%-6d %12.0f %14.0f %12s" % (r + 1, kdc_tps, kdc_rss, "no torch"))
+                continue
+            p = subprocess.run([py, os.path.join(ROOT, "bench", "torch_train.py"), "--threads",
+                                str(a.threads), "--steps", str(a.torch_steps), "--objective",
+                                "fkl_ce", "--teacher-layers", "3", "--teacher-dim", "128",
+                                "--teacher-heads", "4", "--dim", "64", "--heads", "4",
+                                "--seq", "64", "--ctx", "64"],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit("torch_train.py failed:\n" + p.stderr[-2000:])
+            t = json.loads(p.stdout.strip().splitlines()[-1])
+            ratios.append(kdc_tps / t["tokens_per_s"])
+            print("%-6d %12.0f %14.0f %12.0f %14.0f %7.2fx" % (r + 1, kdc_tps, kdc_rss,
+                                                              t["tokens_per_s"], t["peak_rss_mb"],
+                                                              ratios[-1]))
+        if ratios:
+            print("kdc / pytorch tokens/s, median of %d alternating rounds: %.2fx (target 1.5x)"
+                  % (len(ratios), statistics.median(ratios)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
