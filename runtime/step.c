@@ -112,10 +112,39 @@ void kd_step_free(kd_step_prog *p) {
     free(p->exprs[e].op);
   }
   free(p->exprs);
+  free(p->compiled);
   free(p->values);
   free(p->instr);
   free(p->slots);
   free(p);
+}
+
+kd_status kd_step_set_compiled(kd_step_prog *p, const kd_step_fused_fn *fns, int32_t n, char *err,
+                               size_t errlen) {
+  free(p->compiled);
+  p->compiled = NULL;
+  if (!fns) return KD_OK;
+  if (n != p->nexprs)
+    return kd_errf(err, errlen, KD_ERR_INVALID,
+                   "compiled expressions: %d for a program of %d expressions", n, p->nexprs);
+  for (int32_t e = 0; e < n; e++) {
+    if (!fns[e]) continue;
+    const kd_step_expr *x = &p->exprs[e];
+    for (int32_t k = 0; k < x->nleaf; k++)
+      if (x->leaf[k].value >= 0 && p->values[x->leaf[k].value].dtype != KD_F32)
+        return kd_errf(err, errlen, KD_ERR_INVALID,
+                       "compiled expression %d: leaf %d is not f32", e, k);
+    for (int32_t t = 0; t < x->nop; t++) {
+      kd_step_fn fn = x->op[t].fn;
+      if (fn == KD_SF_SELECT || fn == KD_SF_POW || fn == KD_SF_IOTA)
+        return kd_errf(err, errlen, KD_ERR_INVALID, "compiled expression %d: op %d is %s", e, t,
+                       kd_step_fn_name(fn));
+    }
+  }
+  if (n > 0 && !(p->compiled = malloc((size_t)n * sizeof *p->compiled)))
+    return kd_errf(err, errlen, KD_ERR_NOMEM, "out of memory");
+  if (n > 0) memcpy(p->compiled, fns, (size_t)n * sizeof *p->compiled);
+  return KD_OK;
 }
 
 int32_t kd_step_find_slot(const kd_step_prog *p, const char *name) {

@@ -141,6 +141,13 @@ typedef struct kd_step_expr {
   kd_step_eop *op;
 } kd_step_expr;
 
+/* A FUSED expression compiled to native code (codegen/fusedgen.h): for
+ * j < m, dst[j] = the expression at leaves leaf[k][j], each leaf a block of
+ * m floats (a constant leaf's pointer is not read: it is an immediate), with
+ * exactly the bits the interpreter gives. dst may be one of the leaves
+ * (an in-place map). */
+typedef void (*kd_step_fused_fn)(int64_t m, float *dst, const float *const *leaf);
+
 typedef struct kd_step_slot {
   char name[KD_STEP_NAME_MAX]; /* "tokens", "embed_1.weight", "logits", "logits.grad",
                                   "grad.embed_1.weight" */
@@ -159,12 +166,25 @@ typedef struct kd_step_prog {
   kd_step_slot *slots;
   int32_t nexprs;     /* FUSED instructions' expressions; each owns its leaf and op */
   kd_step_expr *exprs; /* arrays (malloc'd; kd_step_free frees them) */
+  kd_step_fused_fn *compiled; /* nexprs entries (NULL: interpreted), or NULL: all are;
+                                 not serialised (kd_step_set_compiled) */
 } kd_step_prog;
 
 /* A zeroed program with room for the given counts (split = ninstr) and no
  * expressions; NULL when out of memory. kd_step_free(NULL) does nothing. */
 kd_step_prog *kd_step_alloc(int32_t nvalues, int32_t ninstr, int32_t nslots);
 void kd_step_free(kd_step_prog *p);
+
+/* Attaches compiled expressions: fns[e] computes exprs[e], NULL leaves it
+ * to the interpreter; n must be nexprs (the table was made for this very
+ * program: the same expressions in the same order, as a serialised and
+ * deserialised program keeps them). The table is copied; the code must
+ * outlive p's runs. fns NULL detaches. KD_ERR_INVALID when n differs, or
+ * when a compiled expression has a leaf that is not f32 or a constant, or a
+ * SELECT, POW or IOTA op (which the compiled code cannot take). Change no
+ * expression after attaching. */
+kd_status kd_step_set_compiled(kd_step_prog *p, const kd_step_fused_fn *fns, int32_t n, char *err,
+                               size_t errlen);
 
 /* Checks every index and every ref's bounds (as deserialisation does):
  * KD_ERR_FORMAT naming the instruction. */

@@ -10,7 +10,13 @@
  * then each op computes its register block with MAP's own element functions,
  * the last op straight into dst when dst is contiguous. Registers live in a
  * per-worker scratch, reused once their last reader has run, so a block's
- * intermediates stay in L1 and never reach the arena. */
+ * intermediates stay in L1 and never reach the arena.
+ *
+ * A compiled expression (step.h's kd_step_set_compiled) replaces the ops'
+ * loop: one call a block computes every op in registers and writes dst. Its
+ * leaves are all f32 blocks (constants are its immediates): a pointer into
+ * memory when contiguous, gathered otherwise, and a scalar leaf's block is
+ * filled with the scalar once a row segment. */
 #include "step_fused.h"
 
 #include <stdlib.h>
@@ -44,6 +50,7 @@ typedef struct fop {
 
 typedef struct fctx {
   const kd_step_expr *e;
+  kd_step_fused_fn fn; /* compiled, or NULL: the ops' loop */
   int nref;      /* ref[0] is dst, ref[1 + k] leaf k */
   fref *ref;
   fop *op;
@@ -63,23 +70,24 @@ typedef struct fscratch {
   double *g;     /* 4 x B: the general path's operands and result */
   fleaf *leaf;   /* nleaf */
   int64_t *off;  /* nref */
+  const float **lp; /* nleaf: a compiled expression's leaf blocks */
 } fscratch;
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static size_t scratch_layout(const fctx *c, char *base, fscratch *s) {
   size_t nl = (size_t)c->e->nleaf, at = 0;
-  size_t sizes[6] = {(size_t)c->nregs * B * sizeof(float), nl * B * sizeof(float),
+  size_t sizes[7] = {(size_t)c->nregs * B * sizeof(float), nl * B * sizeof(float),
                      nl * B * sizeof(double), 4 * B * sizeof(double), nl * sizeof(fleaf),
-                     (size_t)c->nref * sizeof(int64_t)};
-  void *parts[6];
-  for (int k = 0; k < 6; k++) {
+                     (size_t)c->nref * sizeof(int64_t), nl * sizeof(float *)};
+  void *parts[7];
+  for (int k = 0; k < 7; k++) {
     parts[k] = base ? base + at : NULL;
     at += up64(sizes[k]);
   }
   if (s) {
     s->reg = parts[0], s->lf = parts[1], s->ld = parts[2], s->g = parts[3];
-    s->leaf = parts[4], s->off = parts[5];
+    s->leaf = parts[4], s->off = parts[5], s->lp = parts[6];
   }
   return at;
 }
@@ -201,6 +209,45 @@ static void eval_block(const fctx *c, const fscratch *s, const int64_t *off, int
   }
 }
 
+/* The same block through the compiled expression. Scalar leaves' blocks
+   were filled by fill_scalars; dst's block is register slot 0's when dst is
+   strided (no register is used otherwise). */
+static void eval_compiled(const fctx *c, const fscratch *s, const int64_t *off, int64_t j, int m) {
+  int in = c->rank - 1;
+  for (int k = 0; k < c->e->nleaf; k++) {
+    const fref *r = &c->ref[1 + k];
+    int64_t st = r->stride[in];
+    float *buf = s->lf + (size_t)k * B;
+    if (r->constant || st == 0) {
+      s->lp[k] = buf;
+    } else if (st == 1) {
+      s->lp[k] = (const float *)r->base + off[1 + k] + j;
+    } else {
+      const float *f = (const float *)r->base + off[1 + k] + j * st;
+      for (int t = 0; t < m; t++) buf[t] = f[t * st];
+      s->lp[k] = buf;
+    }
+  }
+  int64_t sd = c->ref[0].stride[in];
+  float *dst = (float *)c->ref[0].base + off[0] + j * sd;
+  float *d = sd == 1 ? dst : s->reg;
+  c->fn(m, d, s->lp);
+  if (sd != 1)
+    for (int q = 0; q < m; q++) dst[q * sd] = d[q];
+}
+
+/* The blocks of a compiled expression's scalar leaves (stride 0 along the
+   row) for the segment at offsets off: n copies of the scalar. */
+static void fill_scalars(const fctx *c, const fscratch *s, const int64_t *off, int n) {
+  int in = c->rank - 1;
+  for (int k = 0; k < c->e->nleaf; k++) {
+    const fref *r = &c->ref[1 + k];
+    if (r->constant || r->stride[in] != 0) continue;
+    float v = ((const float *)r->base)[off[1 + k]], *buf = s->lf + (size_t)k * B;
+    for (int t = 0; t < n; t++) buf[t] = v;
+  }
+}
+
 /* Elements [begin, end) of the index space in C order, a row segment at a
    time, as MAP's map_chunk. */
 static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
@@ -220,8 +267,14 @@ static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
       o /= c->shape[d];
       for (int k = 0; k < c->nref; k++) s.off[k] += idx * c->ref[k].stride[d];
     }
-    for (int64_t t = 0; t < n; t += B)
-      eval_block(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
+    if (c->fn) {
+      fill_scalars(c, &s, s.off, (int)(n < B ? n : B));
+      for (int64_t t = 0; t < n; t += B)
+        eval_compiled(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
+    } else {
+      for (int64_t t = 0; t < n; t += B)
+        eval_block(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
+    }
     i += n;
   }
 }
@@ -262,7 +315,8 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
   int64_t total = 1;
   for (int32_t d = 0; d < in->rank; d++) total *= in->shape[d]; /* <= dst's size: validated */
   if (total == 0) return KD_OK;
-  fctx c = {.e = e, .nref = 1 + e->nleaf, .rank = in->rank};
+  fctx c = {.e = e, .fn = p->compiled ? p->compiled[in->expr] : NULL, .nref = 1 + e->nleaf,
+            .rank = in->rank};
   memcpy(c.shape, in->shape, sizeof c.shape);
   c.ref = calloc((size_t)c.nref, sizeof *c.ref);
   c.op = calloc((size_t)e->nop, sizeof *c.op);
