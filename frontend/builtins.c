@@ -91,6 +91,8 @@ const kd_builtin kd_builtins[KD_BUILTIN_COUNT] = {
   LAYER(SILU, "silu", 1, P(H), "silu(x): x * sigmoid(x), elementwise"),
   LAYER(SWIGLU, "swiglu", 2, P(H, NUM),
         "swiglu(x, hidden): the gated MLP linear(silu(linear(x, hidden)) * linear(x, hidden))"),
+  LAYER(UNEMBED, "unembed", 2, P(H, IDS),
+        "unembed(x, ids): x @ E^T, E the table of the model's embed(ids, ...) (tied embeddings)"),
 
   CALLED(ADAMW, "adamw", KD_BI_OPTIMIZER, P(ADAM_PARAMS, {"weight_decay", NUM, 0.01}),
          "AdamW (decoupled weight decay)"),

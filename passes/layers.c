@@ -133,6 +133,17 @@ kd_node_id kd_layer_embedding(kd_layers *L, const char *prefix, kd_node_id ids, 
   return kd_gather_rows(L->g, table, ids);
 }
 
+kd_node_id kd_layer_unembed(kd_layers *L, kd_node_id x, kd_node_id table) {
+  const kd_node *t = kd_layers_node(L, table);
+  int64_t d = kd_layers_width(L, "unembed", x);
+  if (!t || d < 0) return KD_NONE;
+  if (t->rank != 2 || t->shape[1] != d)
+    return kd_layers_fail(L, "unembed: the input has width %lld, the embedding table %lld",
+                          (long long)d, t->rank == 2 ? (long long)t->shape[1] : -1LL);
+  static const int swap[2] = {1, 0};
+  return kd_matmul(L->g, x, kd_permute(L->g, table, swap));
+}
+
 kd_node_id kd_layer_linear(kd_layers *L, const char *prefix, kd_node_id x, int64_t out,
                            bool bias) {
   if (out < 1) return kd_layers_fail(L, "%s: %lld outputs", prefix, (long long)out);

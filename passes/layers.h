@@ -65,6 +65,9 @@ kd_node_id kd_layer_param(kd_layers *L, const char *prefix, const char *suffix, 
 /* ids [B, T] (integers) -> [B, T, dim]; PREFIX.weight [vocab, dim]. */
 kd_node_id kd_layer_embedding(kd_layers *L, const char *prefix, kd_node_id ids, int64_t vocab,
                               int64_t dim);
+/* Tied embeddings: x [.., dim] -> [.., vocab], x @ table^T with table
+ * [vocab, dim] an embedding's weight (no new parameter, no bias). */
+kd_node_id kd_layer_unembed(kd_layers *L, kd_node_id x, kd_node_id table);
 /* x [.., in] -> [.., out]; PREFIX.weight [in, out] normal(0, std), PREFIX.bias
  * [out] zeros when bias is set. */
 kd_node_id kd_layer_linear(kd_layers *L, const char *prefix, kd_node_id x, int64_t out,

@@ -36,6 +36,11 @@ typedef struct kd_mlower {
   kd_diag *diag;
   kd_model *m;
   kd_node_id tokens, positions;
+  /* the embeddings so far: ids (tokens or positions) and table, for unembed */
+  struct {
+    kd_node_id ids, table;
+  } embeds[16];
+  int nembeds;
   kd_mbinding *env;
   size_t nenv, cap;
   bool failed;
@@ -188,6 +193,28 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
     int64_t rows = kd_ml_dim(c, at[1], arg[1], "the number of rows of embed()");
     int64_t dim = kd_ml_dim(c, at[2], arg[2], "the width of embed()");
     if (rows > 0 && dim > 0) y = kd_layer_embedding(L, name, x, rows, dim);
+    if (y != KD_NONE && c->nembeds < (int)(sizeof c->embeds / sizeof c->embeds[0])) {
+      c->embeds[c->nembeds].ids = x;
+      c->embeds[c->nembeds++].table = kd_graph_node(c->m->g, y)->src[0];
+    }
+    break;
+  }
+  case KD_BUILTIN_UNEMBED: {
+    const char *ids = arg[1].id == c->tokens ? "tokens" : "positions";
+    kd_node_id table = KD_NONE;
+    int found = 0;
+    for (int i = 0; i < c->nembeds; i++)
+      if (c->embeds[i].ids == arg[1].id) table = c->embeds[i].table, found++;
+    if (found != 1) {
+      kd_ml_error(c, e->loc,
+                  found ? "unembed(x, %s): the model embeds them more than once, so the table "
+                          "to share is ambiguous"
+                        : "unembed(x, %s) shares the table of an earlier embed of the same "
+                          "ids, and the model has none",
+                  ids);
+      return kd_ml_bad;
+    }
+    y = kd_layer_unembed(L, x, table);
     break;
   }
   case KD_BUILTIN_LINEAR: {
@@ -315,7 +342,7 @@ kd_status kd_lower_model(const kd_program *prog, const kd_symbol *inst, kd_diag 
   memset(out, 0, sizeof *out);
   if (!inst || inst->kind != KD_SYM_INSTANCE || !inst->model) return KD_ERR_INVALID;
   const kd_ast *model = inst->model->node;
-  kd_mlower c = {prog, diag, out, KD_NONE, KD_NONE, NULL, 0, 0, false};
+  kd_mlower c = {.prog = prog, .diag = diag, .m = out, .tokens = KD_NONE, .positions = KD_NONE};
   out->g = kd_graph_new();
   if (!out->g) return KD_ERR_NOMEM;
   kd_layers_init(&out->layers, out->g);

@@ -1,5 +1,6 @@
 /* The layers (passes/layers.h): each one's gradient with respect to its
- * input and every parameter against central finite differences
+ * input and every parameter against central finite differences (a tied
+ * embedding's table gets both of its uses' gradients)
  * (gradcheck.h), on x [B, T, 4] with B = 2, T = 3 bound at run time (the
  * layers see symbols); parameter names, shapes and init specs; values
  * against direct C computations (layernorm, gelu, silu, attention), and
@@ -42,6 +43,13 @@ static kd_node_id l_mlp(kd_layers *L, kd_node_id x, kd_node_id ids) {
 static kd_node_id l_swiglu(kd_layers *L, kd_node_id x, kd_node_id ids) {
   return kd_layer_swiglu(L, "layers.0.mlp", x, 6);
 }
+/* tied embeddings: the table gathers rows and is the output projection */
+static kd_node_id l_tied(kd_layers *L, kd_node_id x, kd_node_id ids) {
+  kd_node_id e = kd_layer_embedding(L, "wte", ids, NV, ND);
+  if (e == KD_NONE) return KD_NONE;
+  kd_node_id table = kd_graph_node(L->g, e)->src[0];
+  return kd_layer_unembed(L, kd_binary(L->g, KD_IR_ADD, x, e), table);
+}
 static kd_node_id l_attention(kd_layers *L, kd_node_id x, kd_node_id ids) {
   return kd_layer_attention(L, "blocks.0.attn", x, 2);
 }
@@ -60,6 +68,7 @@ static const struct {
     {"embedding", l_embedding, "wte.weight [5, 4]"},
     {"linear", l_linear, "lm_head.weight [4, 3] lm_head.bias [3]"},
     {"linear without bias", l_linear_nobias, "lm_head.weight [4, 3]"},
+    {"tied embedding", l_tied, "wte.weight [5, 4]"},
     {"layernorm", l_layernorm, "ln_f.weight [4] ln_f.bias [4]"},
     {"rmsnorm", l_rmsnorm, "norm.weight [4]"},
     {"gelu", l_gelu, ""},

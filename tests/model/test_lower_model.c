@@ -188,8 +188,71 @@ static void test_tiny_gpt(void) {
   kd_program_free(p);
 }
 
+/* unembed: the tied head has no parameter of its own; lowering errors at
+ * the call. */
+static const char tied[] =
+    "model tied(vocab = 16, dim = 8) {\n"
+    "  x = embed(tokens, vocab, dim) + embed(positions, 8, dim)\n"
+    "  logits = unembed(layernorm(x), tokens)\n"
+    "}\n"
+    "model none(dim = 8) {\n"
+    "  x = embed(positions, 8, dim)\n"
+    "  logits = unembed(x, tokens)\n"
+    "}\n"
+    "model twice(vocab = 16, dim = 8) {\n"
+    "  x = embed(tokens, vocab, dim) + embed(tokens, vocab, dim)\n"
+    "  logits = unembed(x, tokens)\n"
+    "}\n"
+    "model wide(vocab = 16, dim = 8) {\n"
+    "  x = embed(tokens, vocab, dim)\n"
+    "  logits = unembed(linear(x, 12), tokens)\n"
+    "}\n"
+    "a = tied()\nb = none()\nc = twice()\nd = wide()\n"
+    "objective {\n"
+    "  loss = cross_entropy(a.logits, labels) + cross_entropy(b.logits, labels)\n"
+    "       + cross_entropy(c.logits, labels) + cross_entropy(d.logits, labels)\n"
+    "}\n";
+
+static void test_tied(void) {
+  kd_program *p = mt_load_text(tied, "tied.kd");
+  if (!p) return;
+  kd_model m;
+  if (mt_lower(p, "a", &m) == KD_OK) {
+    char buf[64];
+    TU_CHECK(m.layers.nparams == 4 && !strcmp(shape_of(&m, "embed_1.weight", buf, sizeof buf),
+                                              "[16, 8]"),
+             "tied: the parameters are the two tables and the layernorm (%zu)", m.layers.nparams);
+    const kd_node *l = kd_graph_node(m.g, kd_graph_find_output(m.g, "logits"));
+    TU_CHECK(l && l->rank == 3 && l->shape[2] == 16, "tied: logits over the vocabulary");
+    kd_model_free(&m);
+  }
+  static const struct {
+    const char *inst, *msg;
+  } bad[] = {
+      {"b", "tied.kd:7:12: error: unembed(x, tokens) shares the table of an earlier embed of the "
+            "same ids, and the model has none"},
+      {"c", "tied.kd:11:12: error: unembed(x, tokens): the model embeds them more than once, so "
+            "the table to share is ambiguous"},
+      {"d", "tied.kd:15:12: error: unembed: the input has width 12, the embedding table 8"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    kd_model bm;
+    char msg[1024] = "";
+    FILE *mf = fmemopen(msg, sizeof msg - 1, "w");
+    kd_diag *diag = kd_diag_new(mf);
+    TU_CHECK(kd_lower_model(p, kd_program_lookup(p, bad[i].inst), diag, &bm) == KD_ERR_SEMANTIC &&
+                 bm.g == NULL,
+             "%s: lowering fails", bad[i].inst);
+    kd_diag_free(diag);
+    fclose(mf);
+    TU_CHECK(strstr(msg, bad[i].msg), "%s: the error: %s", bad[i].inst, msg);
+  }
+  kd_program_free(p);
+}
+
 int main(void) {
   test_distill();
   test_tiny_gpt();
+  test_tied();
   return tu_done("test_lower_model");
 }

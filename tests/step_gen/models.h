@@ -1,6 +1,7 @@
 /* The models the step-generation tests run: a tiny GPT (1 layer, width 8,
  * 2 heads, vocabulary 11, context 5) and a 2-layer model with rmsnorm,
- * SwiGLU and no position embedding, lowered from .kd text, with random
+ * SwiGLU, no position embedding and tied embeddings (the token table is
+ * the output projection too), lowered from .kd text, with random
  * parameters, tokens and a random logits gradient. Header-only, as
  * testutil.h. */
 #ifndef KD_STEPGEN_MODELS_H
@@ -27,7 +28,7 @@ static const char sg_spec[] =
     "    x = x + attention(rmsnorm(x), heads)\n"
     "    x = x + swiglu(rmsnorm(x), 2 * dim)\n"
     "  }\n"
-    "  logits = linear(rmsnorm(x), vocab)\n"
+    "  logits = unembed(rmsnorm(x), tokens)\n"
     "}\n"
     "tiny = gpt(layers = 1, dim = 8, heads = 2)\n"
     "small = llama(layers = 2, dim = 8, heads = 2)\n"
