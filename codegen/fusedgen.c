@@ -21,7 +21,7 @@ typedef struct fgen {
   LLVMContextRef ctx;
   LLVMModuleRef M;
   LLVMBuilderRef b;
-  LLVMTypeRef f32, i32, i64, ptr;
+  LLVMTypeRef f32, i8, i32, i64, ptr;
   LLVMTypeRef ft, it; /* the float and i32 types being emitted: scalar or <W x> */
   int lanes;          /* ft's lanes; 0 for a scalar */
 } fgen;
@@ -155,9 +155,14 @@ static LLVMValueRef cmp01(const fgen *g, LLVMRealPredicate p, LLVMValueRef x, LL
   return sel(g, fcmp(g, p, x, y), cf(g, 1.0f), cf(g, 0.0f));
 }
 
-/* map_f32's element expression for fn at operands x, y. */
-static LLVMValueRef emit_op(const fgen *g, kd_step_fn fn, LLVMValueRef x, LLVMValueRef y) {
+/* map_f32's element expression for fn at operands x, y (map_double's for
+   SELECT, x ? y : z, x an i1 when it is a bool leaf). */
+static LLVMValueRef emit_op(const fgen *g, kd_step_fn fn, LLVMValueRef x, LLVMValueRef y,
+                            LLVMValueRef z) {
   switch (fn) {
+  case KD_SF_SELECT:
+    if (LLVMTypeOf(x) != g->ft) return sel(g, x, y, z);
+    return sel(g, fcmp(g, LLVMRealUNE, x, cf(g, 0.0f)), y, z);
   case KD_SF_COPY:
   case KD_SF_FILL: return x;
   case KD_SF_NEG: return LLVMBuildFNeg(g->b, x, "");
@@ -190,46 +195,72 @@ static LLVMValueRef emit_op(const fgen *g, kd_step_fn fn, LLVMValueRef x, LLVMVa
 
 static bool op_compilable(kd_step_fn fn) {
   switch (fn) {
+  case KD_SF_SELECT:
   case KD_SF_COPY: case KD_SF_FILL: case KD_SF_NEG: case KD_SF_EXP: case KD_SF_LOG:
   case KD_SF_SQRT: case KD_SF_ABS: case KD_SF_SIGN: case KD_SF_TANH: case KD_SF_ADD:
   case KD_SF_SUB: case KD_SF_MUL: case KD_SF_MULZ: case KD_SF_DIV: case KD_SF_MAX:
   case KD_SF_MIN: case KD_SF_LT: case KD_SF_LE: case KD_SF_GT: case KD_SF_GE: case KD_SF_EQ:
   case KD_SF_NE: return true;
-  default: return false; /* SELECT and IOTA (general path), POW (libm in double) */
+  default: return false; /* IOTA (no f32 map), POW (libm in double) */
   }
 }
 
+static bool is_binary(kd_step_fn fn) { return fn >= KD_SF_ADD && fn <= KD_SF_NE; }
+static int op_arity(kd_step_fn fn) { return fn == KD_SF_SELECT ? 3 : is_binary(fn) ? 2 : 1; }
+
+/* Leaf k of expression x is bool memory. */
+static bool bool_leaf(const kd_step_prog *p, const kd_step_expr *x, int32_t k) {
+  return x->leaf[k].value >= 0 && p->values[x->leaf[k].value].dtype == KD_BOOL;
+}
+
+/* SELECT takes the interpreter's general path, in double: a choice between
+   its f32 operands (exact in double, and back) or a constant (rounded to
+   float once, as the f32 path rounds it), on a condition that is a bool
+   leaf or a float compared with 0. So it is compiled too, with bool leaves
+   as its conditions only; any other op reading a bool or i64 leaf computes
+   in double, and is left to the interpreter. */
 bool kd_fused_compilable(const kd_step_prog *p, int32_t e) {
   const kd_step_expr *x = &p->exprs[e];
   for (int32_t k = 0; k < x->nleaf; k++)
-    if (x->leaf[k].value >= 0 && p->values[x->leaf[k].value].dtype != KD_F32) return false;
-  for (int32_t t = 0; t < x->nop; t++)
-    if (!op_compilable(x->op[t].fn)) return false;
+    if (x->leaf[k].value >= 0 && !bool_leaf(p, x, k) &&
+        p->values[x->leaf[k].value].dtype != KD_F32)
+      return false;
+  for (int32_t t = 0; t < x->nop; t++) {
+    kd_step_fn fn = x->op[t].fn;
+    if (!op_compilable(fn)) return false;
+    for (int q = 0; q < op_arity(fn); q++) {
+      int32_t a = x->op[t].a[q];
+      if (a < 0 && bool_leaf(p, x, -1 - a) && !(fn == KD_SF_SELECT && q == 0)) return false;
+    }
+  }
   return x->nop >= 1;
 }
 
 /* The expression at element j (a vector of lanes from j when g->lanes):
-   leaves loaded from lp[k] + j, constants as immediates ((float)imm, as
-   the interpreter rounds them), the last op's value returned. */
-static LLVMValueRef emit_expr(const fgen *g, const kd_step_expr *e, LLVMValueRef const *lp,
-                              LLVMValueRef j, LLVMValueRef *lv, LLVMValueRef *reg) {
+   leaves loaded from lp[k] + j (bytes for a bool leaf, isbool[k], made an
+   i1), constants as immediates ((float)imm, as the interpreter rounds
+   them), the last op's value returned. */
+static LLVMValueRef emit_expr(const fgen *g, const kd_step_expr *e, const bool *isbool,
+                              LLVMValueRef const *lp, LLVMValueRef j, LLVMValueRef *lv,
+                              LLVMValueRef *reg) {
   for (int32_t k = 0; k < e->nleaf; k++) {
     if (e->leaf[k].value < 0) {
       lv[k] = cf(g, (float)e->leaf[k].imm);
       continue;
     }
-    LLVMValueRef at = LLVMBuildGEP2(g->b, g->f32, lp[k], &j, 1, "");
-    lv[k] = LLVMBuildLoad2(g->b, g->ft, at, "");
-    LLVMSetAlignment(lv[k], 4);
+    LLVMTypeRef et = isbool[k] ? g->i8 : g->f32;
+    LLVMTypeRef t = g->lanes ? LLVMVectorType(et, (unsigned)g->lanes) : et;
+    lv[k] = LLVMBuildLoad2(g->b, t, LLVMBuildGEP2(g->b, et, lp[k], &j, 1, ""), "");
+    LLVMSetAlignment(lv[k], isbool[k] ? 1 : 4);
+    if (isbool[k]) lv[k] = LLVMBuildICmp(g->b, LLVMIntNE, lv[k], LLVMConstNull(t), "");
   }
   for (int32_t t = 0; t < e->nop; t++) {
-    LLVMValueRef v[2] = {NULL, NULL};
-    int arity = e->op[t].fn >= KD_SF_ADD && e->op[t].fn <= KD_SF_NE ? 2 : 1;
-    for (int q = 0; q < arity; q++) {
+    LLVMValueRef v[3] = {NULL, NULL, NULL};
+    for (int q = 0; q < op_arity(e->op[t].fn); q++) {
       int32_t a = e->op[t].a[q];
       v[q] = a >= 0 ? reg[a] : lv[-1 - a];
     }
-    reg[t] = emit_op(g, e->op[t].fn, v[0], v[1]);
+    reg[t] = emit_op(g, e->op[t].fn, v[0], v[1], v[2]);
   }
   return reg[e->nop - 1];
 }
@@ -237,9 +268,9 @@ static LLVMValueRef emit_expr(const fgen *g, const kd_step_expr *e, LLVMValueRef
 /* One loop over [from, to) in steps of g->lanes (1 when scalar), from the
    current block; leaves the builder in the exit block. lv and reg: room for
    the leaves' and the ops' values. */
-static void emit_loop(fgen *g, LLVMValueRef fn, const kd_step_expr *e, LLVMValueRef const *lp,
-                      LLVMValueRef dst, LLVMValueRef from, LLVMValueRef to, LLVMValueRef *lv,
-                      LLVMValueRef *reg) {
+static void emit_loop(fgen *g, LLVMValueRef fn, const kd_step_expr *e, const bool *isbool,
+                      LLVMValueRef const *lp, LLVMValueRef dst, LLVMValueRef from,
+                      LLVMValueRef to, LLVMValueRef *lv, LLVMValueRef *reg) {
   LLVMBuilderRef b = g->b;
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
   LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(g->ctx, fn, "");
@@ -247,7 +278,7 @@ static void emit_loop(fgen *g, LLVMValueRef fn, const kd_step_expr *e, LLVMValue
   LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, from, to, ""), body, done);
   LLVMPositionBuilderAtEnd(b, body);
   LLVMValueRef j = LLVMBuildPhi(b, g->i64, "j");
-  LLVMValueRef r = emit_expr(g, e, lp, j, lv, reg);
+  LLVMValueRef r = emit_expr(g, e, isbool, lp, j, lv, reg);
   LLVMValueRef st = LLVMBuildStore(b, r, LLVMBuildGEP2(b, g->f32, dst, &j, 1, ""));
   LLVMSetAlignment(st, 4);
   LLVMValueRef jn = LLVMBuildAdd(b, j, LLVMConstInt(g->i64, g->lanes ? (unsigned)g->lanes : 1, 0), "");
@@ -262,8 +293,8 @@ static void emit_loop(fgen *g, LLVMValueRef fn, const kd_step_expr *e, LLVMValue
 /* void name(i64 m, ptr dst, ptr leaf): a vector loop over the first
    m - m % W elements, then a scalar loop over the rest. Internal: reached
    through the table only. */
-static kd_status emit_fn(fgen *g, const kd_step_expr *e, const char *name, int W,
-                         LLVMValueRef *out) {
+static kd_status emit_fn(fgen *g, const kd_step_prog *p, const kd_step_expr *e, const char *name,
+                         int W, LLVMValueRef *out) {
   LLVMTypeRef params[3] = {g->i64, g->ptr, g->ptr};
   LLVMTypeRef ty = LLVMFunctionType(LLVMVoidTypeInContext(g->ctx), params, 3, 0);
   LLVMValueRef fn = LLVMAddFunction(g->M, name, ty);
@@ -273,10 +304,12 @@ static kd_status emit_fn(fgen *g, const kd_step_expr *e, const char *name, int W
   LLVMValueRef *lp = calloc((size_t)e->nleaf + 1, sizeof *lp);
   LLVMValueRef *lv = calloc((size_t)e->nleaf + 1, sizeof *lv);
   LLVMValueRef *reg = calloc((size_t)e->nop, sizeof *reg);
-  if (!lp || !lv || !reg) {
-    free(lp), free(lv), free(reg);
+  bool *isbool = calloc((size_t)e->nleaf + 1, sizeof *isbool);
+  if (!lp || !lv || !reg || !isbool) {
+    free(lp), free(lv), free(reg), free(isbool);
     return KD_ERR_NOMEM;
   }
+  for (int32_t k = 0; k < e->nleaf; k++) isbool[k] = bool_leaf(p, e, k);
   for (int32_t k = 0; k < e->nleaf; k++) {
     if (e->leaf[k].value < 0) continue;
     LLVMValueRef idx = LLVMConstInt(g->i64, (unsigned long long)k, 0);
@@ -287,11 +320,11 @@ static kd_status emit_fn(fgen *g, const kd_step_expr *e, const char *name, int W
   g->lanes = W;
   g->ft = LLVMVectorType(g->f32, (unsigned)W);
   g->it = LLVMVectorType(g->i32, (unsigned)W);
-  emit_loop(g, fn, e, lp, dst, zero, nv, lv, reg);
+  emit_loop(g, fn, e, isbool, lp, dst, zero, nv, lv, reg);
   g->lanes = 0, g->ft = g->f32, g->it = g->i32;
-  emit_loop(g, fn, e, lp, dst, nv, m, lv, reg);
+  emit_loop(g, fn, e, isbool, lp, dst, nv, m, lv, reg);
   LLVMBuildRetVoid(g->b);
-  free(lp), free(lv), free(reg);
+  free(lp), free(lv), free(reg), free(isbool);
   *out = fn;
   return KD_OK;
 }
@@ -312,7 +345,7 @@ static kd_status emit_prog(fgen *g, const kd_step_prog *p, const char *name, int
     }
     char fname[192];
     snprintf(fname, sizeof fname, "%s_%d", name, e);
-    st = emit_fn(g, &p->exprs[e], fname, W, &fns[e]);
+    st = emit_fn(g, p, &p->exprs[e], fname, W, &fns[e]);
     if (st == KD_OK) ++*ncompiled;
   }
   if (st == KD_OK) {
@@ -333,6 +366,7 @@ static kd_status build(kd_session *s, const kd_step_prog *const *progs, const ch
   fgen g = {.ctx = mod->ctx, .M = mod->mod};
   g.b = LLVMCreateBuilderInContext(g.ctx);
   g.f32 = LLVMFloatTypeInContext(g.ctx);
+  g.i8 = LLVMInt8TypeInContext(g.ctx);
   g.i32 = LLVMInt32TypeInContext(g.ctx);
   g.i64 = LLVMInt64TypeInContext(g.ctx);
   g.ptr = LLVMPointerTypeInContext(g.ctx, 0);

@@ -6,17 +6,20 @@
  * Each function is a kd_step_fused_fn: for j < m, dst[j] = the expression
  * at leaf[k][j], in vectors of the session's width, then a scalar tail.
  * An expression is compiled when every op is on the interpreter's f32 path
- * and is neither SELECT nor POW (every leaf f32 or a constant; POW calls
- * libm's pow in double): kd_fused_compilable. The others stay interpreted.
+ * but POW (libm's pow in double), or is a SELECT (exact in double: a choice
+ * of f32 operands), which may read a bool leaf as its condition: every
+ * leaf f32 or a constant, or bool for a SELECT's condition
+ * (kd_fused_compilable). The others stay interpreted.
  *
  * Bits: the compiled code gives exactly the interpreter's results (step.c's
  * map_f32): the same float operations in the same order, constants rounded
  * to float as the interpreter rounds them, no fast-math flags (LLVM does not
  * contract an fmul and an fadd into an FMA without them), exp, log and tanh
  * as instruction-for-instruction transcriptions of runtime/vmath.h, sqrt as
- * llvm.sqrt (correctly rounded, as sqrtf). Only a NaN's payload may differ
- * where both operands of an op are NaNs of different payloads: x86 keeps the
- * first operand's, and either compiler may commute an add or a multiply.
+ * llvm.sqrt (correctly rounded, as sqrtf). Only a NaN's sign and payload
+ * may differ: LLVM folds x * 1 to x and x / -1 to -x (exact for numbers),
+ * and x86 returns the first of two NaN operands, which compilers may
+ * commute. No op makes a number of a NaN's sign or payload.
  *
  * Two uses: `kdc run` JIT-compiles the programs it trains (kd_fused_jit);
  * `kdc build` writes the same functions to an object file linked into the

@@ -131,12 +131,12 @@ kd_status kd_step_set_compiled(kd_step_prog *p, const kd_step_fused_fn *fns, int
     if (!fns[e]) continue;
     const kd_step_expr *x = &p->exprs[e];
     for (int32_t k = 0; k < x->nleaf; k++)
-      if (x->leaf[k].value >= 0 && p->values[x->leaf[k].value].dtype != KD_F32)
-        return kd_errf(err, errlen, KD_ERR_INVALID,
-                       "compiled expression %d: leaf %d is not f32", e, k);
+      if (x->leaf[k].value >= 0 && p->values[x->leaf[k].value].dtype == KD_I64)
+        return kd_errf(err, errlen, KD_ERR_INVALID, "compiled expression %d: leaf %d is i64", e,
+                       k);
     for (int32_t t = 0; t < x->nop; t++) {
       kd_step_fn fn = x->op[t].fn;
-      if (fn == KD_SF_SELECT || fn == KD_SF_POW || fn == KD_SF_IOTA)
+      if (fn == KD_SF_POW || fn == KD_SF_IOTA)
         return kd_errf(err, errlen, KD_ERR_INVALID, "compiled expression %d: op %d is %s", e, t,
                        kd_step_fn_name(fn));
     }

@@ -143,9 +143,9 @@ typedef struct kd_step_expr {
 
 /* A FUSED expression compiled to native code (codegen/fusedgen.h): for
  * j < m, dst[j] = the expression at leaves leaf[k][j], each leaf a block of
- * m floats (a constant leaf's pointer is not read: it is an immediate), with
- * exactly the bits the interpreter gives. dst may be one of the leaves
- * (an in-place map). */
+ * m floats (m bytes for a bool leaf; a constant leaf's pointer is not read:
+ * it is an immediate), with the bits the interpreter gives (a NaN's payload
+ * aside). dst may be one of the leaves (an in-place map). */
 typedef void (*kd_step_fused_fn)(int64_t m, float *dst, const float *const *leaf);
 
 typedef struct kd_step_slot {
@@ -180,9 +180,8 @@ void kd_step_free(kd_step_prog *p);
  * program: the same expressions in the same order, as a serialised and
  * deserialised program keeps them). The table is copied; the code must
  * outlive p's runs. fns NULL detaches. KD_ERR_INVALID when n differs, or
- * when a compiled expression has a leaf that is not f32 or a constant, or a
- * SELECT, POW or IOTA op (which the compiled code cannot take). Change no
- * expression after attaching. */
+ * when a compiled expression has an i64 leaf or a POW or IOTA op (which
+ * compiled code does not take). Change no expression after attaching. */
 kd_status kd_step_set_compiled(kd_step_prog *p, const kd_step_fused_fn *fns, int32_t n, char *err,
                                size_t errlen);
 

@@ -14,9 +14,9 @@
  *
  * A compiled expression (step.h's kd_step_set_compiled) replaces the ops'
  * loop: one call a block computes every op in registers and writes dst. Its
- * leaves are all f32 blocks (constants are its immediates): a pointer into
- * memory when contiguous, gathered otherwise, and a scalar leaf's block is
- * filled with the scalar once a row segment. */
+ * leaves are blocks of floats or of bool bytes (constants are its
+ * immediates): a pointer into memory when contiguous, gathered otherwise,
+ * and a scalar leaf's block is filled with the scalar once a row segment. */
 #include "step_fused.h"
 
 #include <stdlib.h>
@@ -220,6 +220,14 @@ static void eval_compiled(const fctx *c, const fscratch *s, const int64_t *off, 
     float *buf = s->lf + (size_t)k * B;
     if (r->constant || st == 0) {
       s->lp[k] = buf;
+    } else if (r->dtype == KD_BOOL) { /* bytes: a bool leaf is a SELECT's condition */
+      const uint8_t *v = (const uint8_t *)r->base + off[1 + k] + j * st;
+      if (st != 1) {
+        uint8_t *bb = (uint8_t *)buf;
+        for (int t = 0; t < m; t++) bb[t] = v[t * st];
+        v = bb;
+      }
+      s->lp[k] = (const float *)(const void *)v;
     } else if (st == 1) {
       s->lp[k] = (const float *)r->base + off[1 + k] + j;
     } else {
@@ -243,8 +251,13 @@ static void fill_scalars(const fctx *c, const fscratch *s, const int64_t *off, i
   for (int k = 0; k < c->e->nleaf; k++) {
     const fref *r = &c->ref[1 + k];
     if (r->constant || r->stride[in] != 0) continue;
-    float v = ((const float *)r->base)[off[1 + k]], *buf = s->lf + (size_t)k * B;
-    for (int t = 0; t < n; t++) buf[t] = v;
+    float *buf = s->lf + (size_t)k * B;
+    if (r->dtype == KD_BOOL) {
+      memset(buf, ((const uint8_t *)r->base)[off[1 + k]], (size_t)n);
+    } else {
+      float v = ((const float *)r->base)[off[1 + k]];
+      for (int t = 0; t < n; t++) buf[t] = v;
+    }
   }
 }
 

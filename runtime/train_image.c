@@ -326,13 +326,30 @@ static bool kd_parse_count(const char *s, int64_t *v) {
   return true;
 }
 
+/* Attaches the compiled expressions unless KDC_NO_FUSED_JIT=1. */
+static kd_status attach_fused(kd_train_image *im, const kd_train_fused *f, char *err,
+                              size_t errlen) {
+  const char *off = getenv("KDC_NO_FUSED_JIT");
+  if (!f || (off && !strcmp(off, "1"))) return KD_OK;
+  kd_status st = KD_OK;
+  if (f->student) st = kd_step_set_compiled(im->student, f->student, f->nstudent, err, errlen);
+  if (st == KD_OK && f->teacher && im->teacher)
+    st = kd_step_set_compiled(im->teacher, f->teacher, f->nteacher, err, errlen);
+  return st;
+}
+
 int kd_train_main(const char *prog, const uint8_t *image, size_t len,
-                  const kd_loss_program *objective, const kd_loss_program *eval_ce, int argc,
-                  char **argv) {
+                  const kd_loss_program *objective, const kd_loss_program *eval_ce,
+                  const kd_train_fused *fused, int argc, char **argv) {
   char err[2048];
   kd_train_image im;
   if (kd_train_image_read(image, len, &im, err, sizeof err) != KD_OK) {
     fprintf(stderr, "%s: %s\n", prog, err);
+    return 1;
+  }
+  if (attach_fused(&im, fused, err, sizeof err) != KD_OK) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    kd_train_image_free(&im);
     return 1;
   }
   kd_train_config c = im.config;

@@ -47,14 +47,24 @@ kd_status kd_train_image_read(const uint8_t *buf, size_t len, kd_train_image *ou
                               size_t errlen);
 void kd_train_image_free(kd_train_image *im);
 
+/* The image's FUSED expressions compiled to native code (codegen/fusedgen.h):
+ * a table per program for kd_step_set_compiled, nexprs entries, NULL where
+ * interpreted; a NULL table interprets the whole program. */
+typedef struct kd_train_fused {
+  const kd_step_fused_fn *student, *teacher;
+  int32_t nstudent, nteacher;
+} kd_train_fused;
+
 /* The main of a training binary, and of `kdc run` (prog is "kdc run" there,
  * the binary's name in one): parses argv (--steps N, --out DIR, --threads N,
  * --resume, --eval-batches N, --data FILE, --teacher FILE, --help; argv[0] is
  * skipped), loads the teacher's weights, trains with the two loss programs
- * and prints a summary line on stdout. Returns the exit status: 0, 1 (bad
+ * and the compiled expressions (fused may be NULL; the environment's
+ * KDC_NO_FUSED_JIT=1 interprets every one) and prints a summary line on
+ * stdout. Returns the exit status: 0, 1 (bad
  * data, an I/O error), 2 (usage), 130 (stopped by Ctrl-C after saving). */
 int kd_train_main(const char *prog, const uint8_t *image, size_t len,
-                  const kd_loss_program *objective, const kd_loss_program *eval_ce, int argc,
-                  char **argv);
+                  const kd_loss_program *objective, const kd_loss_program *eval_ce,
+                  const kd_train_fused *fused, int argc, char **argv);
 
 #endif /* KD_TRAIN_IMAGE_H */

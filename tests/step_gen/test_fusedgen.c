@@ -3,8 +3,9 @@
  * the compiled table attached:
  *   - random trees of f32 maps (as test_stepfuse's: rows of 37 and of 300,
  *     past one 256-element block; contiguous, transposed, broadcast, per-row
- *     scalar and constant leaves, some intermediates read twice), fused,
- *     compiled at 4, 8 and 16 lanes, run on 1 and 2 threads; POW stays
+ *     scalar, bool (a mask) and constant leaves, SELECT, some intermediates
+ *     read twice), fused, compiled at 4, 8 and 16 lanes, run on 1 and 2
+ *     threads; POW, and ops other than SELECT reading a bool, stay
  *     interpreted (the expressions with one must not be compiled);
  *   - every op alone over special values (+-0, +-inf, NaN, subnormals, the
  *     edges of exp's and tanh's ranges and branches, huge values) and
@@ -37,8 +38,9 @@
 /* ---- random trees ------------------------------------------------------------ */
 
 /* Leaves: x f32 [R, C]; y f32 [C, R] read transposed; b f32 [C] along rows;
-   c f32 [R] along columns (a scalar per row). Intermediates from NLEAF on. */
-enum { VX, VY, VB, VC, NLEAF, MAXV = 64, MAXI = 48 };
+   c f32 [R] along columns (a scalar per row); m bool [C, R] read
+   transposed, n bool [R] a scalar per row. Intermediates from NLEAF on. */
+enum { VX, VY, VB, VC, VM, VN, NLEAF, MAXV = 64, MAXI = 48 };
 
 typedef struct tree {
   kd_step_prog *p;
@@ -48,8 +50,14 @@ typedef struct tree {
   int nmade;
 } tree;
 
-static kd_step_ref leaf_ref(tree *t) {
+static kd_step_ref leaf_ref(tree *t, bool cond) {
   kd_step_ref r = {.value = -1};
+  if (cond && next() % 4) { /* a SELECT's condition: mostly a mask */
+    if (next() % 2) r.value = VM, r.stride[0] = 1, r.stride[1] = t->R;
+    else r.value = VN, r.stride[0] = 1;
+    return r;
+  }
+  if (next() % 50 == 0) return (kd_step_ref){.value = VM, .stride = {1, t->R}}; /* not compiled */
   static const double imms[] = {0.5,      -2,  0.044715, INFINITY, 0,         1e-5,
                                 -INFINITY, NAN, -0.0,     1e-40,    0.7978845608028654, 89.5};
   int k = (int)(next() % 7);
@@ -68,16 +76,19 @@ static const kd_step_fn fns[] = {
     KD_SF_NEG, KD_SF_EXP, KD_SF_LOG, KD_SF_SQRT, KD_SF_ABS, KD_SF_SIGN, KD_SF_TANH,
     KD_SF_ADD, KD_SF_SUB, KD_SF_MUL, KD_SF_MULZ, KD_SF_DIV, KD_SF_MAX,  KD_SF_MIN,
     KD_SF_LT,  KD_SF_LE,  KD_SF_GT,  KD_SF_GE,   KD_SF_EQ,  KD_SF_NE,   KD_SF_COPY,
-    KD_SF_EXP, KD_SF_TANH, KD_SF_ADD, KD_SF_MUL, KD_SF_POW};
+    KD_SF_EXP, KD_SF_TANH, KD_SF_ADD, KD_SF_MUL, KD_SF_SELECT, KD_SF_SELECT, KD_SF_POW};
 
-static int arity(kd_step_fn fn) { return fn >= KD_SF_ADD && fn <= KD_SF_NE ? 2 : 1; }
+static int arity(kd_step_fn fn) {
+  return fn == KD_SF_SELECT ? 3 : fn >= KD_SF_ADD && fn <= KD_SF_NE ? 2 : 1;
+}
 
-static kd_step_ref gen(tree *t, int depth, bool pow_ok) {
-  if (depth == 0 || urand() < 0.15 || t->nv == MAXV || t->ni == MAXI) return leaf_ref(t);
+static kd_step_ref gen(tree *t, int depth, bool pow_ok, bool cond) {
+  if (depth == 0 || urand() < 0.15 || t->nv == MAXV || t->ni == MAXI) return leaf_ref(t, cond);
   size_t nf = sizeof fns / sizeof fns[0] - (pow_ok ? 0 : 1);
   kd_step_fn fn = fns[next() % nf];
-  kd_step_ref src[2];
-  for (int s = 0; s < arity(fn); s++) src[s] = gen(t, depth - 1, pow_ok);
+  kd_step_ref src[3];
+  for (int s = 0; s < arity(fn); s++)
+    src[s] = gen(t, depth - 1, pow_ok, fn == KD_SF_SELECT && s == 0);
   if (t->nv == MAXV || t->ni == MAXI) return src[0];
   kd_step_instr *in = &t->p->instr[t->ni++];
   *in = (kd_step_instr){.kind = KD_STEP_MAP, .fn = fn, .rank = 2, .shape = {t->R, t->C},
@@ -98,7 +109,9 @@ static kd_step_prog *build_tree(uint64_t seed, int64_t R, int64_t C, int depth, 
   t.p->values[VX].elems = t.p->values[VY].elems = R * C;
   t.p->values[VB].elems = C;
   t.p->values[VC].elems = R;
-  while (t.ni == 0) gen(&t, depth, pow_ok);
+  t.p->values[VM] = (kd_step_value){.loc = KD_LOC_ARENA, .dtype = KD_BOOL, .elems = R * C};
+  t.p->values[VN] = (kd_step_value){.loc = KD_LOC_ARENA, .dtype = KD_BOOL, .elems = R};
+  while (t.ni == 0) gen(&t, depth, pow_ok, false);
   t.p->nvalues = t.nv, t.p->ninstr = t.p->split = t.ni;
   place_values(t.p);
   char err[256] = "";
@@ -132,8 +145,11 @@ static float rand_float(void) {
 static void fill(const kd_step_prog *p, char *arena, uint64_t seed) {
   rng = seed ^ 0xabcdefull;
   for (int v = 0; v < NLEAF; v++) {
-    float *x = (float *)(arena + p->values[v].offset);
-    for (int64_t i = 0; i < p->values[v].elems; i++) x[i] = rand_float();
+    char *base = arena + p->values[v].offset;
+    for (int64_t i = 0; i < p->values[v].elems; i++) {
+      if (p->values[v].dtype == KD_BOOL) base[i] = (char)(next() % 2);
+      else ((float *)base)[i] = rand_float();
+    }
   }
 }
 
@@ -167,9 +183,9 @@ static bool same_values(const kd_step_prog *p, const char *a, const char *b) {
   return true;
 }
 
-static bool has_pow(const kd_step_expr *e) {
+static bool has_op(const kd_step_expr *e, kd_step_fn fn) {
   for (int t = 0; t < e->nop; t++)
-    if (e->op[t].fn == KD_SF_POW) return true;
+    if (e->op[t].fn == fn) return true;
   return false;
 }
 
@@ -177,7 +193,7 @@ enum { NTREES = 240 };
 
 static void test_random_trees(kd_pool *pool) {
   kd_step_prog *p[NTREES];
-  int nexprs = 0, npow = 0;
+  int nexprs = 0, npow = 0, nselect = 0;
   for (int k = 0; k < NTREES; k++) {
     uint64_t seed = (uint64_t)(k + 1) * 0x9E3779B97F4A7C15ull;
     int64_t R = k % 3 == 0 ? 3 : 7, C = k % 3 == 0 ? 300 : 37;
@@ -200,8 +216,11 @@ static void test_random_trees(kd_pool *pool) {
       const kd_step_fused_fn *tab = kd_fused_jit_table(j, k);
       compiled += kd_fused_jit_count(j, k);
       for (int32_t e = 0; e < p[k]->nexprs; e++) {
-        CHECK((tab[e] != NULL) == !has_pow(&p[k]->exprs[e]));
-        npow += w == 0 && has_pow(&p[k]->exprs[e]);
+        const kd_step_expr *x = &p[k]->exprs[e];
+        CHECK((tab[e] != NULL) == kd_fused_compilable(p[k], e));
+        CHECK(!tab[e] || !has_op(x, KD_SF_POW));
+        npow += w == 0 && has_op(x, KD_SF_POW);
+        nselect += w == 0 && tab[e] && has_op(x, KD_SF_SELECT);
       }
       uint64_t seed = (uint64_t)k * 77 + 5;
       char *a = run(p[k], seed, NULL);
@@ -221,13 +240,13 @@ static void test_random_trees(kd_pool *pool) {
     CHECK(compiled > nexprs / 2 && compiled < nexprs);
     kd_fused_jit_free(j);
   }
-  CHECK(npow > 0);
+  CHECK(npow > 0 && nselect > 0);
   for (int k = 0; k < NTREES; k++) kd_step_free(p[k]);
 }
 
 /* ---- one op over special values ----------------------------------------------- */
 
-/* dst = fn(x, y) over [N] as a one-op FUSED instruction, x and y f32
+/* dst = fn(x, y) (SELECT: x ? y : x) over [N] as a one-op FUSED instruction, x and y f32
    values 0 and 1, dst value 2 with stride sd (a strided dst when 2), or
    in place into x when sd is 0. */
 static kd_step_prog *one_op(kd_step_fn fn, int64_t N, int sd, bool y_const, float imm) {
@@ -243,7 +262,7 @@ static kd_step_prog *one_op(kd_step_fn fn, int64_t N, int sd, bool y_const, floa
   e->op = calloc(1, sizeof *e->op);
   e->leaf[0] = (kd_step_ref){.value = 0, .stride = {1}};
   e->leaf[1] = y_const ? (kd_step_ref){.value = -1, .imm = imm} : (kd_step_ref){.value = 1, .stride = {1}};
-  e->op[0] = (kd_step_eop){fn, {-1, -2, 0}};
+  e->op[0] = (kd_step_eop){fn, {-1, -2, -1}}; /* SELECT: x ? y : x */
   p->instr[0] = (kd_step_instr){.kind = KD_STEP_FUSED, .rank = 1, .shape = {N}, .node = -1,
                                 .dst = {.value = sd ? 2 : 0, .stride = {sd ? sd : 1}}, .expr = 0};
   return p;
@@ -253,7 +272,8 @@ static void test_ops(kd_pool *pool) {
   static const kd_step_fn ops[] = {
       KD_SF_COPY, KD_SF_NEG, KD_SF_EXP, KD_SF_LOG, KD_SF_SQRT, KD_SF_ABS, KD_SF_SIGN,
       KD_SF_TANH, KD_SF_ADD, KD_SF_SUB, KD_SF_MUL, KD_SF_MULZ, KD_SF_DIV, KD_SF_MAX,
-      KD_SF_MIN,  KD_SF_LT,  KD_SF_LE,  KD_SF_GT,  KD_SF_GE,   KD_SF_EQ,  KD_SF_NE};
+      KD_SF_MIN,  KD_SF_LT,  KD_SF_LE,  KD_SF_GT,  KD_SF_GE,   KD_SF_EQ,  KD_SF_NE,
+      KD_SF_SELECT};
   enum { NOPS = sizeof ops / sizeof ops[0], NS = sizeof specials / sizeof specials[0] };
   /* every pair of specials, then random floats; N is odd, so that every
      width's scalar tail runs */
@@ -323,7 +343,9 @@ static void test_set_compiled(void) {
   p->values[1].dtype = KD_I64;
   CHECK(!kd_fused_compilable(p, 0));
   CHECK(kd_step_set_compiled(p, f, 1, err, sizeof err) == KD_ERR_INVALID);
-  CHECK(strcmp(err, "compiled expression 0: leaf 1 is not f32") == 0);
+  CHECK(strcmp(err, "compiled expression 0: leaf 1 is i64") == 0);
+  p->values[1].dtype = KD_BOOL; /* an add of a bool computes in double */
+  CHECK(!kd_fused_compilable(p, 0));
   p->values[1].dtype = KD_F32;
   CHECK(kd_fused_compilable(p, 0));
   CHECK(kd_step_set_compiled(p, f, 1, err, sizeof err) == KD_OK && p->compiled[0] == dummy);

@@ -5,7 +5,9 @@
  * main.c, the objective and the validation cross-entropy as object code
  * (codegen/loss.h, ahead of time for this CPU), linked by the system C
  * compiler ($CC, else cc) with the runtime archive kdc carries
- * (trainarchive.h), OpenBLAS and cJSON. The binary needs no LLVM and no kdc:
+ * (trainarchive.h), OpenBLAS and cJSON. The step programs' fused maps are
+ * object code too (codegen/fusedgen.h): tables kdc_student_fused and
+ * kdc_teacher_fused that main hands to kd_train_main. The binary needs no LLVM and no kdc:
  * `BIN --help`. It trains exactly as `kdc run` does (kd_train_main), so both
  * give the same losses for the same seed.
  *
@@ -24,6 +26,7 @@
 
 #include "check.h"
 #include "commands.h"
+#include "fusedgen.h"
 #include "loss.h"
 #include "toolrun.h"
 #include "train_image.h"
@@ -53,8 +56,9 @@ static void build_usage(FILE *out) {
           "exit status: 0 written, 1 a bad spec or a failed link, 2 usage error\n");
 }
 
-/* The generated main: the image as bytes and a call to kd_train_main. */
-static int write_main(const char *path, const uint8_t *image, size_t len) {
+/* The generated main: the image as bytes, the fused maps' tables (ns and nt
+   entries, none when 0) and a call to kd_train_main. */
+static int write_main(const char *path, const uint8_t *image, size_t len, int32_t ns, int32_t nt) {
   FILE *f = fopen(path, "w");
   if (!f) {
     fprintf(stderr, CMD ": cannot write %s: %s\n", path, strerror(errno));
@@ -66,16 +70,25 @@ static int write_main(const char *path, const uint8_t *image, size_t len) {
           "#include <stdint.h>\n\n"
           "typedef struct kd_loss_program kd_loss_program;\n"
           "extern const kd_loss_program kdc_objective_program, kdc_eval_ce_program;\n"
+          "typedef void (*kd_step_fused_fn)(int64_t m, float *dst, const float *const *leaf);\n"
+          "typedef struct kd_train_fused {\n"
+          "  const kd_step_fused_fn *student, *teacher;\n"
+          "  int32_t nstudent, nteacher;\n"
+          "} kd_train_fused;\n"
           "int kd_train_main(const char *prog, const uint8_t *image, size_t len,\n"
           "                  const kd_loss_program *objective, const kd_loss_program *eval_ce,\n"
-          "                  int argc, char **argv);\n\n"
-          "static const uint8_t image[%zu] = {", len);
+          "                  const kd_train_fused *fused, int argc, char **argv);\n\n");
+  if (ns) fprintf(f, "extern const kd_step_fused_fn kdc_student_fused[%d];\n", (int)ns);
+  if (nt) fprintf(f, "extern const kd_step_fused_fn kdc_teacher_fused[%d];\n", (int)nt);
+  fprintf(f, "static const kd_train_fused fused = {%s, %s, %d, %d};\n\n",
+          ns ? "kdc_student_fused" : "NULL", nt ? "kdc_teacher_fused" : "NULL", (int)ns, (int)nt);
+  fprintf(f, "static const uint8_t image[%zu] = {", len);
   for (size_t i = 0; i < len; i++) fprintf(f, "%s%u,", i % 20 ? "" : "\n  ", image[i]);
   fprintf(f,
           "\n};\n\n"
           "int main(int argc, char **argv) {\n"
           "  return kd_train_main(argv[0], image, sizeof image, &kdc_objective_program,\n"
-          "                       &kdc_eval_ce_program, argc, argv);\n"
+          "                       &kdc_eval_ce_program, &fused, argc, argv);\n"
           "}\n");
   if (ferror(f) | fclose(f)) {
     fprintf(stderr, CMD ": cannot write %s\n", path);
@@ -108,14 +121,30 @@ static int emit_loss(const kd_graph *g, const char *name, const char *dir, const
   return KDC_EXIT_OK;
 }
 
-/* The link, in dir: main.c + the two loss objects + the runtime archive. */
+/* The fused maps of the plan's programs: fused.o in dir. */
+static int emit_fused(const kdc_train_plan *plan, const char *dir) {
+  char path[4096], err[1024];
+  const kd_step_prog *progs[2] = {plan->student_prog, plan->teacher_prog};
+  const char *names[2] = {"kdc_student_fused", "kdc_teacher_fused"};
+  kdc_join(path, sizeof path, dir, "fused.o");
+  if (kd_fused_emit_file(progs, names, plan->teacher_prog ? 2 : 1, path, err, sizeof err) !=
+      KD_OK) {
+    fprintf(stderr, CMD ": %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  return KDC_EXIT_OK;
+}
+
+/* The link, in dir: main.c + the two loss objects + the fused maps + the
+   runtime archive. */
 static int link_binary(const char *dir, const char *out) {
-  char main_c[4096], obj[4096], ce[4096], rt[4096];
+  char main_c[4096], obj[4096], ce[4096], fu[4096], rt[4096];
   kdc_join(main_c, sizeof main_c, dir, "main.c"), kdc_join(obj, sizeof obj, dir, "objective.o");
   kdc_join(ce, sizeof ce, dir, "eval_ce.o"), kdc_join(rt, sizeof rt, dir, "libkdc_train.a");
+  kdc_join(fu, sizeof fu, dir, "fused.o");
   if (kdc_write_bytes(CMD, rt, kd_trainarchive, kd_trainarchive_size)) return KDC_EXIT_USER;
-  const char *args[40] = {"-O1", "-o", out, main_c, obj, ce, rt};
-  int n = 7;
+  const char *args[40] = {"-O1", "-o", out, main_c, obj, ce, fu, rt};
+  int n = 8;
   /* the libraries, as configured (KDC_AOT_LIBS: -L/-rpath/-l words) */
   static char libs[] = KDC_AOT_LIBS;
   for (char *w = strtok(libs, " "); w && n < 39; w = strtok(NULL, " ")) args[n++] = w;
@@ -124,8 +153,8 @@ static int link_binary(const char *dir, const char *out) {
 }
 
 static int build(const kdc_train_plan *plan, const char *out) {
-  static const char *const files[] = {"main.c", "objective.o", "eval_ce.o", "libkdc_train.a",
-                                      NULL};
+  static const char *const files[] = {"main.c",  "objective.o",    "eval_ce.o",
+                                      "fused.o", "libkdc_train.a", NULL};
   char dir[4096], tmp[4096], err[2048];
   kd_train_config c = plan->config;
   char *data = absolute(c.data_path);
@@ -150,10 +179,12 @@ static int build(const kdc_train_plan *plan, const char *out) {
   }
   char path[4096];
   kdc_join(path, sizeof path, dir, "main.c");
-  rc = write_main(path, image, len);
+  rc = write_main(path, image, len, plan->student_prog->nexprs,
+                  plan->teacher_prog ? plan->teacher_prog->nexprs : 0);
   free(image);
   if (!rc) rc = emit_loss(plan->objective, "kdc_objective", dir, "objective.o");
   if (!rc) rc = emit_loss(plan->eval_ce, "kdc_eval_ce", dir, "eval_ce.o");
+  if (!rc) rc = emit_fused(plan, dir);
   snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid());
   if (!rc) rc = link_binary(dir, tmp);
   rc = kdc_finish_output(CMD, rc, tmp, out);

@@ -3,8 +3,9 @@
  *
  * Trains every train block of the spec in order (a teacher's block before
  * the student that loads its weights), in process: the plan of each block
- * (train_plan.h), its loss kernels JIT-compiled (codegen/loss.h), the loop of
- * runtime/train.h. Prints one summary line per block on stdout and where its
+ * (train_plan.h), its loss kernels and the step programs' fused maps
+ * JIT-compiled (codegen/loss.h, codegen/fusedgen.h; KDC_NO_FUSED_JIT=1
+ * leaves the maps to the interpreter), the loop of runtime/train.h. Prints one summary line per block on stdout and where its
  * files went; the progress goes to stderr. Exit status 0, 1 (a bad spec, bad
  * data, an I/O error), 2 (usage), 130 (stopped by Ctrl-C after saving). */
 #include <inttypes.h>
@@ -17,6 +18,7 @@
 #include "diag.h"
 #include "loss.h"
 #include "fileio.h"
+#include "fusedgen.h"
 #include "train_image.h"
 #include "train_plan.h"
 
@@ -98,12 +100,33 @@ static int run_parse(int argc, char **argv, run_args *a) {
   return -1;
 }
 
+/* The fused maps of the plan's programs compiled (*j stays NULL when
+   KDC_NO_FUSED_JIT=1), their tables in *f. */
+static int compile_fused(const kdc_train_plan *plan, kd_fused_jit **j, kd_train_fused *f) {
+  const char *off = getenv("KDC_NO_FUSED_JIT");
+  if (off && !strcmp(off, "1")) return KDC_EXIT_OK;
+  const kd_step_prog *progs[2] = {plan->student_prog, plan->teacher_prog};
+  int n = plan->teacher_prog ? 2 : 1;
+  char err[2048];
+  if (kd_fused_jit_new(progs, n, 0, j, err, sizeof err) != KD_OK) {
+    fprintf(stderr, CMD ": compiling the fused maps: %s\n", err);
+    return KDC_EXIT_USER;
+  }
+  *f = (kd_train_fused){.student = kd_fused_jit_table(*j, 0),
+                        .teacher = n > 1 ? kd_fused_jit_table(*j, 1) : NULL,
+                        .nstudent = plan->student_prog->nexprs,
+                        .nteacher = n > 1 ? plan->teacher_prog->nexprs : 0};
+  return KDC_EXIT_OK;
+}
+
 static int run_block(const run_args *a, const kd_program *prog, kd_diag *diag,
                      const kd_symbol *train) {
   kdc_plan_options po = {
       .cmd = CMD, .spec = a->spec, .diag = diag, .out_dir = a->out, .steps = a->steps};
   kdc_train_plan plan;
   kd_loss *obj = NULL, *ce = NULL;
+  kd_fused_jit *fj = NULL;
+  kd_train_fused fused = {0};
   char err[2048];
   int rc = kdc_train_plan_make(prog, train, &po, true, &plan);
   if (!rc && a->out && kd_mkdirs(a->out, err, sizeof err) != KD_OK) {
@@ -115,6 +138,7 @@ static int run_block(const run_args *a, const kd_program *prog, kd_diag *diag,
     fprintf(stderr, CMD ": compiling the loss kernels: %s\n", err);
     rc = KDC_EXIT_USER;
   }
+  if (!rc) rc = compile_fused(&plan, &fj, &fused);
   uint8_t *image = NULL;
   size_t len = 0;
   if (!rc && kd_train_image_write(&plan.config, plan.teacher_sym ? plan.teacher_sym->name : NULL,
@@ -133,10 +157,11 @@ static int run_block(const run_args *a, const kd_program *prog, kd_diag *diag,
     if (a->eval_batches > 0) argv[argc++] = "--eval-batches", argv[argc++] = batches;
     if (a->resume) argv[argc++] = "--resume";
     if (a->data) argv[argc++] = "--data", argv[argc++] = (char *)a->data;
-    rc = kd_train_main(CMD, image, len, kd_loss_program_of(obj), kd_loss_program_of(ce), argc,
-                       argv);
+    rc = kd_train_main(CMD, image, len, kd_loss_program_of(obj), kd_loss_program_of(ce),
+                       fj ? &fused : NULL, argc, argv);
   }
   free(image);
+  kd_fused_jit_free(fj);
   kd_loss_free(obj);
   kd_loss_free(ce);
   kdc_train_plan_free(&plan);
