@@ -7,7 +7,8 @@
  *   sum(c * x)                   = c * sum(x)               (c constant along the axis)
  *   sum(mulz(w, c))              = c * sum(w)
  *   sum(mulz(w, f + c))          = sum(mulz(w, f)) + c * sum(w)   (w a softmax)
- *   sum(a + b)                   = sum(a) + sum(b)          (when one of them simplifies)
+ *   sum(a + b)                   = sum(a) + sum(b)          (when one of them then needs
+ *                                                            no reduction of its own)
  *   sum(-x) = -sum(x)    sum over a size-1 axis = x    constants folded
  *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)
@@ -138,15 +139,36 @@ static kd_node_id kd_simp_sum_product(kd_rw *rw, kd_node_id x, int rank, int axi
  * simplifies (otherwise it would just add a reduction), and only where both
  * a and b span the summed axis (sum(c + f) over V is V c + sum(f) for a
  * row scalar c; that case is left alone). */
+/* Whether s, a simplified sum over `axis` of a value shaped like x, is still
+ * one full reduction: sum(f) scaled (c * sum(f), -sum(f)) with f as large
+ * as x. Taking a factor out is no saving worth a second reduction. */
+static bool kd_still_reduces(kd_rw *rw, kd_node_id s, const kd_node *x, int axis) {
+  for (;;) {
+    const kd_node *n = kd_rw_node(rw, s);
+    if (n->op == KD_IR_NEG || n->op == KD_IR_EXPAND) {
+      s = n->src[0];
+    } else if (n->op == KD_IR_MUL && kd_const_along(kd_rw_node(rw, n->src[1]), x->rank, axis)) {
+      s = n->src[0];
+    } else if (n->op == KD_IR_MUL && kd_const_along(kd_rw_node(rw, n->src[0]), x->rank, axis)) {
+      s = n->src[1];
+    } else {
+      return n->op == KD_IR_SUM && n->axis == axis && kd_shape_eq(kd_rw_node(rw, n->src[0]), x);
+    }
+  }
+}
+
 static kd_node_id kd_simp_sum_of_sum(kd_rw *rw, kd_node_id x, int axis) {
   const kd_node *n = kd_rw_node(rw, x);
   kd_opcode op = n->op;
   kd_node_id a = n->src[0], b = n->src[1];
   if (!kd_shape_eq(kd_rw_node(rw, a), n) || !kd_shape_eq(kd_rw_node(rw, b), n)) return KD_NONE;
+  kd_node xn = *n; /* n moves as the graph grows */
   kd_node_id plain_a = kd_rw_reduce(rw, KD_IR_SUM, a, axis);
   kd_node_id plain_b = kd_rw_reduce(rw, KD_IR_SUM, b, axis);
   kd_node_id sa = kd_simp(rw, plain_a), sb = kd_simp(rw, plain_b);
-  if (sa == plain_a && sb == plain_b) return KD_NONE;
+  if ((sa == plain_a || kd_still_reduces(rw, sa, &xn, axis)) &&
+      (sb == plain_b || kd_still_reduces(rw, sb, &xn, axis)))
+    return KD_NONE;
   return kd_s2(rw, op, sa, sb);
 }
 

@@ -243,8 +243,46 @@ static void test_simplify_rules(void) {
   kd_graph_free(g);
 }
 
+/* sum(a + b) splits only where a side then needs no reduction of its own:
+ * sum(2x + 3y) stays one sum (taking the factors out would add one), and
+ * sum(x + softmax(x)) becomes sum(x) + 1. */
+static void test_sum_split(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, nv), y = kd_input(g, "teacher", KD_F32, 2, nv);
+  kd_node_id ax = kd_binary(g, KD_IR_MUL, x, kd_const(g, 2, KD_F32));
+  kd_node_id by = kd_binary(g, KD_IR_MUL, kd_const(g, 3, KD_F32), y);
+  kd_node_id scaled = kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_ADD, ax, by), 1);
+  kd_node_id soft = kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_ADD, x, kd_row(g, KD_IR_SOFTMAX, x, 1)), 1);
+  kd_graph_add_output(g, "scaled", kd_reduce(g, KD_IR_SUM, scaled, KD_AXIS_ALL));
+  kd_graph_add_output(g, "soft", kd_reduce(g, KD_IR_SUM, soft, KD_AXIS_ALL));
+  kd_graph *c = NULL, *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_canonicalize(g, &c, err, sizeof err) == KD_OK, "%s", err);
+  TU_CHECK(c && kd_pass_simplify(c, &s, err, sizeof err) == KD_OK, "%s", err);
+  if (s) {
+    TU_CHECK(row_reductions(s, "scaled") == 1, "sum(2x + 3y): %d row sums, want 1",
+             row_reductions(s, "scaled"));
+    TU_CHECK(row_reductions(s, "soft") == 1, "sum(x + softmax(x)): %d row sums, want 1",
+             row_reductions(s, "soft"));
+    TU_CHECK(count_op(s, KD_IR_LSE) == 0, "sum(softmax(x)) = 1: no logsumexp left");
+    double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
+    for (int k = 0; k < 2; k++) {
+      const char *out = k ? "soft" : "scaled";
+      double want = tu_scalar(g, in, 2, out), got = tu_scalar(s, in, 2, out);
+      TU_CHECK(tu_close(got, want, 0, 1e-12), "%s: %.17g, want %.17g", out, got, want);
+    }
+  }
+  kd_graph_free(c);
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
 int main(void) {
   test_pipeline_names();
+  test_sum_split();
   test_canonicalize();
   test_fkl_gradient_shape();
   test_cse_dce();
