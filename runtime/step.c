@@ -1394,15 +1394,21 @@ static void reduce_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
  * formula as it stands. */
 enum { SOFT_KEEP = 2048 };
 
-/* e[k] = exp(x[k sa] - m) for k < n, lo scratch. */
+/* e[k] = exp(x[k sa] - m) for k < n, lo scratch. m is a float (the row's
+   maximum), so hi + lo = x - m exactly comes from float arithmetic alone
+   (Knuth's TwoSum: the rounding error of a float subtraction is a float),
+   at twice the vector width of double: hi is x - m rounded, lo its exact
+   error (a double difference is exact only while x and m are within 29
+   binades; beyond, the two lo differ below 2^-53 |hi|, which e cannot
+   show). A masked x (-inf) gives hi -inf and lo 0. */
 KD_VECTOR_CLONES
-static void soft_exps(const float *x, int64_t sa, double m, int64_t n, float *restrict e,
+static void soft_exps(const float *x, int64_t sa, float m, int64_t n, float *restrict e,
                       float *restrict lo) {
   for (int64_t k = 0; k < n; k++) {
-    double d = (double)x[k * sa] - m; /* -inf for a masked x: hi -inf, lo 0 */
-    float hi = (float)d;
+    float a = x[k * sa], hi = a - m, bv = hi - a;
+    float err = (a - (hi - bv)) + (-m - bv);
     e[k] = hi;
-    lo[k] = d == (double)hi ? 0.0f : (float)(d - (double)hi);
+    lo[k] = hi > -INFINITY ? err : 0.0f;
   }
   for (int64_t k = 0; k < n; k++) {
     float v = kd_expf(e[k]);
@@ -1451,13 +1457,13 @@ static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
     }
     for (int64_t k0 = 0; k0 < len; k0 += SOFT_KEEP) {
       int64_t n = len - k0 < SOFT_KEEP ? len - k0 : SOFT_KEEP;
-      soft_exps(x + k0 * sa, sa, m, n, e, lo);
+      soft_exps(x + k0 * sa, sa, (float)m, n, e, lo);
       s += sum4(e, n);
     }
     double inv = 1 / s;
     for (int64_t k0 = 0; k0 < len; k0 += SOFT_KEEP) {
       int64_t n = len - k0 < SOFT_KEEP ? len - k0 : SOFT_KEEP;
-      if (len > SOFT_KEEP) soft_exps(x + k0 * sa, sa, m, n, e, lo); /* else still there */
+      if (len > SOFT_KEEP) soft_exps(x + k0 * sa, sa, (float)m, n, e, lo); /* else still there */
       float *yk = y + k0 * da;
       if (da == 1)
         for (int64_t k = 0; k < n; k++) yk[k] = (float)(e[k] * inv);
