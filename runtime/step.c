@@ -1179,17 +1179,30 @@ static void map_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   const map_ctx *c = vctx;
   int in = c->rank - 1;
   int64_t inner = c->shape[in];
+  /* the first segment's index by division; the next ones by counting, as
+     an odometer over the outer dims (rows of 32 floats, a head's, made
+     the divisions cost more than the copy) */
+  int64_t o = begin / inner, j = begin % inner, idx[KD_STEP_MAX_RANK] = {0};
+  int64_t off[1 + KD_STEP_MAX_SRC];
+  for (int k = 0; k < c->nops; k++) off[k] = c->op[k].offset;
+  for (int d = in - 1; d >= 0; d--) {
+    idx[d] = o % c->shape[d];
+    o /= c->shape[d];
+    for (int k = 0; k < c->nops; k++) off[k] += idx[d] * c->op[k].stride[d];
+  }
   for (int64_t i = begin; i < end;) {
-    int64_t o = i / inner, j = i % inner, n = inner - j < end - i ? inner - j : end - i;
-    int64_t off[1 + KD_STEP_MAX_SRC];
-    for (int k = 0; k < c->nops; k++) off[k] = c->op[k].offset + j * c->op[k].stride[in];
-    for (int d = in - 1; d >= 0; d--) {
-      int64_t idx = o % c->shape[d];
-      o /= c->shape[d];
-      for (int k = 0; k < c->nops; k++) off[k] += idx * c->op[k].stride[d];
-    }
-    map_segment(c, off, n);
+    int64_t n = inner - j < end - i ? inner - j : end - i;
+    int64_t seg[1 + KD_STEP_MAX_SRC];
+    for (int k = 0; k < c->nops; k++) seg[k] = off[k] + j * c->op[k].stride[in];
+    map_segment(c, seg, n);
     i += n;
+    j = 0;
+    for (int d = in - 1; d >= 0; d--) {
+      for (int k = 0; k < c->nops; k++) off[k] += c->op[k].stride[d];
+      if (++idx[d] < c->shape[d]) break;
+      for (int k = 0; k < c->nops; k++) off[k] -= c->shape[d] * c->op[k].stride[d];
+      idx[d] = 0;
+    }
   }
 }
 
