@@ -69,7 +69,8 @@ typedef struct fscratch {
   double *ld;    /* nleaf x B: i64 and bool leaves */
   double *g;     /* 4 x B: the general path's operands and result */
   fleaf *leaf;   /* nleaf */
-  int64_t *off;  /* nref */
+  int64_t *off;  /* nref: the segment's offsets */
+  int64_t *row;  /* nref: its row's (element 0 of the last dim) */
   const float **lp; /* nleaf: a compiled expression's leaf blocks */
 } fscratch;
 
@@ -77,17 +78,18 @@ static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static size_t scratch_layout(const fctx *c, char *base, fscratch *s) {
   size_t nl = (size_t)c->e->nleaf, at = 0;
-  size_t sizes[7] = {(size_t)c->nregs * B * sizeof(float), nl * B * sizeof(float),
+  size_t sizes[8] = {(size_t)c->nregs * B * sizeof(float), nl * B * sizeof(float),
                      nl * B * sizeof(double), 4 * B * sizeof(double), nl * sizeof(fleaf),
-                     (size_t)c->nref * sizeof(int64_t), nl * sizeof(float *)};
-  void *parts[7];
-  for (int k = 0; k < 7; k++) {
+                     (size_t)c->nref * sizeof(int64_t), (size_t)c->nref * sizeof(int64_t),
+                     nl * sizeof(float *)};
+  void *parts[8];
+  for (int k = 0; k < 8; k++) {
     parts[k] = base ? base + at : NULL;
     at += up64(sizes[k]);
   }
   if (s) {
     s->reg = parts[0], s->lf = parts[1], s->ld = parts[2], s->g = parts[3];
-    s->leaf = parts[4], s->off = parts[5], s->lp = parts[6];
+    s->leaf = parts[4], s->off = parts[5], s->row = parts[6], s->lp = parts[7];
   }
   return at;
 }
@@ -262,7 +264,9 @@ static void fill_scalars(const fctx *c, const fscratch *s, const int64_t *off, i
 }
 
 /* Elements [begin, end) of the index space in C order, a row segment at a
-   time, as MAP's map_chunk. */
+   time, as MAP's map_chunk: the first row's offsets by division, the next
+   ones by counting (rows of 64, an attention head's, made the divisions
+   cost as much as a compiled expression). */
 static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   const fctx *c = vctx;
   /* A call nested in another pool's job runs serially under that pool's
@@ -272,14 +276,16 @@ static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   scratch_layout(c, c->scratch + (size_t)worker * c->scratch_bytes, &s);
   int in = c->rank - 1;
   int64_t inner = c->shape[in];
+  int64_t o = begin / inner, j = begin % inner, idx[KD_STEP_MAX_RANK] = {0};
+  for (int k = 0; k < c->nref; k++) s.row[k] = c->ref[k].offset;
+  for (int d = in - 1; d >= 0; d--) {
+    idx[d] = o % c->shape[d];
+    o /= c->shape[d];
+    for (int k = 0; k < c->nref; k++) s.row[k] += idx[d] * c->ref[k].stride[d];
+  }
   for (int64_t i = begin; i < end;) {
-    int64_t o = i / inner, j = i % inner, n = inner - j < end - i ? inner - j : end - i;
-    for (int k = 0; k < c->nref; k++) s.off[k] = c->ref[k].offset + j * c->ref[k].stride[in];
-    for (int d = in - 1; d >= 0; d--) {
-      int64_t idx = o % c->shape[d];
-      o /= c->shape[d];
-      for (int k = 0; k < c->nref; k++) s.off[k] += idx * c->ref[k].stride[d];
-    }
+    int64_t n = inner - j < end - i ? inner - j : end - i;
+    for (int k = 0; k < c->nref; k++) s.off[k] = s.row[k] + j * c->ref[k].stride[in];
     if (c->fn) {
       fill_scalars(c, &s, s.off, (int)(n < B ? n : B));
       for (int64_t t = 0; t < n; t += B)
@@ -289,6 +295,13 @@ static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
         eval_block(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
     }
     i += n;
+    j = 0;
+    for (int d = in - 1; d >= 0; d--) {
+      for (int k = 0; k < c->nref; k++) s.row[k] += c->ref[k].stride[d];
+      if (++idx[d] < c->shape[d]) break;
+      for (int k = 0; k < c->nref; k++) s.row[k] -= c->shape[d] * c->ref[k].stride[d];
+      idx[d] = 0;
+    }
   }
 }
 

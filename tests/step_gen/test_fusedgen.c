@@ -11,6 +11,9 @@
  *     edges of exp's and tanh's ranges and branches, huge values) and
  *     random bit patterns of every exponent;
  *   - a strided dst and an in-place expression (dst is a leaf);
+ *   - a rank-3 expression whose dims cannot merge (a scalar per row, a
+ *     permuted leaf), split mid-row between two threads, against the same
+ *     float operations in a plain loop;
  *   - kd_step_set_compiled's refusals;
  *   - the object file (kd_fused_emit_file) is written.
  *
@@ -34,6 +37,7 @@
 #include "step.h"
 #include "stepfuse.h"
 #include "threadpool.h"
+#include "vmath.h"
 
 /* ---- random trees ------------------------------------------------------------ */
 
@@ -323,6 +327,68 @@ static void test_ops(kd_pool *pool) {
   for (int k = 0; k < np; k++) kd_step_free(p[k]);
 }
 
+/* ---- rank 3 ----------------------------------------------------------------------- */
+
+/* out [A, Bd, C] = tanh(x * s + b) - y: x contiguous, s one scalar per row
+   (strides [Bd, 1, 0]), b along the rows, y stored [C, Bd, A] and read
+   permuted. A * Bd * C is past the pool's grain (16384), so two threads
+   split it, mid-row. */
+static void test_rank3(kd_pool *pool) {
+  enum { A = 9, Bd = 7, C = 300, N = A * Bd * C };
+  enum { X, S, Bv, Y, OUT };
+  kd_step_prog *p = kd_step_alloc(5, 1, 0);
+  int64_t elems[5] = {N, A * Bd, C, N, N};
+  for (int v = 0; v < 5; v++)
+    p->values[v] = (kd_step_value){.loc = KD_LOC_ARENA, .dtype = KD_F32, .elems = elems[v]};
+  place_values(p);
+  p->exprs = calloc(1, sizeof *p->exprs);
+  p->nexprs = 1;
+  kd_step_expr *e = &p->exprs[0];
+  e->nleaf = 4, e->nop = 4;
+  e->leaf = calloc(4, sizeof *e->leaf);
+  e->op = calloc(4, sizeof *e->op);
+  e->leaf[0] = (kd_step_ref){.value = X, .stride = {Bd * C, C, 1}};
+  e->leaf[1] = (kd_step_ref){.value = S, .stride = {Bd, 1, 0}};
+  e->leaf[2] = (kd_step_ref){.value = Bv, .stride = {0, 0, 1}};
+  e->leaf[3] = (kd_step_ref){.value = Y, .stride = {1, A, A * Bd}};
+  e->op[0] = (kd_step_eop){KD_SF_MUL, {-1, -2, 0}};
+  e->op[1] = (kd_step_eop){KD_SF_ADD, {0, -3, 0}};
+  e->op[2] = (kd_step_eop){KD_SF_TANH, {1, 0, 0}};
+  e->op[3] = (kd_step_eop){KD_SF_SUB, {2, -4, 0}};
+  p->instr[0] = (kd_step_instr){.kind = KD_STEP_FUSED, .rank = 3, .shape = {A, Bd, C},
+                                .node = -1, .dst = {.value = OUT, .stride = {Bd * C, C, 1}}};
+  char err[512] = "";
+  CHECK(kd_step_validate(p, err, sizeof err) == KD_OK);
+  const kd_step_prog *ps[1] = {p};
+  kd_fused_jit *j = NULL;
+  CHECK(kd_fused_jit_new(ps, 1, 0, &j, err, sizeof err) == KD_OK);
+  char *arena = aligned_alloc(64, (size_t)p->arena_bytes);
+  float *v[5];
+  for (int k = 0; k < 5; k++) v[k] = (float *)(arena + p->values[k].offset);
+  rng = 99;
+  for (int k = 0; k < 4; k++)
+    for (int64_t i = 0; i < elems[k]; i++) v[k][i] = (float)(4 * urand() - 2);
+  float *want = malloc(N * sizeof *want);
+  for (int a = 0; a < A; a++)
+    for (int b = 0; b < Bd; b++)
+      for (int c = 0; c < C; c++) {
+        float t = v[X][(a * Bd + b) * C + c] * v[S][a * Bd + b] + v[Bv][c];
+        want[(a * Bd + b) * C + c] = kd_tanhf(t) - v[Y][(c * Bd + b) * A + a];
+      }
+  for (int compiled = 0; compiled < 2 && j; compiled++) {
+    if (compiled) CHECK(kd_step_set_compiled(p, kd_fused_jit_table(j, 0), 1, err, sizeof err) == KD_OK);
+    for (int threads = 0; threads < 2; threads++) {
+      memset(v[OUT], 0, N * sizeof(float));
+      CHECK(kd_step_run(p, arena, NULL, 0, 1, threads ? pool : NULL, err, sizeof err) == KD_OK);
+      CHECK(first_diff(want, v[OUT], N) < 0);
+    }
+  }
+  free(want);
+  free(arena);
+  kd_fused_jit_free(j);
+  kd_step_free(p);
+}
+
 /* ---- the runtime's checks and the object file ------------------------------------ */
 
 static void dummy(int64_t m, float *dst, const float *const *leaf) {
@@ -376,6 +442,7 @@ int main(void) {
   CHECK(kd_pool_new(2, &pool) == KD_OK);
   test_random_trees(pool);
   test_ops(pool);
+  test_rank3(pool);
   test_set_compiled();
   test_emit_file();
   kd_pool_free(pool);
