@@ -5,11 +5,11 @@
  *
  * Each function is a kd_step_fused_fn: for j < m, dst[j] = the expression
  * at leaf[k][j], in vectors of the session's width, then a scalar tail.
- * An expression is compiled when every op is on the interpreter's f32 path
- * but POW (libm's pow in double), or is a SELECT (exact in double: a choice
- * of f32 operands), which may read a bool leaf as its condition: every
- * leaf f32 or a constant, or bool for a SELECT's condition
- * (kd_fused_compilable). The others stay interpreted.
+ * An expression is compiled when each op is either on the interpreter's
+ * f32 path, POW excepted (libm's pow in double), or a SELECT (exact in
+ * double: a choice between f32 operands), and each leaf is f32, a constant,
+ * or a bool read only as a SELECT's condition (kd_fused_compilable). The
+ * others stay interpreted.
  *
  * Bits: the compiled code gives exactly the interpreter's results (step.c's
  * map_f32): the same float operations in the same order, constants rounded
