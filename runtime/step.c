@@ -1303,7 +1303,7 @@ static inline __attribute__((always_inline)) void reduce_impl(kd_step_fn fn, con
    float compare and select, NaN noted apart); NaN if any element is. The
    same value as reduce_impl's chain, bar the sign of a zero maximum when
    both -0 and +0 occur (the lanes meet them in another order). */
-static double row_max_f32(const float *x, int64_t len) {
+static inline double row_max_f32(const float *x, int64_t len) {
   enum { L = 8 };
   float acc[L];
   int nan[L];
@@ -1414,9 +1414,8 @@ enum { SOFT_KEEP = 2048 };
    error (a double difference is exact only while x and m are within 29
    binades; beyond, the two lo differ below 2^-53 |hi|, which e cannot
    show). A masked x (-inf) gives hi -inf and lo 0. */
-KD_VECTOR_CLONES
-static void soft_exps(const float *x, int64_t sa, float m, int64_t n, float *restrict e,
-                      float *restrict lo) {
+static inline void soft_exps_in(const float *x, int64_t sa, float m, int64_t n,
+                                float *restrict e, float *restrict lo) {
   for (int64_t k = 0; k < n; k++) {
     float a = x[k * sa], hi = a - m, bv = hi - a;
     float err = (a - (hi - bv)) + (-m - bv);
@@ -1429,16 +1428,37 @@ static void soft_exps(const float *x, int64_t sa, float m, int64_t n, float *res
   }
 }
 
+KD_VECTOR_CLONES
+static void soft_exps(const float *x, int64_t sa, float m, int64_t n, float *restrict e,
+                      float *restrict lo) {
+  soft_exps_in(x, sa, m, n, e, lo);
+}
+
 /* The sum of e[0..n) in double, four interleaved chains (element k in
    chain k % 4) added as (c0 + c1) + (c2 + c3): a fixed order, four times
    the throughput of one chain. */
-static double sum4(const float *e, int64_t n) {
+static inline double sum4(const float *e, int64_t n) {
   double c[4] = {0, 0, 0, 0};
   int64_t k = 0;
   for (; k + 4 <= n; k += 4)
     for (int w = 0; w < 4; w++) c[w] += e[k + w];
   for (; k < n; k++) c[k % 4] += e[k];
   return (c[0] + c[1]) + (c[2] + c[3]);
+}
+
+/* A contiguous softmax row of at most SOFT_KEEP with a finite maximum, in
+   one call: what softmax_chunk does below, operation for operation, with
+   one dispatch a row instead of four (attention's rows are 64 long).
+   False, with nothing written, when the maximum is not finite. */
+KD_VECTOR_CLONES
+static bool soft_row(const float *x, float *y, int64_t len, float *restrict e,
+                     float *restrict lo) { /* y may be x: read whole before written */
+  double m = row_max_f32(x, len);
+  if (!isfinite(m)) return false;
+  soft_exps_in(x, 1, (float)m, len, e, lo);
+  double inv = 1 / sum4(e, len);
+  for (int64_t k = 0; k < len; k++) y[k] = (float)(e[k] * inv);
+  return true;
 }
 
 static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
@@ -1452,6 +1472,7 @@ static void softmax_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
     row_block(c, t, &so, &dof);
     const float *x = (const float *)c->src.base + so;
     float *y = (float *)c->dst.base + dof;
+    if (soft && sa == 1 && da == 1 && len <= SOFT_KEEP && soft_row(x, y, len, e, lo)) continue;
     double m;
     reduce_rows(KD_SF_RMAX, &c->src, so, 0, sa, len, 1, &m);
     if (!isfinite(m)) {
