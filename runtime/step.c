@@ -1330,7 +1330,7 @@ static inline double row_max_f32(const float *x, int64_t len) {
    bits on every thread, within a double rounding of reduce_impl's single
    chain (at most 1 ulp apart once rounded to float) and 4 to 8 times as
    fast. */
-static double row_sum_f32(const float *x, int64_t len) {
+static inline double row_sum_f32(const float *x, int64_t len) {
   enum { L = 8 };
   double acc[L] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t k = 0;
