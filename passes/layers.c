@@ -173,7 +173,10 @@ kd_node_id kd_layer_rmsnorm(kd_layers *L, const char *prefix, kd_node_id x) {
 kd_node_id kd_layer_gelu(kd_layers *L, kd_node_id x) {
   kd_node_id x3 = B(MUL, B(MUL, x, x), x);
   kd_node_id inner = B(MUL, C(0.7978845608028654) /* sqrt(2 / pi) */, B(ADD, x, B(MUL, C(0.044715), x3)));
-  return B(MUL, B(MUL, C(0.5), x), B(ADD, C(1), U(TANH, inner)));
+  /* 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): one exp and a division, where
+     tanh costs a polynomial, an exp and a division; at u -> -inf the exp
+     overflows and x / inf is 0, the limit */
+  return B(DIV, x, B(ADD, C(1), U(EXP, B(MUL, C(-2), inner))));
 }
 
 kd_node_id kd_layer_silu(kd_layers *L, kd_node_id x) {

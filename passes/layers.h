@@ -77,7 +77,9 @@ kd_node_id kd_layer_linear(kd_layers *L, const char *prefix, kd_node_id x, int64
 kd_node_id kd_layer_layernorm(kd_layers *L, const char *prefix, kd_node_id x);
 /* x / sqrt(mean(x^2) + eps) * weight; weight ones. */
 kd_node_id kd_layer_rmsnorm(kd_layers *L, const char *prefix, kd_node_id x);
-/* GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+/* GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+ * computed as x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))), the same
+ * function. */
 kd_node_id kd_layer_gelu(kd_layers *L, kd_node_id x);
 /* x sigmoid(x) = x / (1 + exp(-x)). */
 kd_node_id kd_layer_silu(kd_layers *L, kd_node_id x);

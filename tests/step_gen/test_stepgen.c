@@ -215,19 +215,20 @@ static int count_fused(const kd_step_prog *p) {
 
 /* In a forward program (no split), the MLP's whole elementwise part between
    its two products (bias, GELU) is one FUSED instruction: each instruction
-   computing a tanh is a FUSED between two GEMMs. Returns their number. */
+   computing an exp (only the GELU has one) is a FUSED between two GEMMs.
+   Returns their number. */
 static int check_gelu(const char *what, const kd_step_prog *p) {
   int n = 0;
   for (int32_t i = 0; i < p->ninstr; i++) {
     const kd_step_instr *in = &p->instr[i];
-    bool tanh = in->kind == KD_STEP_MAP && in->fn == KD_SF_TANH;
+    bool exp = in->kind == KD_STEP_MAP && in->fn == KD_SF_EXP;
     for (int32_t t = 0; in->kind == KD_STEP_FUSED && t < p->exprs[in->expr].nop; t++)
-      tanh = tanh || p->exprs[in->expr].op[t].fn == KD_SF_TANH;
-    if (!tanh) continue;
+      exp = exp || p->exprs[in->expr].op[t].fn == KD_SF_EXP;
+    if (!exp) continue;
     n++;
     TU_CHECK(in->kind == KD_STEP_FUSED && i > 0 && i + 1 < p->ninstr &&
                  p->instr[i - 1].kind == KD_STEP_GEMM && p->instr[i + 1].kind == KD_STEP_GEMM,
-             "%s: instruction %d's tanh is not one FUSED between the MLP's products", what, i);
+             "%s: instruction %d's exp is not one FUSED between the MLP's products", what, i);
   }
   return n;
 }
