@@ -38,6 +38,9 @@ const char *kd_kind_phrase(kd_kind k) {
 #define LAYER(id, name, npos, pos, doc) \
   [KD_BUILTIN_##id] = {KD_BUILTIN_##id, name, KD_BI_LAYER, KD_CTX_MODEL, npos, pos, {{0}}, \
                        KD_RES_FIXED, KD_KIND_HIDDEN, doc}
+#define LAYER_NAMED(id, name, npos, pos, named, doc) \
+  [KD_BUILTIN_##id] = {KD_BUILTIN_##id, name, KD_BI_LAYER, KD_CTX_MODEL, npos, pos, named, \
+                       KD_RES_FIXED, KD_KIND_HIDDEN, doc}
 #define NAME(id, name, ctx, kind, doc) \
   [KD_BUILTIN_##id] = {KD_BUILTIN_##id, name, KD_BI_NAME, ctx, 0, {0}, {{0}}, \
                        KD_RES_FIXED, kind, doc}
@@ -81,7 +84,8 @@ const kd_builtin kd_builtins[KD_BUILTIN_COUNT] = {
 
   LAYER(EMBED, "embed", 3, P(IDS, NUM, NUM),
         "embed(ids, count, dim): a learned table of count rows of width dim"),
-  LAYER(LINEAR, "linear", 2, P(H, NUM), "linear(x, out): x @ W + b with out columns"),
+  LAYER_NAMED(LINEAR, "linear", 2, P(H, NUM), P({"bias", KD_KM_INT, 1}),
+              "linear(x, out, bias = 1): x @ W + b with out columns; bias = 0 leaves b out"),
   LAYER(LAYERNORM, "layernorm", 1, P(H), "layernorm(x): normalise each row, learned scale and shift"),
   LAYER(RMSNORM, "rmsnorm", 1, P(H), "rmsnorm(x): divide each row by its RMS, learned scale"),
   LAYER(ATTENTION, "attention", 2, P(H, NUM),

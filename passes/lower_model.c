@@ -178,10 +178,18 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
   kd_layers *L = &c->m->layers;
   kd_mval arg[3] = {kd_ml_bad, kd_ml_bad, kd_ml_bad};
   const kd_ast *at[3] = {e, e, e};
-  size_t n = e->items.n < 3 ? e->items.n : 3;
-  for (size_t i = 0; i < n; i++) {
-    at[i] = e->items.v[i]->a;
-    arg[i] = kd_ml_expr(c, at[i], s);
+  const kd_ast *bias_at = NULL; /* linear's only named argument */
+  size_t n = 0;
+  for (size_t i = 0; i < e->items.n; i++) {
+    const kd_ast *it = e->items.v[i];
+    if (it->name) {
+      if (!strcmp(it->name, "bias")) bias_at = it->a;
+      continue;
+    }
+    if (n == 3) continue;
+    at[n] = it->a;
+    arg[n] = kd_ml_expr(c, at[n], s);
+    n++;
   }
   if (c->failed) return kd_ml_bad;
   char name[256] = "";
@@ -219,7 +227,13 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
   }
   case KD_BUILTIN_LINEAR: {
     int64_t out = kd_ml_dim(c, at[1], arg[1], "the width of linear()");
-    if (out > 0) y = kd_layer_linear(L, name, x, out, true);
+    kd_mval bias = bias_at ? kd_ml_expr(c, bias_at, s) : kd_ml_num(1);
+    if (!bias.is_num || (bias.num != 0 && bias.num != 1)) {
+      if (bias.is_num || bias.id != KD_NONE)
+        kd_ml_error(c, bias_at->loc, "%s: bias must be 1 (with) or 0 (without)", "linear()");
+      return kd_ml_bad;
+    }
+    if (out > 0) y = kd_layer_linear(L, name, x, out, bias.num != 0);
     break;
   }
   case KD_BUILTIN_LAYERNORM: y = kd_layer_layernorm(L, name, x); break;

@@ -188,8 +188,8 @@ static void test_tiny_gpt(void) {
   kd_program_free(p);
 }
 
-/* unembed: the tied head has no parameter of its own; lowering errors at
- * the call. */
+/* unembed: the tied head has no parameter of its own; linear without a
+ * bias; lowering errors at the call (or the bad argument). */
 static const char tied[] =
     "model tied(vocab = 16, dim = 8) {\n"
     "  x = embed(tokens, vocab, dim) + embed(positions, 8, dim)\n"
@@ -207,10 +207,17 @@ static const char tied[] =
     "  x = embed(tokens, vocab, dim)\n"
     "  logits = unembed(linear(x, 12), tokens)\n"
     "}\n"
-    "a = tied()\nb = none()\nc = twice()\nd = wide()\n"
+    "model nobias(vocab = 16, dim = 8) {\n"
+    "  logits = linear(embed(tokens, vocab, dim), vocab, bias = 0)\n"
+    "}\n"
+    "model badbias(vocab = 16, dim = 8) {\n"
+    "  logits = linear(embed(tokens, vocab, dim), vocab, bias = 2)\n"
+    "}\n"
+    "a = tied()\nb = none()\nc = twice()\nd = wide()\ne = nobias()\nf = badbias()\n"
     "objective {\n"
     "  loss = cross_entropy(a.logits, labels) + cross_entropy(b.logits, labels)\n"
     "       + cross_entropy(c.logits, labels) + cross_entropy(d.logits, labels)\n"
+    "       + cross_entropy(e.logits, labels) + cross_entropy(f.logits, labels)\n"
     "}\n";
 
 static void test_tied(void) {
@@ -226,6 +233,13 @@ static void test_tied(void) {
     TU_CHECK(l && l->rank == 3 && l->shape[2] == 16, "tied: logits over the vocabulary");
     kd_model_free(&m);
   }
+  if (mt_lower(p, "e", &m) == KD_OK) {
+    char buf[64];
+    TU_CHECK(m.layers.nparams == 2 && !kd_layers_find(&m.layers, "linear.bias") &&
+                 !strcmp(shape_of(&m, "linear.weight", buf, sizeof buf), "[8, 16]"),
+             "linear(..., bias = 0): a weight and no bias (%zu parameters)", m.layers.nparams);
+    kd_model_free(&m);
+  }
   static const struct {
     const char *inst, *msg;
   } bad[] = {
@@ -234,6 +248,7 @@ static void test_tied(void) {
       {"c", "tied.kd:11:12: error: unembed(x, tokens): the model embeds them more than once, so "
             "the table to share is ambiguous"},
       {"d", "tied.kd:15:12: error: unembed: the input has width 12, the embedding table 8"},
+      {"f", "tied.kd:21:60: error: linear(): bias must be 1 (with) or 0 (without)"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     kd_model bm;
