@@ -4,7 +4,8 @@
  * Generates text from a trained model: the instance lowered
  * (passes/lower_model.h), its forward graph (passes/train_graph.h) lowered
  * to a step program (codegen/stepgen.h) at B = 1 and T = the data block's
- * seq, the weights read from a weights file (kd_params_save) or a training
+ * seq, its fused maps compiled as `kdc run` compiles them (codegen/fusedgen.h;
+ * KDC_NO_FUSED_JIT=1 interprets them), the weights read from a weights file (kd_params_save) or a training
  * checkpoint (runtime/checkpoint.h, its optimiser state ignored).
  *
  * Tokens are bytes: the prompt's bytes are the context, every sampled token
@@ -24,6 +25,7 @@
 #include "checkpoint.h"
 #include "commands.h"
 #include "fileio.h"
+#include "fusedgen.h"
 #include "kernels.h"
 #include "model_params.h"
 #include "stepgen.h"
@@ -292,6 +294,7 @@ int kdc_cmd_sample(int argc, char **argv) {
   kd_params P = {0};
   kd_graph *g = NULL;
   kd_step_prog *sp = NULL;
+  kd_fused_jit *fj = NULL;
   kd_pool *pool = NULL;
   const kd_symbol *inst = NULL, *data = NULL;
   char err[4096];
@@ -336,6 +339,13 @@ int kdc_cmd_sample(int argc, char **argv) {
     fprintf(stderr, CMD ": %s: %s\n", inst->name, err);
     goto done;
   }
+  const char *no_jit = getenv("KDC_NO_FUSED_JIT"); /* as kdc run: the fused maps compiled */
+  if (!(no_jit && !strcmp(no_jit, "1")) && sp->nexprs > 0 &&
+      (kd_fused_jit_new((const kd_step_prog *const *)&sp, 1, 0, &fj, err, sizeof err) != KD_OK ||
+       kd_step_set_compiled(sp, kd_fused_jit_table(fj, 0), sp->nexprs, err, sizeof err) != KD_OK)) {
+    fprintf(stderr, CMD ": compiling the fused maps: %s\n", err);
+    goto done;
+  }
   if (a.threads > 1 && kd_pool_new((int)a.threads, &pool) != KD_OK) {
     fprintf(stderr, CMD ": cannot start %" PRId64 " threads\n", a.threads);
     goto done;
@@ -345,6 +355,7 @@ int kdc_cmd_sample(int argc, char **argv) {
 done:
   kd_pool_free(pool);
   kd_step_free(sp);
+  kd_fused_jit_free(fj);
   kd_graph_free(g);
   kd_params_free(&P);
   kd_model_free(&m);
