@@ -36,11 +36,10 @@ typedef struct kd_mlower {
   kd_diag *diag;
   kd_model *m;
   kd_node_id tokens, positions;
-  /* the embeddings so far: ids (tokens or positions) and table, for unembed */
-  struct {
-    kd_node_id ids, table;
-  } embeds[16];
-  int nembeds;
+  /* for unembed: the embeddings so far of tokens [0] and positions [1], how
+   * many and the first one's table */
+  int nembeds[2];
+  kd_node_id table[2];
   kd_mbinding *env;
   size_t nenv, cap;
   bool failed;
@@ -201,28 +200,24 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
     int64_t rows = kd_ml_dim(c, at[1], arg[1], "the number of rows of embed()");
     int64_t dim = kd_ml_dim(c, at[2], arg[2], "the width of embed()");
     if (rows > 0 && dim > 0) y = kd_layer_embedding(L, name, x, rows, dim);
-    if (y != KD_NONE && c->nembeds < (int)(sizeof c->embeds / sizeof c->embeds[0])) {
-      c->embeds[c->nembeds].ids = x;
-      c->embeds[c->nembeds++].table = kd_graph_node(c->m->g, y)->src[0];
+    if (y != KD_NONE) {
+      int w = x == c->tokens ? 0 : 1; /* ids are tokens or positions (the checker's IDS) */
+      if (c->nembeds[w]++ == 0) c->table[w] = kd_graph_node(c->m->g, y)->src[0];
     }
     break;
   }
   case KD_BUILTIN_UNEMBED: {
-    const char *ids = arg[1].id == c->tokens ? "tokens" : "positions";
-    kd_node_id table = KD_NONE;
-    int found = 0;
-    for (int i = 0; i < c->nembeds; i++)
-      if (c->embeds[i].ids == arg[1].id) table = c->embeds[i].table, found++;
-    if (found != 1) {
+    int w = arg[1].id == c->tokens ? 0 : 1;
+    if (c->nembeds[w] != 1) {
       kd_ml_error(c, e->loc,
-                  found ? "unembed(x, %s): the model embeds them more than once, so the table "
-                          "to share is ambiguous"
-                        : "unembed(x, %s) shares the table of an earlier embed of the same "
-                          "ids, and the model has none",
-                  ids);
+                  c->nembeds[w] ? "unembed(x, %s): the model embeds them more than once, so "
+                                  "the table to share is ambiguous"
+                                : "unembed(x, %s) shares the table of an earlier embed of the "
+                                  "same ids, and the model has none",
+                  w ? "positions" : "tokens");
       return kd_ml_bad;
     }
-    y = kd_layer_unembed(L, x, table);
+    y = kd_layer_unembed(L, x, c->table[w]);
     break;
   }
   case KD_BUILTIN_LINEAR: {
@@ -230,7 +225,7 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
     kd_mval bias = bias_at ? kd_ml_expr(c, bias_at, s) : kd_ml_num(1);
     if (!bias.is_num || (bias.num != 0 && bias.num != 1)) {
       if (bias.is_num || bias.id != KD_NONE)
-        kd_ml_error(c, bias_at->loc, "%s: bias must be 1 (with) or 0 (without)", "linear()");
+        kd_ml_error(c, bias_at->loc, "%s(): bias must be 1 (with) or 0 (without)", b->name);
       return kd_ml_bad;
     }
     if (out > 0) y = kd_layer_linear(L, name, x, out, bias.num != 0);
