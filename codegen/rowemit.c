@@ -1,0 +1,251 @@
+/* The row emitters' shared core (rowemit.h). */
+#include "rowemit.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mathlib.h"
+
+void kd_re_init(kd_rowemit *r, const kd_schedule *s, const char *name, const char *who,
+                LLVMModuleRef M, char *err, size_t errlen) {
+  r->s = s;
+  r->g = s->g;
+  r->n = kd_graph_size(s->g);
+  r->name = name;
+  r->who = who;
+  r->err = err;
+  r->errlen = errlen;
+  r->M = M;
+  r->C = LLVMGetModuleContext(M);
+  r->gval = calloc(r->n + 1, sizeof *r->gval);
+  r->rval = calloc(r->n + 1, sizeof *r->rval);
+  r->vval = calloc(r->n + 1, sizeof *r->vval);
+  if (!r->gval || !r->rval || !r->vval) kd_re_fail(r, KD_ERR_NOMEM, "%s: out of memory", who);
+  r->b = LLVMCreateBuilderInContext(r->C);
+  r->be = LLVMCreateBuilderInContext(r->C);
+  r->f32 = LLVMFloatTypeInContext(r->C);
+  r->f64 = LLVMDoubleTypeInContext(r->C);
+  r->i1 = LLVMInt1TypeInContext(r->C);
+  r->i16 = LLVMInt16TypeInContext(r->C);
+  r->i32 = LLVMInt32TypeInContext(r->C);
+  r->i64 = LLVMInt64TypeInContext(r->C);
+}
+
+void kd_re_dispose(kd_rowemit *r) {
+  LLVMDisposeBuilder(r->b);
+  LLVMDisposeBuilder(r->be);
+  free(r->gval);
+  free(r->rval);
+  free(r->vval);
+}
+
+void kd_re_fail(kd_rowemit *r, kd_status st, const char *fmt, ...) {
+  if (r->st) return;
+  r->st = st;
+  if (r->err && r->errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, r->errlen, fmt, ap);
+    va_end(ap);
+  }
+}
+
+/* ---- IR helpers ------------------------------------------------------------ */
+
+LLVMTypeRef kd_re_type_of(const kd_rowemit *r, kd_vclass c, int vec) {
+  LLVMTypeRef t = c == KD_CL_F ? (vec ? r->f32 : r->f64) : c == KD_CL_I ? r->i64 : r->i1;
+  return vec ? LLVMVectorType(t, (unsigned)r->W) : t;
+}
+
+LLVMValueRef kd_re_i64c(const kd_rowemit *r, long long v) {
+  return LLVMConstInt(r->i64, (unsigned long long)v, 1);
+}
+
+LLVMValueRef kd_re_splat(kd_rowemit *r, LLVMValueRef x) {
+  LLVMTypeRef vt = LLVMVectorType(LLVMTypeOf(x), (unsigned)r->W);
+  LLVMValueRef v = LLVMBuildInsertElement(r->b, LLVMGetPoison(vt), x, kd_re_i64c(r, 0), "");
+  LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(r->i32, (unsigned)r->W));
+  return LLVMBuildShuffleVector(r->b, v, LLVMGetPoison(vt), zeros, "");
+}
+
+LLVMValueRef kd_re_lane_index(kd_rowemit *r) {
+  LLVMValueRef lanes[64];
+  for (int i = 0; i < r->W; i++) lanes[i] = kd_re_i64c(r, i);
+  return LLVMBuildAdd(r->b, kd_re_splat(r, r->j), LLVMConstVector(lanes, (unsigned)r->W), "");
+}
+
+LLVMBasicBlockRef kd_re_block(kd_rowemit *r, const char *name) {
+  return LLVMAppendBasicBlockInContext(r->C, r->fn, name);
+}
+
+LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
+                       LLVMValueRef v1, LLVMBasicBlockRef b1) {
+  LLVMValueRef p = LLVMBuildPhi(r->b, t, "");
+  LLVMValueRef in[2] = {v0, v1};
+  LLVMBasicBlockRef bb[2] = {b0, b1};
+  LLVMAddIncoming(p, in, bb, 2);
+  return p;
+}
+
+/* ---- conversions ----------------------------------------------------------- */
+
+LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to) {
+  if (from == to) return v;
+  LLVMBuilderRef b = r->b;
+  LLVMTypeRef vt = LLVMTypeOf(v);
+  LLVMTypeRef t = kd_re_type_of(r, to, LLVMGetTypeKind(vt) == LLVMVectorTypeKind);
+  if (to == KD_CL_F) return from == KD_CL_I ? LLVMBuildSIToFP(b, v, t, "") : LLVMBuildUIToFP(b, v, t, "");
+  if (to == KD_CL_B)
+    return from == KD_CL_F ? LLVMBuildFCmp(b, LLVMRealUNE, v, LLVMConstNull(vt), "")
+                           : LLVMBuildICmp(b, LLVMIntNE, v, LLVMConstNull(vt), "");
+  if (from == KD_CL_B) return LLVMBuildZExt(b, v, t, "");
+  /* F -> I truncates toward zero; NaN gives 0 and the range is clamped, so
+   * fptosi never sees a value it would turn into poison */
+  LLVMValueRef ok = LLVMBuildFCmp(b, LLVMRealORD, v, v, "");
+  v = LLVMBuildSelect(b, ok, v, LLVMConstNull(vt), "");
+  LLVMValueRef lim[2] = {v, kd_ir_fconst(vt, 9.2e18)};
+  v = kd_ir_intrinsic(b, "llvm.minnum", vt, lim, 2);
+  LLVMValueRef lim2[2] = {v, kd_ir_fconst(vt, -9.2e18)};
+  v = kd_ir_intrinsic(b, "llvm.maxnum", vt, lim2, 2);
+  return LLVMBuildFPToSI(b, v, t, "");
+}
+
+LLVMValueRef kd_re_widen(kd_rowemit *r, LLVMValueRef x, kd_vclass c) {
+  if (c == KD_CL_F) x = LLVMBuildFPTrunc(r->b, x, r->f32, "");
+  return kd_re_splat(r, x);
+}
+
+/* ---- the expression emitter ---------------------------------------------------- */
+
+static LLVMValueRef convert_cb(void *r, LLVMValueRef v, kd_vclass from, kd_vclass to) {
+  return kd_re_convert(r, v, from, to);
+}
+static LLVMValueRef exp_cb(void *r, LLVMValueRef x) { return ((kd_rowemit *)r)->exp(r, x); }
+static LLVMValueRef log_cb(void *r, LLVMValueRef x) { return ((kd_rowemit *)r)->log(r, x); }
+
+LLVMValueRef kd_re_op(kd_rowemit *r, kd_node_id id, LLVMValueRef *v) {
+  kd_elem x = {r->b, r->g, r, convert_cb, exp_cb, log_cb, r->vzero, r->who, &r->st, r->err, r->errlen};
+  return kd_elem_op(&x, id, v, kd_re_fnode(r, id)->role == KD_ROLE_IDENTITY);
+}
+
+/* ---- global, row and element values ------------------------------------------ */
+
+LLVMValueRef kd_re_const_value(kd_rowemit *r, const kd_node *n) {
+  kd_vclass c = kd_vclass_of(n->dtype);
+  if (c == KD_CL_F) return LLVMConstReal(r->f64, n->value);
+  if (c == KD_CL_B) return LLVMConstInt(r->i1, n->value != 0, 0);
+  return kd_re_i64c(r, (long long)n->value);
+}
+
+LLVMValueRef kd_re_global_value(kd_rowemit *r, kd_node_id id) {
+  const kd_node *n = kd_re_gnode(r, id);
+  if (n->op == KD_IR_CONST) return kd_re_const_value(r, n);
+  if (!r->gval[id]) {
+    /* load in the entry block, convert there too */
+    LLVMBuilderRef keep = r->b;
+    r->b = r->be;
+    LLVMValueRef idx = kd_re_i64c(r, id);
+    LLVMValueRef p = LLVMBuildGEP2(r->b, r->f64, r->p_globals, &idx, 1, "");
+    r->gval[id] = kd_re_convert(r, LLVMBuildLoad2(r->b, r->f64, p, ""), KD_CL_F, kd_vclass_of(n->dtype));
+    r->b = keep;
+  }
+  return r->gval[id];
+}
+
+LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id) {
+  const kd_fuse_node *f = kd_re_fnode(r, id);
+  if (f->kind == KD_FUSE_GLOBAL) return kd_re_global_value(r, id);
+  if (r->rval[id]) return r->rval[id];
+  const kd_node *n = kd_re_gnode(r, id);
+  if (f->kind != KD_FUSE_ROW || f->role == KD_ROLE_ROWRED || f->role == KD_ROLE_FOLDED) {
+    kd_re_fail(r, KD_ERR_BACKEND, "%s: %%%d used before its pass (a scheduler bug)", r->who, (int)id);
+    return LLVMGetPoison(kd_re_type_of(r, kd_vclass_of(n->dtype), 0));
+  }
+  if (n->op == KD_IR_INPUT) {
+    if (id != r->s->labels) {
+      kd_re_fail(r, KD_ERR_UNSUPPORTED, "%s: per-row input \"%s\" is not supported", r->who, n->name);
+      return LLVMGetPoison(r->i64);
+    }
+    LLVMValueRef p = LLVMBuildGEP2(r->b, r->i64, r->p_labels, &r->row, 1, "");
+    return r->rval[id] = LLVMBuildLoad2(r->b, r->i64, p, "label");
+  }
+  LLVMValueRef v[KD_MAX_SRC] = {0};
+  for (int i = 0; i < n->nsrc; i++) v[i] = kd_re_row_value(r, n->src[i]);
+  return r->rval[id] = kd_re_op(r, id, v);
+}
+
+/* c = hi + lo in two floats and x - c = (x - hi) - lo: a shift by the
+ * log-sum-exp of logits of size 1e4 then stays accurate to the f32
+ * rounding of the (small) difference, not of c. With c rounded to f32, p =
+ * exp(t - lse) would be off by 5e-4 and sum(p * t) - lse by units. */
+LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id) {
+  const kd_node *n = kd_re_gnode(r, id);
+  if ((n->op != KD_IR_ADD && n->op != KD_IR_SUB) || kd_vclass_of(n->dtype) != KD_CL_F) return NULL;
+  int k = kd_re_fnode(r, n->src[0])->kind == KD_FUSE_ELEM ? 1 : 0; /* the scalar operand */
+  kd_node_id xs = n->src[1 - k], cs = n->src[k];
+  if (kd_re_fnode(r, xs)->kind != KD_FUSE_ELEM || kd_re_fnode(r, cs)->kind == KD_FUSE_ELEM ||
+      kd_vclass_of(kd_re_gnode(r, cs)->dtype) != KD_CL_F ||
+      kd_vclass_of(kd_re_gnode(r, xs)->dtype) != KD_CL_F || kd_re_gnode(r, cs)->op == KD_IR_CONST)
+    return NULL;
+  LLVMBuilderRef b = r->b;
+  LLVMValueRef x = r->elem_value(r, xs), c = kd_re_row_value(r, cs);
+  LLVMValueRef hi = LLVMBuildFPTrunc(b, c, r->f32, "");
+  LLVMValueRef lo = LLVMBuildFPTrunc(b, LLVMBuildFSub(b, c, LLVMBuildFPExt(b, hi, r->f64, ""), ""), r->f32, "");
+  LLVMValueRef vh = kd_re_splat(r, hi), vl = kd_re_splat(r, lo);
+  if (n->op == KD_IR_ADD) return LLVMBuildFAdd(b, LLVMBuildFAdd(b, x, vh, ""), vl, "");
+  if (k == 1) return LLVMBuildFSub(b, LLVMBuildFSub(b, x, vh, ""), vl, "");
+  return LLVMBuildFSub(b, LLVMBuildFSub(b, vh, x, ""), vl, ""); /* c - x */
+}
+
+LLVMValueRef kd_re_fold_contrib(kd_rowemit *r, kd_node_id id, LLVMValueRef w, LLVMValueRef wz) {
+  const kd_fuse_node *f = kd_re_fnode(r, id);
+  if (f->fold_f == KD_NONE) return w;
+  LLVMValueRef x = r->elem_value(r, f->fold_f);
+  x = kd_re_convert(r, x, kd_vclass_of(kd_re_gnode(r, f->fold_f)->dtype), KD_CL_F);
+  LLVMValueRef p = LLVMBuildFMul(r->b, w, x, "");
+  if (!f->mulz) return p;
+  if (!wz) wz = LLVMBuildFCmp(r->b, LLVMRealOEQ, w, LLVMConstNull(r->vf), "");
+  return LLVMBuildSelect(r->b, wz, LLVMConstNull(r->vf), p, "");
+}
+
+void kd_re_prepare_rows(kd_rowemit *r, kd_node_id id, char *seen) {
+  if (seen[id]) return;
+  seen[id] = 1;
+  const kd_fuse_node *f = kd_re_fnode(r, id);
+  if (f->kind == KD_FUSE_ROW) {
+    kd_re_row_value(r, id);
+    return;
+  }
+  if (f->kind == KD_FUSE_GLOBAL) {
+    kd_re_global_value(r, id);
+    return;
+  }
+  const kd_node *n = kd_re_gnode(r, id);
+  for (int i = 0; i < n->nsrc; i++) kd_re_prepare_rows(r, n->src[i], seen);
+}
+
+void kd_re_store_row_reds(kd_rowemit *r) {
+  for (kd_node_id id = 0; id < (kd_node_id)r->n && !r->st; id++) {
+    const kd_fuse_node *f = kd_re_fnode(r, id);
+    if (f->role != KD_ROLE_NRED || f->stage != r->stage) continue;
+    kd_node_id src = kd_re_gnode(r, id)->src[0];
+    LLVMValueRef v = kd_re_convert(r, kd_re_row_value(r, src), kd_vclass_of(kd_re_gnode(r, src)->dtype), KD_CL_F);
+    LLVMValueRef idx = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, kd_re_i64c(r, f->slot), r->N, ""), r->row, "");
+    LLVMBuildStore(r->b, v, LLVMBuildGEP2(r->b, r->f64, r->p_rows, &idx, 1, ""));
+  }
+}
+
+/* ---- the schedule ----------------------------------------------------------------- */
+
+int kd_re_is_output(const kd_rowemit *r, kd_node_id id) {
+  for (size_t i = 0; i < kd_graph_noutputs(r->g); i++)
+    if (kd_graph_output(r->g, i) == id) return 1;
+  return 0;
+}
+
+kd_node_id kd_re_online_a(const kd_rowemit *r, kd_node_id id) {
+  const kd_fuse_node *f = kd_re_fnode(r, id);
+  return f->role == KD_ROLE_FOLDED ? f->fold_a : kd_re_gnode(r, id)->src[0];
+}

@@ -1,0 +1,130 @@
+/* The core that the CPU and PTX back ends (cpu.c, ptx.c) share when they
+ * lower a row schedule (passes/fuse.h) to LLVM IR: the builder, schedule,
+ * graph, types and value tables in one struct, kd_rowemit, that each back
+ * end's emitter embeds as its member r, and what both compute the same way
+ * on it: class conversions, broadcasts, global and row scalars, the split
+ * shift of f32 lanes by a double scalar, a pass's row prerequisites.
+ *
+ * What differs per target comes in through hooks (the back end's element
+ * values, its exp and log) or stays in cpu.c and ptx.c: loads and stores,
+ * the loops, reductions and how their lanes combine, kernels and steps.
+ * Every function here emits exactly the instructions, in the order, that
+ * the back ends emitted before they shared it: the generated code does not
+ * depend on which of the two calls it.
+ *
+ * Value classes (elementwise.h): F is f32 in W-lane vectors and double in
+ * scalars, I is i64, B is i1; element values are vectors of r->W lanes. */
+#ifndef KD_ROWEMIT_H
+#define KD_ROWEMIT_H
+
+#include <stddef.h>
+
+#include <llvm-c/Core.h>
+
+#include "../ir/ir.h"
+#include "../passes/fuse.h"
+#include "../runtime/status.h"
+#include "elementwise.h"
+
+typedef struct kd_rowemit kd_rowemit;
+
+struct kd_rowemit {
+  const kd_schedule *s;
+  const kd_graph *g;
+  size_t n;         /* graph size: the length of the value tables */
+  int W;            /* lanes of the element vectors being emitted */
+  const char *name; /* symbol prefix */
+  const char *who;  /* message prefix: "codegen", "ptx" */
+  kd_status st;     /* the first failure, */
+  char *err;        /* with its message */
+  size_t errlen;
+
+  LLVMContextRef C;
+  LLVMModuleRef M;
+  LLVMBuilderRef b;
+  LLVMBuilderRef be; /* before the entry block's terminator: global loads */
+  LLVMTypeRef f32, f64, i1, i16, i32, i64, vf; /* vf: W f32 lanes */
+
+  /* per function */
+  LLVMValueRef fn, N, V, row, j; /* j: the first column of the vector */
+  LLVMValueRef p_labels, p_rows, p_globals;
+  LLVMValueRef *gval;  /* [n] global scalars */
+  LLVMValueRef *rval;  /* [n] row scalars of the current row */
+  LLVMValueRef *vval;  /* [n] element vectors of the current body */
+  LLVMValueRef *vzero; /* [n] lanes known to be 0 (elementwise.h), or NULL */
+  int stage;
+
+  /* the back end's element value of node id (memoised in vval) */
+  LLVMValueRef (*elem_value)(kd_rowemit *r, kd_node_id id);
+  /* exp and log of f32 lanes or of a double scalar */
+  LLVMValueRef (*exp)(kd_rowemit *r, LLVMValueRef x);
+  LLVMValueRef (*log)(kd_rowemit *r, LLVMValueRef x);
+};
+
+/* Fills the shared part: the value tables (zeroed, n + 1 entries), two
+ * builders and the scalar types; W and vf stay the caller's. Failures are
+ * recorded in r->st. kd_re_dispose frees what this allocated. */
+void kd_re_init(kd_rowemit *r, const kd_schedule *s, const char *name, const char *who,
+                LLVMModuleRef M, char *err, size_t errlen);
+void kd_re_dispose(kd_rowemit *r);
+
+/* Records the first failure and its message (printf format). */
+void kd_re_fail(kd_rowemit *r, kd_status st, const char *fmt, ...);
+
+static inline const kd_node *kd_re_gnode(const kd_rowemit *r, kd_node_id id) {
+  return kd_graph_node(r->g, id);
+}
+static inline const kd_fuse_node *kd_re_fnode(const kd_rowemit *r, kd_node_id id) {
+  return &r->s->node[id];
+}
+
+/* ---- IR helpers ---- */
+
+/* The type of class c: W lanes (f32, i64, i1) when vec, else a scalar
+ * (double, i64, i1). */
+LLVMTypeRef kd_re_type_of(const kd_rowemit *r, kd_vclass c, int vec);
+LLVMValueRef kd_re_i64c(const kd_rowemit *r, long long v);
+/* x in all W lanes */
+LLVMValueRef kd_re_splat(kd_rowemit *r, LLVMValueRef x);
+/* j + (0, 1, .., W - 1) as i64 lanes (W <= 64) */
+LLVMValueRef kd_re_lane_index(kd_rowemit *r);
+LLVMBasicBlockRef kd_re_block(kd_rowemit *r, const char *name);
+/* phi [v0, b0], [v1, b1] of type t */
+LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
+                       LLVMValueRef v1, LLVMBasicBlockRef b1);
+
+/* ---- values ---- */
+
+/* v of class `from` as class `to`, scalar or vector alike. */
+LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to);
+/* A row or global scalar (double / i64 / i1) broadcast into W lanes of class c. */
+LLVMValueRef kd_re_widen(kd_rowemit *r, LLVMValueRef x, kd_vclass c);
+/* Node id from v[] (its sources' values) through kd_elem_op. */
+LLVMValueRef kd_re_op(kd_rowemit *r, kd_node_id id, LLVMValueRef *v);
+/* A constant node as a scalar of its class. */
+LLVMValueRef kd_re_const_value(kd_rowemit *r, const kd_node *n);
+/* A global scalar: a constant, or p_globals[id] loaded and converted in the
+ * entry block once per function. */
+LLVMValueRef kd_re_global_value(kd_rowemit *r, kd_node_id id);
+/* A row scalar of the current row (globals, labels[row], row ops); a
+ * reduction not computed yet is a scheduler bug (KD_ERR_BACKEND). */
+LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id);
+/* x + c or x - c for f32 lanes x and a double row or global scalar c, with
+ * c split into two floats; NULL when id is not such a node. */
+LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id);
+/* w times a folded sum's f (none: w); under MULZ 0 where w is 0 (wz: those
+ * lanes when known, else NULL and they are compared). */
+LLVMValueRef kd_re_fold_contrib(kd_rowemit *r, kd_node_id id, LLVMValueRef w, LLVMValueRef wz);
+/* Computes the row and global scalars below id (seen: [n] flags). */
+void kd_re_prepare_rows(kd_rowemit *r, kd_node_id id, char *seen);
+/* Stores the current row's values of the stage's reductions over rows to
+ * p_rows[slot * N + row]. */
+void kd_re_store_row_reds(kd_rowemit *r);
+
+/* ---- the schedule ---- */
+
+int kd_re_is_output(const kd_rowemit *r, kd_node_id id);
+/* The a of an online reduction: exp(a - c) for a folded sum, the LSE's source. */
+kd_node_id kd_re_online_a(const kd_rowemit *r, kd_node_id id);
+
+#endif /* KD_ROWEMIT_H */
