@@ -152,10 +152,7 @@ static LLVMValueRef load_logits(emitter *e, kd_node_id id) {
     LLVMSetAlignment(x, bf16 ? 2 : 4);
   }
   if (!bf16) return x;
-  /* bf16 is the top half of an f32: widening is exact */
-  LLVMTypeRef vi32 = LLVMVectorType(e->r.i32, (unsigned)e->r.W);
-  x = LLVMBuildShl(e->r.b, LLVMBuildZExt(e->r.b, x, vi32, ""), kd_ir_iconst(vi32, 16), "");
-  return LLVMBuildBitCast(e->r.b, x, e->r.vf, "");
+  return kd_re_bf16_to_f32(&e->r, x);
 }
 
 static LLVMValueRef elem_value(emitter *e, kd_node_id id);
@@ -387,7 +384,7 @@ static int is_max(const emitter *e, const pass_plan *pl, int r) {
 }
 
 static void store_output(emitter *e, kd_node_id id) {
-  LLVMValueRef v = kd_re_convert(&e->r, elem_value(e, id), kd_vclass_of(kd_re_gnode(&e->r, id)->dtype), KD_CL_F);
+  LLVMValueRef v = kd_re_elem_f(&e->r, id);
   LLVMValueRef off = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, e->r.row, e->r.V, ""), e->r.j, "");
   LLVMValueRef p = LLVMBuildGEP2(e->r.b, e->r.f32, e->ptr_grad, &off, 1, "");
   if (e->mask) {
@@ -412,8 +409,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   LLVMValueRef *m = state, *acc = state + pl->ng;
   LLVMValueRef ninf = kd_ir_fconst(e->r.vf, -INFINITY), zero = LLVMConstNull(e->r.vf);
   for (int gi = 0; gi < pl->ng; gi++) {
-    LLVMValueRef x = masked(e, kd_re_convert(&e->r, elem_value(e, pl->ga[gi]),
-                                       kd_vclass_of(kd_re_gnode(&e->r, pl->ga[gi])->dtype), KD_CL_F), ninf);
+    LLVMValueRef x = masked(e, kd_re_elem_f(&e->r, pl->ga[gi]), ninf);
     /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
     LLVMValueRef wz, w = kd_emit_exp_row(e->r.b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
@@ -426,7 +422,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int r = 0; r < pl->nr; r++) {
     if (pl->rgroup[r] >= 0) continue;
     kd_node_id src = kd_re_gnode(&e->r, pl->red[r])->src[0];
-    LLVMValueRef x = kd_re_convert(&e->r, elem_value(e, src), kd_vclass_of(kd_re_gnode(&e->r, src)->dtype), KD_CL_F);
+    LLVMValueRef x = kd_re_elem_f(&e->r, src);
     if (!is_max(e, pl, r)) {
       acc[r] = LLVMBuildFAdd(e->r.b, acc[r], masked(e, x, zero), "");
       continue;
@@ -507,8 +503,7 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const
         v = LLVMBuildFAdd(e->r.b, gmaxd[gi], intrinsic1(e, "llvm.log", total), "");
       } else {
         /* folded: sum exp(a - c) f = exp(max - c) sum exp(a - max) f */
-        LLVMValueRef c = kd_re_convert(&e->r, kd_re_row_value(&e->r, kd_re_fnode(&e->r, id)->fold_c),
-                                 kd_vclass_of(kd_re_gnode(&e->r, kd_re_fnode(&e->r, id)->fold_c)->dtype), KD_CL_F);
+        LLVMValueRef c = kd_re_row_f(&e->r, kd_re_fnode(&e->r, id)->fold_c);
         LLVMValueRef sh = emit_exp(&e->r, LLVMBuildFSub(e->r.b, gmaxd[gi], c, ""));
         LLVMValueRef z = LLVMBuildFCmp(e->r.b, LLVMRealOEQ, total, LLVMConstReal(e->r.f64, 0), "");
         v = LLVMBuildSelect(e->r.b, z, total, LLVMBuildFMul(e->r.b, total, sh, ""), "");

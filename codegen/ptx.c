@@ -156,10 +156,7 @@ static LLVMValueRef load_logits(emitter *e, kd_node_id id) {
   LLVMValueRef x = LLVMBuildLoad2(e->r.b, vt, gep(e->r.b, et, base, e->r.j), "");
   LLVMSetAlignment(x, (unsigned)(e->r.W * (bf16 ? 2 : 4)));
   if (!bf16) return x;
-  /* bf16 is the top half of an f32: widening is exact */
-  LLVMTypeRef vi32 = LLVMVectorType(e->r.i32, (unsigned)e->r.W);
-  x = LLVMBuildShl(e->r.b, LLVMBuildZExt(e->r.b, x, vi32, ""), kd_ir_iconst(vi32, 16), "");
-  return LLVMBuildBitCast(e->r.b, x, e->r.vf, "");
+  return kd_re_bf16_to_f32(&e->r, x);
 }
 
 static LLVMValueRef elem_value(emitter *e, kd_node_id id);
@@ -294,7 +291,7 @@ static void rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef m, LLV
 }
 
 static void store_output(emitter *e, kd_node_id id) {
-  LLVMValueRef v = kd_re_convert(&e->r, elem_value(e, id), kd_vclass_of(kd_re_gnode(&e->r, id)->dtype), KD_CL_F);
+  LLVMValueRef v = kd_re_elem_f(&e->r, id);
   LLVMValueRef st = LLVMBuildStore(e->r.b, v, gep(e->r.b, e->r.f32, e->g_row, e->r.j));
   LLVMSetAlignment(st, (unsigned)e->r.W * 4);
 }
@@ -305,7 +302,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   memset(e->r.vval, 0, e->r.n * sizeof *e->r.vval);
   LLVMValueRef *m = state, *acc = state + pl->ng;
   for (int gi = 0; gi < pl->ng; gi++) {
-    LLVMValueRef x = kd_re_convert(&e->r, elem_value(e, pl->ga[gi]), kd_vclass_of(kd_re_gnode(&e->r, pl->ga[gi])->dtype), KD_CL_F);
+    LLVMValueRef x = kd_re_elem_f(&e->r, pl->ga[gi]);
     LLVMValueRef m_new = hmax(e, x, m[gi]);
     if (pl->gexp[gi]) rescale(e, pl, gi, m[gi], m_new, acc);
     m[gi] = m_new;
@@ -321,7 +318,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int r = 0; r < pl->nr; r++) {
     if (pl->rgroup[r] >= 0) continue;
     kd_node_id src = kd_re_gnode(&e->r, pl->red[r])->src[0];
-    LLVMValueRef x = kd_re_convert(&e->r, elem_value(e, src), kd_vclass_of(kd_re_gnode(&e->r, src)->dtype), KD_CL_F);
+    LLVMValueRef x = kd_re_elem_f(&e->r, src);
     acc[r] = LLVMBuildFAdd(e->r.b, acc[r], hsum(e, x), "");
   }
   for (int i = 0; i < pl->nstore; i++) store_output(e, pl->store[i]);
@@ -411,7 +408,7 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     } else {
       /* folded: sum exp(a - c) f = exp(max - c) sum exp(a - max) f */
       kd_node_id c = kd_re_fnode(&e->r, id)->fold_c;
-      LLVMValueRef cv = kd_re_convert(&e->r, kd_re_row_value(&e->r, c), kd_vclass_of(kd_re_gnode(&e->r, c)->dtype), KD_CL_F);
+      LLVMValueRef cv = kd_re_row_f(&e->r, c);
       LLVMValueRef sh = emit_exp(&e->r, LLVMBuildFSub(e->r.b, gmax, cv, ""));
       LLVMValueRef z = LLVMBuildFCmp(e->r.b, LLVMRealOEQ, total, LLVMConstReal(e->r.f64, 0), "");
       v = LLVMBuildSelect(e->r.b, z, total, LLVMBuildFMul(e->r.b, total, sh, ""), "");

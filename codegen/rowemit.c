@@ -91,6 +91,13 @@ LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicB
 
 /* ---- conversions ----------------------------------------------------------- */
 
+LLVMValueRef kd_re_bf16_to_f32(kd_rowemit *r, LLVMValueRef x) {
+  /* bf16 is the top half of an f32: widening is exact */
+  LLVMTypeRef vi32 = LLVMVectorType(r->i32, (unsigned)r->W);
+  x = LLVMBuildShl(r->b, LLVMBuildZExt(r->b, x, vi32, ""), kd_ir_iconst(vi32, 16), "");
+  return LLVMBuildBitCast(r->b, x, r->vf, "");
+}
+
 LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to) {
   if (from == to) return v;
   LLVMBuilderRef b = r->b;
@@ -176,6 +183,14 @@ LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id) {
   return r->rval[id] = kd_re_op(r, id, v);
 }
 
+LLVMValueRef kd_re_elem_f(kd_rowemit *r, kd_node_id id) {
+  return kd_re_convert(r, r->elem_value(r, id), kd_vclass_of(kd_re_gnode(r, id)->dtype), KD_CL_F);
+}
+
+LLVMValueRef kd_re_row_f(kd_rowemit *r, kd_node_id id) {
+  return kd_re_convert(r, kd_re_row_value(r, id), kd_vclass_of(kd_re_gnode(r, id)->dtype), KD_CL_F);
+}
+
 /* c = hi + lo in two floats and x - c = (x - hi) - lo: a shift by the
  * log-sum-exp of logits of size 1e4 then stays accurate to the f32
  * rounding of the (small) difference, not of c. With c rounded to f32, p =
@@ -202,9 +217,7 @@ LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id) {
 LLVMValueRef kd_re_fold_contrib(kd_rowemit *r, kd_node_id id, LLVMValueRef w, LLVMValueRef wz) {
   const kd_fuse_node *f = kd_re_fnode(r, id);
   if (f->fold_f == KD_NONE) return w;
-  LLVMValueRef x = r->elem_value(r, f->fold_f);
-  x = kd_re_convert(r, x, kd_vclass_of(kd_re_gnode(r, f->fold_f)->dtype), KD_CL_F);
-  LLVMValueRef p = LLVMBuildFMul(r->b, w, x, "");
+  LLVMValueRef p = LLVMBuildFMul(r->b, w, kd_re_elem_f(r, f->fold_f), "");
   if (!f->mulz) return p;
   if (!wz) wz = LLVMBuildFCmp(r->b, LLVMRealOEQ, w, LLVMConstNull(r->vf), "");
   return LLVMBuildSelect(r->b, wz, LLVMConstNull(r->vf), p, "");
@@ -231,7 +244,7 @@ void kd_re_store_row_reds(kd_rowemit *r) {
     const kd_fuse_node *f = kd_re_fnode(r, id);
     if (f->role != KD_ROLE_NRED || f->stage != r->stage) continue;
     kd_node_id src = kd_re_gnode(r, id)->src[0];
-    LLVMValueRef v = kd_re_convert(r, kd_re_row_value(r, src), kd_vclass_of(kd_re_gnode(r, src)->dtype), KD_CL_F);
+    LLVMValueRef v = kd_re_row_f(r, src);
     LLVMValueRef idx = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, kd_re_i64c(r, f->slot), r->N, ""), r->row, "");
     LLVMBuildStore(r->b, v, LLVMBuildGEP2(r->b, r->f64, r->p_rows, &idx, 1, ""));
   }

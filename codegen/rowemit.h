@@ -95,6 +95,8 @@ LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicB
 
 /* ---- values ---- */
 
+/* W bf16 lanes (i16, as loaded) as f32 lanes. */
+LLVMValueRef kd_re_bf16_to_f32(kd_rowemit *r, LLVMValueRef x);
 /* v of class `from` as class `to`, scalar or vector alike. */
 LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to);
 /* A row or global scalar (double / i64 / i1) broadcast into W lanes of class c. */
@@ -109,6 +111,9 @@ LLVMValueRef kd_re_global_value(kd_rowemit *r, kd_node_id id);
 /* A row scalar of the current row (globals, labels[row], row ops); a
  * reduction not computed yet is a scheduler bug (KD_ERR_BACKEND). */
 LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id);
+/* The element value of id as f32 lanes, and its row value as a double. */
+LLVMValueRef kd_re_elem_f(kd_rowemit *r, kd_node_id id);
+LLVMValueRef kd_re_row_f(kd_rowemit *r, kd_node_id id);
 /* x + c or x - c for f32 lanes x and a double row or global scalar c, with
  * c split into two floats; NULL when id is not such a node. */
 LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id);
