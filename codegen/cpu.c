@@ -135,24 +135,24 @@ static LLVMValueRef emit_log(kd_rowemit *r, LLVMValueRef x) {
 /* ---- global, row and element values ------------------------------------------ */
 
 /* teacher or student at [row, j .. j + W), widened to f32 */
-static LLVMValueRef load_logits(emitter *e, kd_node_id id) {
-  const kd_node *n = kd_re_gnode(&e->r, id);
+static LLVMValueRef load_logits(kd_rowemit *r, kd_node_id id) {
+  emitter *e = (emitter *)r;
+  const kd_node *n = kd_re_gnode(r, id);
   int bf16 = n->dtype == KD_BF16;
-  LLVMTypeRef et = bf16 ? e->r.i16 : e->r.f32;
-  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)e->r.W);
-  LLVMValueRef base = id == e->r.s->teacher ? e->ptr_teacher : e->ptr_student;
-  LLVMValueRef off = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, e->r.row, e->r.V, ""), e->r.j, "");
-  LLVMValueRef p = LLVMBuildGEP2(e->r.b, et, base, &off, 1, "");
+  LLVMTypeRef et = bf16 ? r->i16 : r->f32;
+  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)r->W);
+  LLVMValueRef base = id == r->s->teacher ? e->ptr_teacher : e->ptr_student;
+  LLVMValueRef off = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, r->row, r->V, ""), r->j, "");
+  LLVMValueRef p = LLVMBuildGEP2(r->b, et, base, &off, 1, "");
   LLVMValueRef x;
   if (e->mask) {
-    LLVMValueRef args[4] = {p, LLVMConstInt(e->r.i32, bf16 ? 2 : 4, 0), e->mask, LLVMConstNull(vt)};
+    LLVMValueRef args[4] = {p, LLVMConstInt(r->i32, bf16 ? 2 : 4, 0), e->mask, LLVMConstNull(vt)};
     x = intrinsic2(e, "llvm.masked.load", vt, e->ptr, args, 4);
   } else {
-    x = LLVMBuildLoad2(e->r.b, vt, p, "");
+    x = LLVMBuildLoad2(r->b, vt, p, "");
     LLVMSetAlignment(x, bf16 ? 2 : 4);
   }
-  if (!bf16) return x;
-  return kd_re_bf16_to_f32(&e->r, x);
+  return bf16 ? kd_re_bf16_to_f32(r, x) : x;
 }
 
 static LLVMValueRef elem_value(emitter *e, kd_node_id id);
@@ -247,27 +247,18 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
     int k = keep_index(e, kd_re_fnode(&e->r, id)->exp_group);
     return e->r.vval[id] = LLVMBuildFMul(e->r.b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
   }
-  const kd_fuse_node *f = kd_re_fnode(&e->r, id);
-  const kd_node *n = kd_re_gnode(&e->r, id);
-  kd_vclass c = kd_vclass_of(n->dtype);
-  if (f->kind != KD_FUSE_ELEM) return e->r.vval[id] = kd_re_widen(&e->r, kd_re_row_value(&e->r, id), c);
-  if (n->op == KD_IR_INPUT) {
-    if (id != e->r.s->teacher && id != e->r.s->student) {
-      kd_re_fail(&e->r, KD_ERR_UNSUPPORTED, "codegen: [N, V] input \"%s\" is not supported", n->name);
-      return LLVMGetPoison(e->r.vf);
-    }
-    return e->r.vval[id] = load_logits(e, id);
-  }
-  if (n->op == KD_IR_IOTA) return e->r.vval[id] = kd_re_convert(&e->r, kd_re_lane_index(&e->r), KD_CL_I, c);
-  if (is_softmax_exp(e, n))
-    return e->r.vval[id] = kd_emit_exp_row(e->r.b, elem_value(e, n->src[0]), &e->r.vzero[id]);
+  return kd_re_elem_value(&e->r, id);
+}
+
+/* The cheaper exp of a value <= 0 (noting the lanes where it is 0), the
+ * cheaper log of a mixture of probabilities. */
+static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
+  emitter *e = (emitter *)r;
+  const kd_node *n = kd_re_gnode(r, id);
+  if (is_softmax_exp(e, n)) return kd_emit_exp_row(r->b, elem_value(e, n->src[0]), &r->vzero[id]);
   if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0]))
-    return e->r.vval[id] = kd_emit_log_finite(e->r.b, elem_value(e, n->src[0]));
-  LLVMValueRef shifted = kd_re_shift_by_scalar(&e->r, id);
-  if (shifted) return e->r.vval[id] = shifted;
-  LLVMValueRef v[KD_MAX_SRC] = {0};
-  for (int i = 0; i < n->nsrc; i++) v[i] = elem_value(e, n->src[i]);
-  return e->r.vval[id] = kd_re_op(&e->r, id, v);
+    return kd_emit_log_finite(r->b, elem_value(e, n->src[0]));
+  return NULL;
 }
 
 /* ---- one pass over the row ------------------------------------------------------- */
@@ -991,6 +982,8 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   kd_re_init(&e.r, s, o->name ? o->name : "kd_loss", "codegen", m->mod, err, errlen);
   e.r.W = width;
   e.r.elem_value = elem_hook;
+  e.r.load_logits = load_logits;
+  e.r.elem_special = elem_special;
   e.r.exp = emit_exp;
   e.r.log = emit_log;
   e.nontemporal = o->nontemporal > 0;

@@ -148,18 +148,16 @@ static LLVMValueRef gep(LLVMBuilderRef b, LLVMTypeRef t, LLVMValueRef p, LLVMVal
 
 /* teacher or student at [row, j .. j + W), widened to f32; W = 4 only on
  * the aligned path, so the wide load is aligned */
-static LLVMValueRef load_logits(emitter *e, kd_node_id id) {
-  int bf16 = kd_re_gnode(&e->r, id)->dtype == KD_BF16;
-  LLVMTypeRef et = bf16 ? e->r.i16 : e->r.f32;
-  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)e->r.W);
-  LLVMValueRef base = id == e->r.s->teacher ? e->t_row : e->s_row;
-  LLVMValueRef x = LLVMBuildLoad2(e->r.b, vt, gep(e->r.b, et, base, e->r.j), "");
-  LLVMSetAlignment(x, (unsigned)(e->r.W * (bf16 ? 2 : 4)));
-  if (!bf16) return x;
-  return kd_re_bf16_to_f32(&e->r, x);
+static LLVMValueRef load_logits(kd_rowemit *r, kd_node_id id) {
+  emitter *e = (emitter *)r;
+  int bf16 = kd_re_gnode(r, id)->dtype == KD_BF16;
+  LLVMTypeRef et = bf16 ? r->i16 : r->f32;
+  LLVMTypeRef vt = LLVMVectorType(et, (unsigned)r->W);
+  LLVMValueRef base = id == r->s->teacher ? e->t_row : e->s_row;
+  LLVMValueRef x = LLVMBuildLoad2(r->b, vt, gep(r->b, et, base, r->j), "");
+  LLVMSetAlignment(x, (unsigned)(r->W * (bf16 ? 2 : 4)));
+  return bf16 ? kd_re_bf16_to_f32(r, x) : x;
 }
-
-static LLVMValueRef elem_value(emitter *e, kd_node_id id);
 
 /* exp(a - lse(a)) or exp(a - max(a)): the argument is <= 0 up to rounding */
 static int is_softmax_exp(const emitter *e, const kd_node *n) {
@@ -170,26 +168,11 @@ static int is_softmax_exp(const emitter *e, const kd_node *n) {
   return (r->op == KD_IR_LSE || r->op == KD_IR_RMAX) && r->src[0] == d->src[0];
 }
 
-static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
-  if (e->r.vval[id]) return e->r.vval[id];
-  const kd_fuse_node *f = kd_re_fnode(&e->r, id);
-  const kd_node *n = kd_re_gnode(&e->r, id);
-  kd_vclass c = kd_vclass_of(n->dtype);
-  if (f->kind != KD_FUSE_ELEM) return e->r.vval[id] = kd_re_widen(&e->r, kd_re_row_value(&e->r, id), c);
-  if (n->op == KD_IR_INPUT) {
-    if (id != e->r.s->teacher && id != e->r.s->student) {
-      kd_re_fail(&e->r, KD_ERR_UNSUPPORTED, "ptx: [N, V] input \"%s\" is not supported", n->name);
-      return LLVMGetPoison(e->r.vf);
-    }
-    return e->r.vval[id] = load_logits(e, id);
-  }
-  if (n->op == KD_IR_IOTA) return e->r.vval[id] = kd_re_convert(&e->r, kd_re_lane_index(&e->r), KD_CL_I, c);
-  if (is_softmax_exp(e, n)) return e->r.vval[id] = kd_emit_exp_nonpos(e->r.b, elem_value(e, n->src[0]));
-  LLVMValueRef shifted = kd_re_shift_by_scalar(&e->r, id);
-  if (shifted) return e->r.vval[id] = shifted;
-  LLVMValueRef v[KD_MAX_SRC] = {0};
-  for (int i = 0; i < n->nsrc; i++) v[i] = elem_value(e, n->src[i]);
-  return e->r.vval[id] = kd_re_op(&e->r, id, v);
+/* The cheaper exp of a value <= 0. */
+static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
+  const kd_node *n = kd_re_gnode(r, id);
+  if (!is_softmax_exp((emitter *)r, n)) return NULL;
+  return kd_emit_exp_nonpos(r->b, kd_re_elem_value(r, n->src[0]));
 }
 
 /* ---- one pass over the row ------------------------------------------------------- */
@@ -624,13 +607,13 @@ static void init_types(emitter *e) {
   LLVMSetAlignment(e->shared_d, 16);
 }
 
-static LLVMValueRef elem_hook(kd_rowemit *r, kd_node_id id) { return elem_value((emitter *)r, id); }
-
 static kd_status emit_module(const kd_schedule *s, const char *name, int block_size, int emu,
                              LLVMModuleRef M, kd_gpu_program *prog, char *err, size_t errlen) {
   emitter e = {0};
   kd_re_init(&e.r, s, name, "ptx", M, err, errlen);
-  e.r.elem_value = elem_hook;
+  e.r.elem_value = kd_re_elem_value;
+  e.r.load_logits = load_logits;
+  e.r.elem_special = elem_special;
   e.r.exp = emit_exp;
   e.r.log = emit_log;
   e.emu = emu;

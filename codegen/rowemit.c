@@ -183,6 +183,29 @@ LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id) {
   return r->rval[id] = kd_re_op(r, id, v);
 }
 
+LLVMValueRef kd_re_elem_value(kd_rowemit *r, kd_node_id id) {
+  if (r->vval[id]) return r->vval[id];
+  const kd_fuse_node *f = kd_re_fnode(r, id);
+  const kd_node *n = kd_re_gnode(r, id);
+  kd_vclass c = kd_vclass_of(n->dtype);
+  if (f->kind != KD_FUSE_ELEM) return r->vval[id] = kd_re_widen(r, kd_re_row_value(r, id), c);
+  if (n->op == KD_IR_INPUT) {
+    if (id != r->s->teacher && id != r->s->student) {
+      kd_re_fail(r, KD_ERR_UNSUPPORTED, "%s: [N, V] input \"%s\" is not supported", r->who, n->name);
+      return LLVMGetPoison(r->vf);
+    }
+    return r->vval[id] = r->load_logits(r, id);
+  }
+  if (n->op == KD_IR_IOTA) return r->vval[id] = kd_re_convert(r, kd_re_lane_index(r), KD_CL_I, c);
+  LLVMValueRef own = r->elem_special(r, id);
+  if (own) return r->vval[id] = own;
+  LLVMValueRef shifted = kd_re_shift_by_scalar(r, id);
+  if (shifted) return r->vval[id] = shifted;
+  LLVMValueRef v[KD_MAX_SRC] = {0};
+  for (int i = 0; i < n->nsrc; i++) v[i] = r->elem_value(r, n->src[i]);
+  return r->vval[id] = kd_re_op(r, id, v);
+}
+
 LLVMValueRef kd_re_elem_f(kd_rowemit *r, kd_node_id id) {
   return kd_re_convert(r, r->elem_value(r, id), kd_vclass_of(kd_re_gnode(r, id)->dtype), KD_CL_F);
 }

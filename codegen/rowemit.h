@@ -54,8 +54,14 @@ struct kd_rowemit {
   LLVMValueRef *vzero; /* [n] lanes known to be 0 (elementwise.h), or NULL */
   int stage;
 
-  /* the back end's element value of node id (memoised in vval) */
+  /* the back end's element value of node id (memoised in vval):
+   * kd_re_elem_value, or values of its own before it */
   LLVMValueRef (*elem_value)(kd_rowemit *r, kd_node_id id);
+  /* W lanes of the teacher's or student's logits at [row, j), as f32 */
+  LLVMValueRef (*load_logits)(kd_rowemit *r, kd_node_id id);
+  /* the back end's own lowering of an element node (a cheaper exp or log
+   * where the argument's range is known), or NULL: the generic one */
+  LLVMValueRef (*elem_special)(kd_rowemit *r, kd_node_id id);
   /* exp and log of f32 lanes or of a double scalar */
   LLVMValueRef (*exp)(kd_rowemit *r, LLVMValueRef x);
   LLVMValueRef (*log)(kd_rowemit *r, LLVMValueRef x);
@@ -111,6 +117,10 @@ LLVMValueRef kd_re_global_value(kd_rowemit *r, kd_node_id id);
 /* A row scalar of the current row (globals, labels[row], row ops); a
  * reduction not computed yet is a scheduler bug (KD_ERR_BACKEND). */
 LLVMValueRef kd_re_row_value(kd_rowemit *r, kd_node_id id);
+/* The element value of id, memoised in vval: a row scalar broadcast, the
+ * logits (load_logits), the column index, elem_special's lowering, the
+ * split shift, else kd_re_op over the sources' r->elem_value. */
+LLVMValueRef kd_re_elem_value(kd_rowemit *r, kd_node_id id);
 /* The element value of id as f32 lanes, and its row value as a double. */
 LLVMValueRef kd_re_elem_f(kd_rowemit *r, kd_node_id id);
 LLVMValueRef kd_re_row_f(kd_rowemit *r, kd_node_id id);
