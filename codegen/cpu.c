@@ -687,13 +687,7 @@ static void emit_pass(emitter *e, int pass) {
     kd_re_fail(&e->r, KD_ERR_NOMEM, "out of memory");
     return;
   }
-  for (int gi = 0; gi < pl.ng; gi++) kd_re_prepare_rows(&e->r, pl.ga[gi], seen);
-  for (int r = 0; r < pl.nr; r++) {
-    const kd_fuse_node *f = kd_re_fnode(&e->r, pl.red[r]);
-    if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) kd_re_prepare_rows(&e->r, f->fold_f, seen);
-    if (f->role == KD_ROLE_ROWRED) kd_re_prepare_rows(&e->r, kd_re_gnode(&e->r, pl.red[r])->src[0], seen);
-  }
-  for (int i = 0; i < pl.nstore; i++) kd_re_prepare_rows(&e->r, pl.store[i], seen);
+  kd_re_prepare_pass(&e->r, pl.ga, pl.ng, pl.red, pl.nr, pl.store, pl.nstore, seen);
   /* the kept exps it reads */
   kd_node_id xs[MAX_STATE];
   int nx = 0;

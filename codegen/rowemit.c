@@ -262,6 +262,17 @@ void kd_re_prepare_rows(kd_rowemit *r, kd_node_id id, char *seen) {
   for (int i = 0; i < n->nsrc; i++) kd_re_prepare_rows(r, n->src[i], seen);
 }
 
+void kd_re_prepare_pass(kd_rowemit *r, const kd_node_id *ga, int ng, const kd_node_id *red, int nr,
+                        const kd_node_id *store, int nstore, char *seen) {
+  for (int gi = 0; gi < ng; gi++) kd_re_prepare_rows(r, ga[gi], seen);
+  for (int i = 0; i < nr; i++) {
+    const kd_fuse_node *f = kd_re_fnode(r, red[i]);
+    if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) kd_re_prepare_rows(r, f->fold_f, seen);
+    if (f->role == KD_ROLE_ROWRED) kd_re_prepare_rows(r, kd_re_gnode(r, red[i])->src[0], seen);
+  }
+  for (int i = 0; i < nstore; i++) kd_re_prepare_rows(r, store[i], seen);
+}
+
 void kd_re_store_row_reds(kd_rowemit *r) {
   for (kd_node_id id = 0; id < (kd_node_id)r->n && !r->st; id++) {
     const kd_fuse_node *f = kd_re_fnode(r, id);

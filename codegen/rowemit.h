@@ -132,6 +132,10 @@ LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id);
 LLVMValueRef kd_re_fold_contrib(kd_rowemit *r, kd_node_id id, LLVMValueRef w, LLVMValueRef wz);
 /* Computes the row and global scalars below id (seen: [n] flags). */
 void kd_re_prepare_rows(kd_rowemit *r, kd_node_id id, char *seen);
+/* kd_re_prepare_rows for a pass's roots: its online groups' a (ga[0 ..
+ * ng)), its reductions' arguments (red[0 .. nr)), its stored outputs. */
+void kd_re_prepare_pass(kd_rowemit *r, const kd_node_id *ga, int ng, const kd_node_id *red, int nr,
+                        const kd_node_id *store, int nstore, char *seen);
 /* Stores the current row's values of the stage's reductions over rows to
  * p_rows[slot * N + row]. */
 void kd_re_store_row_reds(kd_rowemit *r);
