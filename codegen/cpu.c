@@ -894,35 +894,19 @@ static LLVMValueRef emit_row_sum(emitter *e, int slot) {
   return kd_re_phi(&e->r, e->r.f64, zf, pre, acc2, loop);
 }
 
+/* A reduction over rows in a step: the sum of its rows. */
+static LLVMValueRef step_row_sum(kd_rowemit *r, kd_node_id id) {
+  LLVMValueRef sum = emit_row_sum((emitter *)r, kd_re_fnode(r, id)->slot);
+  return kd_re_convert(r, sum, KD_CL_F, kd_vclass_of(kd_re_gnode(r, id)->dtype));
+}
+
 /* step<k>: the global scalars of phase k, stored to a->globals as doubles;
  * the last step also stores outputs that are plain constants. */
 static LLVMValueRef emit_step(emitter *e, int k) {
   char suffix[16];
   snprintf(suffix, sizeof suffix, "step%d", k);
   begin_function(e, suffix, e->step_ty);
-  for (kd_node_id id = 0; id < (kd_node_id)e->r.n && !e->r.st; id++) {
-    const kd_fuse_node *f = kd_re_fnode(&e->r, id);
-    const kd_node *n = kd_re_gnode(&e->r, id);
-    /* constants are inlined where used; the last step stores the outputs
-     * that are plain constants too */
-    int konst = n->op == KD_IR_CONST;
-    if (f->kind != KD_FUSE_GLOBAL || !f->live) continue;
-    if (konst ? !(k == e->r.s->nstages && kd_re_is_output(&e->r, id)) : f->phase != k) continue;
-    LLVMValueRef v;
-    if (f->role == KD_ROLE_NRED) {
-      v = kd_re_convert(&e->r, emit_row_sum(e, f->slot), KD_CL_F, kd_vclass_of(n->dtype));
-    } else if (n->op == KD_IR_CONST) {
-      v = kd_re_const_value(&e->r, n);
-    } else {
-      LLVMValueRef src[KD_MAX_SRC] = {0};
-      for (int i = 0; i < n->nsrc; i++) src[i] = kd_re_global_value(&e->r, n->src[i]);
-      v = kd_re_op(&e->r, id, src);
-    }
-    e->r.gval[id] = v;
-    LLVMValueRef idx = kd_re_i64c(&e->r, id);
-    LLVMBuildStore(e->r.b, kd_re_convert(&e->r, v, kd_vclass_of(n->dtype), KD_CL_F),
-                   LLVMBuildGEP2(e->r.b, e->r.f64, e->r.p_globals, &idx, 1, ""));
-  }
+  kd_re_emit_globals(&e->r, k, 1, step_row_sum);
   LLVMBuildRetVoid(e->r.b);
   return e->r.fn;
 }

@@ -537,6 +537,9 @@ static LLVMValueRef emit_row_sum(emitter *e, int slot) {
   return sum;
 }
 
+/* A reduction over rows in a step: summed by all threads before. */
+static LLVMValueRef summed_rows(kd_rowemit *r, kd_node_id id) { return r->gval[id]; }
+
 /* step<k>: the global scalars of phase k (as cpu.c's steps) on
  * KD_GPU_STEP_THREADS threads: all of them sum the rows of reductions over
  * rows, then thread 0 alone computes and stores; the last step also stores
@@ -556,25 +559,7 @@ static void emit_step(emitter *e, int k) {
   LLVMPositionBuilderAtEnd(e->r.b, done);
   LLVMBuildRetVoid(e->r.b);
   LLVMPositionBuilderAtEnd(e->r.b, work);
-  for (kd_node_id id = 0; id < (kd_node_id)e->r.n && !e->r.st; id++) {
-    const kd_fuse_node *f = kd_re_fnode(&e->r, id);
-    const kd_node *n = kd_re_gnode(&e->r, id);
-    int konst = n->op == KD_IR_CONST;
-    if (f->kind != KD_FUSE_GLOBAL) continue;
-    if (konst ? !(k == e->r.s->nstages && kd_re_is_output(&e->r, id)) : f->phase != k) continue;
-    LLVMValueRef v;
-    if (f->role == KD_ROLE_NRED) {
-      v = e->r.gval[id];
-    } else if (konst) {
-      v = kd_re_const_value(&e->r, n);
-    } else {
-      LLVMValueRef src[KD_MAX_SRC] = {0};
-      for (int i = 0; i < n->nsrc; i++) src[i] = kd_re_global_value(&e->r, n->src[i]);
-      v = kd_re_op(&e->r, id, src);
-    }
-    e->r.gval[id] = v;
-    LLVMBuildStore(e->r.b, kd_re_convert(&e->r, v, kd_vclass_of(n->dtype), KD_CL_F), gep(e->r.b, e->r.f64, e->r.p_globals, kd_re_i64c(&e->r, id)));
-  }
+  kd_re_emit_globals(&e->r, k, 0, summed_rows);
   LLVMBuildRetVoid(e->r.b);
 }
 

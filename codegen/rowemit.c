@@ -284,6 +284,33 @@ void kd_re_store_row_reds(kd_rowemit *r) {
   }
 }
 
+void kd_re_emit_globals(kd_rowemit *r, int k, int live_only,
+                        LLVMValueRef (*nred)(kd_rowemit *r, kd_node_id id)) {
+  for (kd_node_id id = 0; id < (kd_node_id)r->n && !r->st; id++) {
+    const kd_fuse_node *f = kd_re_fnode(r, id);
+    const kd_node *n = kd_re_gnode(r, id);
+    /* constants are inlined where used; the last step stores the outputs
+     * that are plain constants too */
+    int konst = n->op == KD_IR_CONST;
+    if (f->kind != KD_FUSE_GLOBAL || (live_only && !f->live)) continue;
+    if (konst ? !(k == r->s->nstages && kd_re_is_output(r, id)) : f->phase != k) continue;
+    LLVMValueRef v;
+    if (f->role == KD_ROLE_NRED) {
+      v = nred(r, id);
+    } else if (konst) {
+      v = kd_re_const_value(r, n);
+    } else {
+      LLVMValueRef src[KD_MAX_SRC] = {0};
+      for (int i = 0; i < n->nsrc; i++) src[i] = kd_re_global_value(r, n->src[i]);
+      v = kd_re_op(r, id, src);
+    }
+    r->gval[id] = v;
+    LLVMValueRef idx = kd_re_i64c(r, id);
+    LLVMBuildStore(r->b, kd_re_convert(r, v, kd_vclass_of(n->dtype), KD_CL_F),
+                   LLVMBuildGEP2(r->b, r->f64, r->p_globals, &idx, 1, ""));
+  }
+}
+
 /* ---- the schedule ----------------------------------------------------------------- */
 
 int kd_re_is_output(const kd_rowemit *r, kd_node_id id) {

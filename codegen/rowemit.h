@@ -140,6 +140,13 @@ void kd_re_prepare_pass(kd_rowemit *r, const kd_node_id *ga, int ng, const kd_no
  * p_rows[slot * N + row]. */
 void kd_re_store_row_reds(kd_rowemit *r);
 
+/* The body of step k: each global scalar of phase k (only the live ones
+ * when live_only), and in the last step the outputs that are plain
+ * constants, computed in double and stored to p_globals[id]. A reduction
+ * over rows takes nred's value (the back end sums the rows). */
+void kd_re_emit_globals(kd_rowemit *r, int k, int live_only,
+                        LLVMValueRef (*nred)(kd_rowemit *r, kd_node_id id));
+
 /* ---- the schedule ---- */
 
 int kd_re_is_output(const kd_rowemit *r, kd_node_id id);
