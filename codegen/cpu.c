@@ -406,7 +406,9 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi) continue;
-      LLVMValueRef c = kd_re_fnode(&e->r, pl->red[r])->role == KD_ROLE_FOLDED ? kd_re_fold_contrib(&e->r, pl->red[r], w, wz) : w;
+      LLVMValueRef c = kd_re_fnode(&e->r, pl->red[r])->role == KD_ROLE_FOLDED
+                           ? kd_re_fold_contrib(&e->r, pl->red[r], w, wz)
+                           : w;
       acc[r] = LLVMBuildFAdd(e->r.b, acc[r], masked(e, c, zero), "");
     }
   }
@@ -482,7 +484,8 @@ static void finalize(emitter *e, const pass_plan *pl, LLVMValueRef *state, const
     LLVMValueRef v;
     if (is_max(e, pl, r)) {
       /* the running max starts at -FLT_MAX: an all -inf row is -inf */
-      LLVMValueRef mx = LLVMBuildFPExt(e->r.b, vreduce(e, "llvm.vector.reduce.fmax", state[pl->ng + r]), e->r.f64, "");
+      LLVMValueRef mx =
+          LLVMBuildFPExt(e->r.b, vreduce(e, "llvm.vector.reduce.fmax", state[pl->ng + r]), e->r.f64, "");
       LLVMValueRef empty = LLVMBuildFCmp(e->r.b, LLVMRealOLE, mx, LLVMConstReal(e->r.f64, -FLT_MAX), "");
       v = LLVMBuildSelect(e->r.b, empty, LLVMConstReal(e->r.f64, -INFINITY), mx, "");
     } else if (gi < 0) {
@@ -637,8 +640,10 @@ static void save_refs(emitter *e, const pass_plan *pl, const LLVMValueRef *m, LL
 static void block_scales(emitter *e, const kd_node_id *xs, int nx, LLVMValueRef bi) {
   for (int i = 0; i < nx; i++) {
     kd_node_id c = kd_re_gnode(&e->r, kd_re_gnode(&e->r, xs[i])->src[0])->src[1];
-    LLVMValueRef ref = LLVMBuildLoad2(e->r.b, e->r.vf, blockref_ptr(e, keep_index(e, kd_re_fnode(&e->r, xs[i])->exp_group), bi), "");
-    LLVMValueRef dif = LLVMBuildFSub(e->r.b, LLVMBuildFPExt(e->r.b, ref, vf64(e), ""), kd_re_splat(&e->r, kd_re_row_value(&e->r, c)), "");
+    LLVMValueRef ref = LLVMBuildLoad2(
+        e->r.b, e->r.vf, blockref_ptr(e, keep_index(e, kd_re_fnode(&e->r, xs[i])->exp_group), bi), "");
+    LLVMValueRef dif = LLVMBuildFSub(e->r.b, LLVMBuildFPExt(e->r.b, ref, vf64(e), ""),
+                                     kd_re_splat(&e->r, kd_re_row_value(&e->r, c)), "");
     e->xscale[xs[i]] = kd_emit_exp_nonpos(e->r.b, LLVMBuildFPTrunc(e->r.b, dif, e->r.vf, ""));
   }
 }
@@ -711,9 +716,12 @@ static void emit_pass(emitter *e, int pass) {
   e->aligned = e->nontemporal && pl.nstore > 0;
   if (e->aligned) {
     LLVMValueRef off = LLVMBuildMul(e->r.b, e->r.row, e->r.V, "");
-    LLVMValueRef addr = LLVMBuildPtrToInt(e->r.b, LLVMBuildGEP2(e->r.b, e->r.f32, e->ptr_grad, &off, 1, ""), e->r.i64, "");
-    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, 2), ""), kd_re_i64c(&e->r, e->r.W - 1), "");
-    LLVMValueRef head = LLVMBuildAnd(e->r.b, LLVMBuildSub(e->r.b, kd_re_i64c(&e->r, e->r.W), mis, ""), kd_re_i64c(&e->r, e->r.W - 1), "");
+    LLVMValueRef addr =
+        LLVMBuildPtrToInt(e->r.b, LLVMBuildGEP2(e->r.b, e->r.f32, e->ptr_grad, &off, 1, ""), e->r.i64, "");
+    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, 2), ""),
+                                    kd_re_i64c(&e->r, e->r.W - 1), "");
+    LLVMValueRef head = LLVMBuildAnd(e->r.b, LLVMBuildSub(e->r.b, kd_re_i64c(&e->r, e->r.W), mis, ""),
+                                     kd_re_i64c(&e->r, e->r.W - 1), "");
     j0 = LLVMBuildSelect(e->r.b, LLVMBuildICmp(e->r.b, LLVMIntSLT, head, e->r.V, ""), head, e->r.V, "j0");
     masked_step(e, &pl, st, kd_re_i64c(&e->r, 0), j0);
   }
@@ -728,8 +736,8 @@ static void emit_pass(emitter *e, int pass) {
   for (int r = 0; r < pl.nr; r++) dinit[pl.ng + r] = d.dacc[r];
 
   LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->r.b);
-  LLVMBasicBlockRef outer = kd_re_block(&e->r, "block"), body = kd_re_block(&e->r, "body"), bflush = kd_re_block(&e->r, "flush"),
-                    bafter = kd_re_block(&e->r, "after");
+  LLVMBasicBlockRef outer = kd_re_block(&e->r, "block"), body = kd_re_block(&e->r, "body"),
+                    bflush = kd_re_block(&e->r, "flush"), bafter = kd_re_block(&e->r, "after");
   LLVMBuildCondBr(e->r.b, LLVMBuildICmp(e->r.b, LLVMIntSLT, j0, jend, ""), outer, bafter);
 
   /* block: jb, state, double lanes = phi; bend = min(jb + BLOCK W, jend) */
@@ -741,8 +749,10 @@ static void emit_pass(emitter *e, int pass) {
   for (int r = 0; r < pl.nr; r++) d.dacc[r] = dphi[pl.ng + r] = LLVMBuildPhi(e->r.b, vf64(e), "");
   LLVMValueRef bend = LLVMBuildAdd(e->r.b, jb, kd_re_i64c(&e->r, (long long)BLOCK * e->r.W), "");
   bend = LLVMBuildSelect(e->r.b, LLVMBuildICmp(e->r.b, LLVMIntSLT, bend, jend, ""), bend, jend, "bend");
-  LLVMValueRef bi = LLVMBuildAdd(e->r.b, LLVMBuildUDiv(e->r.b, LLVMBuildSub(e->r.b, jb, j0, ""),
-                                                     kd_re_i64c(&e->r, (long long)BLOCK * e->r.W), ""), kd_re_i64c(&e->r, 1), "bi");
+  LLVMValueRef bi = LLVMBuildAdd(e->r.b,
+                                 LLVMBuildUDiv(e->r.b, LLVMBuildSub(e->r.b, jb, j0, ""),
+                                               kd_re_i64c(&e->r, (long long)BLOCK * e->r.W), ""),
+                                 kd_re_i64c(&e->r, 1), "bi");
   block_scales(e, xs, nx, bi);
   LLVMBuildBr(e->r.b, body);
 

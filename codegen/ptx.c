@@ -294,7 +294,9 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     LLVMValueRef w = kd_emit_exp_nonpos(e->r.b, LLVMBuildFSub(e->r.b, x, kd_re_splat(&e->r, m_new), ""));
     for (int r = 0; r < pl->nr; r++) {
       if (!online_sum(e, pl, r, gi)) continue;
-      LLVMValueRef c = kd_re_fnode(&e->r, pl->red[r])->role == KD_ROLE_FOLDED ? kd_re_fold_contrib(&e->r, pl->red[r], w, NULL) : w;
+      LLVMValueRef c = kd_re_fnode(&e->r, pl->red[r])->role == KD_ROLE_FOLDED
+                           ? kd_re_fold_contrib(&e->r, pl->red[r], w, NULL)
+                           : w;
       acc[r] = LLVMBuildFAdd(e->r.b, acc[r], hsum(e, c), "");
     }
   }
@@ -338,7 +340,8 @@ static void emit_loop(emitter *e, const pass_plan *pl, LLVMValueRef *st, int w, 
 }
 
 static LLVMValueRef shared_at(emitter *e, LLVMValueRef warp, int i, int ns) {
-  LLVMValueRef idx = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, warp, kd_re_i64c(&e->r, ns), ""), kd_re_i64c(&e->r, i), "");
+  LLVMValueRef idx =
+      LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, warp, kd_re_i64c(&e->r, ns), ""), kd_re_i64c(&e->r, i), "");
   LLVMValueRef z[2] = {kd_re_i64c(&e->r, 0), idx};
   LLVMTypeRef at = LLVMArrayType(e->r.f32, MAX_WARPS * MAX_STATE);
   return LLVMBuildGEP2(e->r.b, at, e->shared, z, 2, "");
@@ -364,7 +367,8 @@ static void block_reduce(emitter *e, const pass_plan *pl, LLVMValueRef *st) {
   LLVMPositionBuilderAtEnd(e->r.b, bj);
   barrier(e);
   for (int w = 0; w < nwarps; w++) {
-    for (int i = 0; i < ns; i++) o[i] = LLVMBuildLoad2(e->r.b, e->r.f32, shared_at(e, kd_re_i64c(&e->r, w), i, ns), "");
+    for (int i = 0; i < ns; i++)
+      o[i] = LLVMBuildLoad2(e->r.b, e->r.f32, shared_at(e, kd_re_i64c(&e->r, w), i, ns), "");
     if (w == 0) memcpy(st, o, (size_t)ns * sizeof *st);
     else merge(e, pl, st, o);
   }
@@ -460,13 +464,15 @@ static LLVMValueRef aligned_to(emitter *e, LLVMValueRef p, int bytes) {
 /* The 4-wide path needs every row of every [N, V] array to start at a
  * multiple of 4 elements of an aligned base. */
 static LLVMValueRef vector_end(emitter *e) {
-  LLVMValueRef ok = LLVMBuildICmp(e->r.b, LLVMIntEQ, LLVMBuildAnd(e->r.b, e->r.V, kd_re_i64c(&e->r, 3), ""), kd_re_i64c(&e->r, 0), "");
+  LLVMValueRef ok = LLVMBuildICmp(e->r.b, LLVMIntEQ, LLVMBuildAnd(e->r.b, e->r.V, kd_re_i64c(&e->r, 3), ""),
+                                  kd_re_i64c(&e->r, 0), "");
   kd_node_id in[2] = {e->r.s->teacher, e->r.s->student};
   LLVMValueRef ptr[2] = {e->p_teacher, e->p_student};
   for (int i = 0; i < 2; i++)
     if (in[i] != KD_NONE)
       ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, ptr[i], kd_re_gnode(&e->r, in[i])->dtype == KD_BF16 ? 8 : 16), "");
-  if (kd_graph_find_output(e->r.g, "grad") != KD_NONE) ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, e->p_grad, 16), "");
+  if (kd_graph_find_output(e->r.g, "grad") != KD_NONE)
+    ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, e->p_grad, 16), "");
   return LLVMBuildSelect(e->r.b, ok, e->r.V, kd_re_i64c(&e->r, 0), "vend");
 }
 
@@ -480,9 +486,12 @@ static void emit_row_kernel(emitter *e, int k) {
   e->lane = LLVMBuildAnd(e->r.b, e->tid, kd_re_i64c(&e->r, 31), "lane");
   e->warp = LLVMBuildLShr(e->r.b, e->tid, kd_re_i64c(&e->r, 5), "warp");
   LLVMValueRef off = LLVMBuildMul(e->r.b, e->r.row, e->r.V, "");
-  LLVMTypeRef tt = e->r.s->teacher != KD_NONE && kd_re_gnode(&e->r, e->r.s->teacher)->dtype == KD_BF16 ? e->r.i16 : e->r.f32;
+  LLVMTypeRef tt = e->r.s->teacher != KD_NONE && kd_re_gnode(&e->r, e->r.s->teacher)->dtype == KD_BF16
+                       ? e->r.i16
+                       : e->r.f32;
   e->t_row = gep(e->r.b, tt, e->p_teacher, off);
-  e->s_row = gep(e->r.b, kd_re_gnode(&e->r, e->r.s->student)->dtype == KD_BF16 ? e->r.i16 : e->r.f32, e->p_student, off);
+  e->s_row = gep(e->r.b, kd_re_gnode(&e->r, e->r.s->student)->dtype == KD_BF16 ? e->r.i16 : e->r.f32,
+                 e->p_student, off);
   e->g_row = gep(e->r.b, e->r.f32, e->p_grad, off);
   e->vend = vector_end(e);
   for (int p = 0; p < e->r.s->stage[k].npasses && !e->r.st; p++) emit_pass(e, p);
@@ -502,7 +511,8 @@ static void emit_row_kernel(emitter *e, int k) {
  * shared memory. Deterministic for a given N; every thread gets the sum. */
 static LLVMValueRef emit_row_sum(emitter *e, int slot) {
   LLVMValueRef T = kd_re_i64c(&e->r, KD_GPU_STEP_THREADS);
-  LLVMValueRef chunk = LLVMBuildSDiv(e->r.b, LLVMBuildAdd(e->r.b, e->r.N, kd_re_i64c(&e->r, KD_GPU_STEP_THREADS - 1), ""), T, "");
+  LLVMValueRef chunk = LLVMBuildSDiv(
+      e->r.b, LLVMBuildAdd(e->r.b, e->r.N, kd_re_i64c(&e->r, KD_GPU_STEP_THREADS - 1), ""), T, "");
   LLVMValueRef lo = LLVMBuildMul(e->r.b, e->tid, chunk, "");
   LLVMValueRef hi = LLVMBuildAdd(e->r.b, lo, chunk, "");
   hi = LLVMBuildSelect(e->r.b, LLVMBuildICmp(e->r.b, LLVMIntSLT, hi, e->r.N, ""), hi, e->r.N, "");
@@ -531,7 +541,9 @@ static LLVMValueRef emit_row_sum(emitter *e, int slot) {
   LLVMValueRef sum = zf;
   for (int t = 0; t < KD_GPU_STEP_THREADS; t++) {
     idx[1] = kd_re_i64c(&e->r, t);
-    sum = LLVMBuildFAdd(e->r.b, sum, LLVMBuildLoad2(e->r.b, e->r.f64, LLVMBuildGEP2(e->r.b, at, e->shared_d, idx, 2, ""), ""), "");
+    sum = LLVMBuildFAdd(
+        e->r.b, sum, LLVMBuildLoad2(e->r.b, e->r.f64, LLVMBuildGEP2(e->r.b, at, e->shared_d, idx, 2, ""), ""),
+        "");
   }
   barrier(e); /* everyone has read the partial sums before the next ones */
   return sum;
@@ -552,7 +564,8 @@ static void emit_step(emitter *e, int k) {
   for (kd_node_id id = 0; id < (kd_node_id)e->r.n && !e->r.st; id++) {
     const kd_fuse_node *f = kd_re_fnode(&e->r, id);
     if (f->kind == KD_FUSE_GLOBAL && f->role == KD_ROLE_NRED && f->phase == k)
-      e->r.gval[id] = kd_re_convert(&e->r, emit_row_sum(e, f->slot), KD_CL_F, kd_vclass_of(kd_re_gnode(&e->r, id)->dtype));
+      e->r.gval[id] = kd_re_convert(&e->r, emit_row_sum(e, f->slot), KD_CL_F,
+                                    kd_vclass_of(kd_re_gnode(&e->r, id)->dtype));
   }
   LLVMBasicBlockRef work = kd_re_block(&e->r, "thread0"), done = kd_re_block(&e->r, "done");
   LLVMBuildCondBr(e->r.b, LLVMBuildICmp(e->r.b, LLVMIntEQ, e->tid, kd_re_i64c(&e->r, 0), ""), work, done);

@@ -230,7 +230,8 @@ LLVMValueRef kd_re_shift_by_scalar(kd_rowemit *r, kd_node_id id) {
   LLVMBuilderRef b = r->b;
   LLVMValueRef x = r->elem_value(r, xs), c = kd_re_row_value(r, cs);
   LLVMValueRef hi = LLVMBuildFPTrunc(b, c, r->f32, "");
-  LLVMValueRef lo = LLVMBuildFPTrunc(b, LLVMBuildFSub(b, c, LLVMBuildFPExt(b, hi, r->f64, ""), ""), r->f32, "");
+  LLVMValueRef lo =
+      LLVMBuildFPTrunc(b, LLVMBuildFSub(b, c, LLVMBuildFPExt(b, hi, r->f64, ""), ""), r->f32, "");
   LLVMValueRef vh = kd_re_splat(r, hi), vl = kd_re_splat(r, lo);
   if (n->op == KD_IR_ADD) return LLVMBuildFAdd(b, LLVMBuildFAdd(b, x, vh, ""), vl, "");
   if (k == 1) return LLVMBuildFSub(b, LLVMBuildFSub(b, x, vh, ""), vl, "");
