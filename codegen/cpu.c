@@ -810,16 +810,9 @@ static void emit_pass(emitter *e, int pass) {
 /* ---- functions ----------------------------------------------------------------- */
 
 static void begin_function(emitter *e, const char *suffix, LLVMTypeRef ty) {
-  char name[160];
-  snprintf(name, sizeof name, "%s_%s", e->r.name, suffix);
-  e->r.fn = LLVMAddFunction(e->r.M, name, ty);
+  kd_re_begin_function(&e->r, suffix, ty);
   LLVMSetLinkage(e->r.fn, LLVMInternalLinkage); /* reached through the program only */
   e->args = LLVMGetParam(e->r.fn, 0);
-  /* entry: argument loads and global loads (through e->r.be, appended before
-   * its branch whenever code needs one); start: everything else */
-  LLVMBasicBlockRef entry = kd_re_block(&e->r, "entry"), start = kd_re_block(&e->r, "start");
-  LLVMPositionBuilderAtEnd(e->r.b, entry);
-  LLVMPositionBuilderBefore(e->r.be, LLVMBuildBr(e->r.b, start));
   e->ptr_teacher = load_field(e, 0, e->ptr);
   e->ptr_student = load_field(e, 1, e->ptr);
   e->r.p_labels = load_field(e, 2, e->ptr);
@@ -828,9 +821,6 @@ static void begin_function(emitter *e, const char *suffix, LLVMTypeRef ty) {
   e->r.p_globals = load_field(e, 5, e->ptr);
   e->r.N = load_field(e, 6, e->r.i64);
   e->r.V = load_field(e, 7, e->r.i64);
-  memset(e->r.gval, 0, e->r.n * sizeof *e->r.gval);
-  memset(e->r.rval, 0, e->r.n * sizeof *e->r.rval);
-  LLVMPositionBuilderAtEnd(e->r.b, start);
 }
 
 /* for r in [begin, end): the stage's passes, then the rows of its

@@ -430,9 +430,7 @@ static void emit_pass(emitter *e, int pass) {
 /* ---- kernels ---------------------------------------------------------------------- */
 
 static void begin_kernel(emitter *e, const char *suffix) {
-  char name[160];
-  snprintf(name, sizeof name, "%s_%s", e->r.name, suffix);
-  e->r.fn = LLVMAddFunction(e->r.M, name, e->kern_ty);
+  kd_re_begin_function(&e->r, suffix, e->kern_ty);
   if (!e->emu) LLVMSetFunctionCallConv(e->r.fn, LLVMPTXKernelCallConv);
   /* inputs are read-only and nothing aliases: loads may use the
    * non-coherent (texture) path, ld.global.nc */
@@ -447,12 +445,6 @@ static void begin_kernel(emitter *e, const char *suffix) {
   for (unsigned i = 0; i < 6; i++) *p[i] = LLVMGetParam(e->r.fn, i);
   e->r.N = LLVMGetParam(e->r.fn, 6);
   e->r.V = LLVMGetParam(e->r.fn, 7);
-  LLVMBasicBlockRef entry = kd_re_block(&e->r, "entry"), start = kd_re_block(&e->r, "start");
-  LLVMPositionBuilderAtEnd(e->r.b, entry);
-  LLVMPositionBuilderBefore(e->r.be, LLVMBuildBr(e->r.b, start));
-  memset(e->r.gval, 0, e->r.n * sizeof *e->r.gval);
-  memset(e->r.rval, 0, e->r.n * sizeof *e->r.rval);
-  LLVMPositionBuilderAtEnd(e->r.b, start);
 }
 
 /* (p & (bytes - 1)) == 0 */

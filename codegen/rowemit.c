@@ -89,6 +89,20 @@ LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicB
   return p;
 }
 
+void kd_re_begin_function(kd_rowemit *r, const char *suffix, LLVMTypeRef ty) {
+  char name[160];
+  snprintf(name, sizeof name, "%s_%s", r->name, suffix);
+  r->fn = LLVMAddFunction(r->M, name, ty);
+  /* entry: argument loads and global loads (through be, appended before
+   * its branch whenever code needs one); start: everything else */
+  LLVMBasicBlockRef entry = kd_re_block(r, "entry"), start = kd_re_block(r, "start");
+  LLVMPositionBuilderAtEnd(r->b, entry);
+  LLVMPositionBuilderBefore(r->be, LLVMBuildBr(r->b, start));
+  memset(r->gval, 0, r->n * sizeof *r->gval);
+  memset(r->rval, 0, r->n * sizeof *r->rval);
+  LLVMPositionBuilderAtEnd(r->b, start);
+}
+
 /* ---- conversions ----------------------------------------------------------- */
 
 LLVMValueRef kd_re_bf16_to_f32(kd_rowemit *r, LLVMValueRef x) {

@@ -99,6 +99,11 @@ LLVMBasicBlockRef kd_re_block(kd_rowemit *r, const char *name);
 LLVMValueRef kd_re_phi(kd_rowemit *r, LLVMTypeRef t, LLVMValueRef v0, LLVMBasicBlockRef b0,
                        LLVMValueRef v1, LLVMBasicBlockRef b1);
 
+/* Starts function <name>_<suffix> of type ty (r->fn): an entry block, where
+ * be stays for argument and global loads, that branches to a start block,
+ * where b is left; no global or row value is known yet. */
+void kd_re_begin_function(kd_rowemit *r, const char *suffix, LLVMTypeRef ty);
+
 /* ---- values ---- */
 
 /* W bf16 lanes (i16, as loaded) as f32 lanes. */
