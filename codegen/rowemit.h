@@ -1,16 +1,20 @@
 /* The core that the CPU and PTX back ends (cpu.c, ptx.c) share when they
  * lower a row schedule (passes/fuse.h) to LLVM IR: the builder, schedule,
  * graph, types and value tables in one struct, kd_rowemit, that each back
- * end's emitter embeds as its member r, and what both compute the same way
- * on it: class conversions, broadcasts, global and row scalars, the split
- * shift of f32 lanes by a double scalar, a pass's row prerequisites.
+ * end's emitter embeds as its first member r, and what both emit the same
+ * way on it (functions kd_re_*): a function's entry, class conversions and
+ * broadcasts, global, row and element values (the walk over the graph, the
+ * split shift of f32 lanes by a double scalar, folded contributions), a
+ * pass's row prerequisites, a step's global scalars, the rows of the
+ * reductions over rows.
  *
- * What differs per target comes in through hooks (the back end's element
- * values, its exp and log) or stays in cpu.c and ptx.c: loads and stores,
- * the loops, reductions and how their lanes combine, kernels and steps.
+ * What differs per target comes in through the hooks below (all required)
+ * or stays in cpu.c and ptx.c: the loops and how a pass's reductions and
+ * their lanes combine (lazy references, double lanes and a row cache on
+ * the CPU; exact maxima, shuffles and shared memory on the GPU), loads and
+ * stores, summing the rows, the functions' signatures and the program.
  * Every function here emits exactly the instructions, in the order, that
- * the back ends emitted before they shared it: the generated code does not
- * depend on which of the two calls it.
+ * the back ends emitted before they shared it.
  *
  * Value classes (elementwise.h): F is f32 in W-lane vectors and double in
  * scalars, I is i64, B is i1; element values are vectors of r->W lanes. */
