@@ -44,17 +44,9 @@
 /* Leaves: x f32 [R, C]; y f32 [C, R] read transposed; b f32 [C] along rows;
    c f32 [R] along columns (a scalar per row); m bool [C, R] read
    transposed, n bool [R] a scalar per row. Intermediates from NLEAF on. */
-enum { VX, VY, VB, VC, VM, VN, NLEAF, MAXV = 64, MAXI = 48 };
+enum { VX, VY, VB, VC, VM, VN, NLEAF };
 
-typedef struct tree {
-  kd_step_prog *p;
-  int64_t R, C;
-  int nv, ni;
-  kd_step_ref made[MAXI];
-  int nmade;
-} tree;
-
-static kd_step_ref leaf_ref(tree *t, bool cond) {
+static kd_step_ref leaf_ref(kd_tree *t, bool cond) {
   kd_step_ref r = {.value = -1};
   if (cond && next() % 4) { /* a SELECT's condition: mostly a mask */
     if (next() % 2) r.value = VM, r.stride[0] = 1, r.stride[1] = t->R;
@@ -82,32 +74,19 @@ static const kd_step_fn fns[] = {
     KD_SF_LT,  KD_SF_LE,  KD_SF_GT,  KD_SF_GE,   KD_SF_EQ,  KD_SF_NE,   KD_SF_COPY,
     KD_SF_EXP, KD_SF_TANH, KD_SF_ADD, KD_SF_MUL, KD_SF_SELECT, KD_SF_SELECT, KD_SF_POW};
 
-static int arity(kd_step_fn fn) {
-  return fn == KD_SF_SELECT ? 3 : fn >= KD_SF_ADD && fn <= KD_SF_NE ? 2 : 1;
-}
-
-static kd_step_ref gen(tree *t, int depth, bool pow_ok, bool cond) {
-  if (depth == 0 || urand() < 0.15 || t->nv == MAXV || t->ni == MAXI) return leaf_ref(t, cond);
+static kd_step_ref gen(kd_tree *t, int depth, bool pow_ok, bool cond) {
+  if (depth == 0 || urand() < 0.15 || kd_tree_full(t)) return leaf_ref(t, cond);
   size_t nf = sizeof fns / sizeof fns[0] - (pow_ok ? 0 : 1);
   kd_step_fn fn = fns[next() % nf];
   kd_step_ref src[3];
-  for (int s = 0; s < arity(fn); s++)
+  for (int s = 0; s < kd_tree_arity(fn); s++)
     src[s] = gen(t, depth - 1, pow_ok, fn == KD_SF_SELECT && s == 0);
-  if (t->nv == MAXV || t->ni == MAXI) return src[0];
-  kd_step_instr *in = &t->p->instr[t->ni++];
-  *in = (kd_step_instr){.kind = KD_STEP_MAP, .fn = fn, .rank = 2, .shape = {t->R, t->C},
-                        .nsrc = arity(fn), .node = -1};
-  memcpy(in->src, src, sizeof src);
-  int v = t->nv++;
-  t->p->values[v] = (kd_step_value){.loc = KD_LOC_ARENA, .dtype = KD_F32, .elems = t->R * t->C};
-  in->dst = (kd_step_ref){.value = v, .stride = {t->C, 1}};
-  t->made[t->nmade++] = in->dst;
-  return in->dst;
+  return kd_tree_map(t, fn, src);
 }
 
 static kd_step_prog *build_tree(uint64_t seed, int64_t R, int64_t C, int depth, bool pow_ok) {
   rng = seed;
-  tree t = {kd_step_alloc(MAXV, MAXI, 0), R, C, NLEAF, 0, {{0}}, 0};
+  kd_tree t = {kd_step_alloc(KD_TREE_MAXV, KD_TREE_MAXI, 0), R, C, NLEAF, 0, {{0}}, 0};
   kd_step_value f32 = {.loc = KD_LOC_ARENA, .dtype = KD_F32};
   t.p->values[VX] = t.p->values[VY] = t.p->values[VB] = t.p->values[VC] = f32;
   t.p->values[VX].elems = t.p->values[VY].elems = R * C;

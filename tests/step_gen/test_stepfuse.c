@@ -26,17 +26,9 @@
 /* Leaves: x f32 [R, C]; y f32 [C, R] read transposed; b f32 [C] along rows;
    m bool [R, C]; k i64 [R] and c f32 [R] along columns (stride 0 in the
    inner dim: a scalar per row). Intermediates from value NLEAF on. */
-enum { VX, VY, VB, VM, VK, VC, NLEAF, MAXV = 64, MAXI = 48 };
+enum { VX, VY, VB, VM, VK, VC, NLEAF };
 
-typedef struct tree {
-  kd_step_prog *p;
-  int64_t R, C;
-  int nv, ni;
-  kd_step_ref made[MAXI]; /* intermediates, for a second reader */
-  int nmade;
-} tree;
-
-static kd_step_ref leaf_ref(tree *t) {
+static kd_step_ref leaf_ref(kd_tree *t) {
   kd_step_ref r = {.value = -1};
   static const double imms[] = {0.5, -2, 0.044715, INFINITY, 0, 1e-5, 3, -INFINITY};
   int k = (int)(next() % 8);
@@ -58,32 +50,18 @@ static const kd_step_fn fns[] = {
     KD_SF_ADD, KD_SF_SUB, KD_SF_MUL,  KD_SF_MULZ, KD_SF_DIV, KD_SF_POW,  KD_SF_MAX,
     KD_SF_MIN, KD_SF_LT,  KD_SF_GE,   KD_SF_EQ,   KD_SF_NE,  KD_SF_SELECT, KD_SF_COPY};
 
-static int arity(kd_step_fn fn) {
-  if (fn >= KD_SF_ADD && fn <= KD_SF_NE) return 2;
-  return fn == KD_SF_SELECT ? 3 : 1;
-}
-
 /* A subtree of the given depth: a leaf, or a MAP into a new f32 value. */
-static kd_step_ref gen(tree *t, int depth) {
-  if (depth == 0 || urand() < 0.2 || t->nv == MAXV || t->ni == MAXI) return leaf_ref(t);
+static kd_step_ref gen(kd_tree *t, int depth) {
+  if (depth == 0 || urand() < 0.2 || kd_tree_full(t)) return leaf_ref(t);
   kd_step_fn fn = fns[next() % (sizeof fns / sizeof fns[0])];
   kd_step_ref src[3];
-  for (int s = 0; s < arity(fn); s++) src[s] = gen(t, depth - 1);
-  if (t->nv == MAXV || t->ni == MAXI) return src[0];
-  kd_step_instr *in = &t->p->instr[t->ni++];
-  *in = (kd_step_instr){.kind = KD_STEP_MAP, .fn = fn, .rank = 2, .shape = {t->R, t->C},
-                        .nsrc = arity(fn), .node = -1};
-  memcpy(in->src, src, sizeof src);
-  int v = t->nv++;
-  t->p->values[v] = (kd_step_value){.loc = KD_LOC_ARENA, .dtype = KD_F32, .elems = t->R * t->C};
-  in->dst = (kd_step_ref){.value = v, .stride = {t->C, 1}};
-  t->made[t->nmade++] = in->dst;
-  return in->dst;
+  for (int s = 0; s < kd_tree_arity(fn); s++) src[s] = gen(t, depth - 1);
+  return kd_tree_map(t, fn, src);
 }
 
 static kd_step_prog *build_tree(uint64_t seed, int64_t R, int64_t C, int depth) {
   rng = seed;
-  tree t = {kd_step_alloc(MAXV, MAXI, 0), R, C, NLEAF, 0, {{0}}, 0};
+  kd_tree t = {kd_step_alloc(KD_TREE_MAXV, KD_TREE_MAXI, 0), R, C, NLEAF, 0, {{0}}, 0};
   kd_step_value f32 = {.loc = KD_LOC_ARENA, .dtype = KD_F32};
   t.p->values[VX] = t.p->values[VY] = t.p->values[VB] = t.p->values[VC] = f32;
   t.p->values[VX].elems = t.p->values[VY].elems = R * C;
