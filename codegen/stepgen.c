@@ -265,12 +265,25 @@ static kd_status sg_schedule(kd_sg *sg, const char *split_input) {
       for (int k = 0; k < nd->nsrc; k++) first[nd->src[k]] = true;
   }
   for (size_t i = 0; i < n; i++) sg->late[i] = !first[i];
-  free(first);
+  /* Within a phase, the values that read no input (attention's causal
+     mask, one-hot selectors: iotas and what is made of them and of
+     constants) come first: between a map and the map that reads it, such
+     an instruction could take the first one's dead bytes and keep the two
+     from fusing (stepfuse.h). */
+  bool *fixed = first; /* reused: depends on no input */
+  for (size_t i = 0; i < n; i++) {
+    const kd_node *nd = sg_node(sg, (kd_node_id)i);
+    fixed[i] = nd->op != KD_IR_INPUT;
+    for (int k = 0; k < nd->nsrc; k++) fixed[i] = fixed[i] && fixed[nd->src[k]];
+  }
   for (int phase = 0; phase < 2; phase++) {
-    for (size_t i = 0; i < n; i++)
-      if (sg->needed[i] && sg->late[i] == (phase == 1)) sg->order[sg->norder++] = (kd_node_id)i;
+    for (int pass = 0; pass < 2; pass++)
+      for (size_t i = 0; i < n; i++)
+        if (sg->needed[i] && sg->late[i] == (phase == 1) && fixed[i] == (pass == 0))
+          sg->order[sg->norder++] = (kd_node_id)i;
     if (phase == 0) sg->nfirst = sg->norder;
   }
+  free(first);
   return KD_OK;
 }
 
@@ -422,24 +435,50 @@ static void sg_layout_all(kd_sg *sg) {
   }
 }
 
-/* A product's operand [.., R, C]: each matrix dense, row-major (*trans
-   false) or transposed (true), and the batch axes one stride apart. */
-static bool sg_gemm_operand(const kd_sg *sg, kd_node_id id, bool *trans, int64_t *batch_stride) {
+/* A product's batch (its output's dims before the last two) is split as
+   kd_gemm splits it: the innermost dim with more than one item is the
+   inner level, the others together the outer one. The inner dim, or -1. */
+static int sg_batch_inner(const kd_node *prod) {
+  for (int d = prod->rank - 3; d >= 0; d--)
+    if (prod->shape[d] > 1) return d;
+  return -1;
+}
+
+/* A product's operand as kd_gemm reads it: each matrix [R, C] row-major
+   (trans false: rows ld floats apart, columns adjacent) or transposed
+   (columns ld apart, rows adjacent), so a view that steps over the other
+   heads of [B, T, H, Dh] needs no copy; and its batch items at outer *
+   s1 + inner * s2, the outer dims one stride apart. */
+typedef struct sg_gemm_op {
+  bool trans;
+  int64_t ld, s1, s2;
+} sg_gemm_op;
+
+static bool sg_gemm_operand(const kd_sg *sg, const kd_node *prod, kd_node_id id, sg_gemm_op *o) {
   const kd_node *n = sg_node(sg, id);
   const sg_layout *l = &sg->lay[id];
   if (l->base == KD_NONE) return false;
   int r = n->rank;
   int64_t R = n->shape[r - 2], C = n->shape[r - 1], sR = l->stride[r - 2], sC = l->stride[r - 1];
-  if ((R == 1 || sR == C) && (C == 1 || sC == 1)) *trans = false;
-  else if ((R == 1 || sR == 1) && (C == 1 || sC == R)) *trans = true;
+  if ((C == 1 || sC == 1) && (R == 1 || sR >= C)) o->trans = false, o->ld = R == 1 ? C : sR;
+  else if ((R == 1 || sR == 1) && (C == 1 || sC >= R)) o->trans = true, o->ld = C == 1 ? R : sC;
   else return false;
+  /* the operand's dim for the product's batch dim d (right-aligned), its
+     stride (0 where it has none or a single item) */
+  int inner = sg_batch_inner(prod), shift = prod->rank - r;
+  o->s1 = o->s2 = 0;
   int64_t expect = -1;
-  *batch_stride = R * C;
-  for (int d = r - 3; d >= 0; d--) {
-    if (n->shape[d] == 1) continue;
-    if (expect < 0) *batch_stride = l->stride[d];
-    else if (l->stride[d] != expect) return false;
-    expect = l->stride[d] * n->shape[d];
+  for (int d = prod->rank - 3; d >= 0; d--) {
+    int e = d - shift;
+    int64_t s = e >= 0 && n->shape[e] > 1 ? l->stride[e] : 0;
+    if (d == inner) {
+      o->s2 = s;
+      continue;
+    }
+    if (prod->shape[d] == 1) continue;
+    if (expect < 0) o->s1 = s;
+    else if (s != expect) return false;
+    expect = s * prod->shape[d];
   }
   return true;
 }
@@ -456,10 +495,9 @@ static bool sg_contig_operand(const kd_sg *sg, kd_node_id id) {
    contiguous for a reduction over every axis. */
 static bool sg_operand_ok(const kd_sg *sg, const kd_node *n, int j) {
   kd_node_id o = n->src[j];
-  bool t;
-  int64_t s;
+  sg_gemm_op g;
   switch (n->op) {
-  case KD_IR_MATMUL: return sg_gemm_operand(sg, o, &t, &s);
+  case KD_IR_MATMUL: return sg_gemm_operand(sg, n, o, &g);
   case KD_IR_GATHER_ROWS:
   case KD_IR_SCATTER_ADD_ROWS: return sg_contig_operand(sg, o);
   case KD_IR_SUM:
@@ -733,16 +771,25 @@ static bool sg_emit_gemm(kd_sg *sg, kd_node_id i) {
   const kd_node *n = sg_node(sg, i), *a = sg_node(sg, n->src[0]), *b = sg_node(sg, n->src[1]);
   kd_step_instr *in = sg_emit(sg, KD_STEP_GEMM, KD_SF_COPY, i);
   if (!in) return false;
-  int r = n->rank;
-  bool ta = false, tb = false;
-  int64_t sa = 0, sb = 0, batch = 1;
-  sg_gemm_operand(sg, n->src[0], &ta, &sa); /* sg_layouts made both hold */
-  sg_gemm_operand(sg, n->src[1], &tb, &sb);
+  int r = n->rank, id = sg_batch_inner(n);
+  sg_gemm_op oa, ob;
+  sg_gemm_operand(sg, n, n->src[0], &oa); /* sg_layouts made both hold */
+  sg_gemm_operand(sg, n, n->src[1], &ob);
+  int64_t batch = 1, inner = id >= 0 ? n->shape[id] : 1;
   for (int d = 0; d + 2 < r; d++) batch *= n->shape[d];
   int64_t M = a->shape[r - 2], K = a->shape[r - 1], N = b->shape[b->rank - 1];
-  kd_gemm gm = {batch, M, N, K, ta, tb, 1.0f, 0.0f, sa, b->rank == 2 ? 0 : sb, M * N};
-  if (b->rank == 2 && !ta && (batch == 1 || sa == M * K)) /* one product of batch x M rows */
-    gm = (kd_gemm){1, batch * M, N, K, false, tb, 1.0f, 0.0f, batch * M * K, 0, batch * M * N};
+  /* C is dense: the inner items M N floats apart, the outer inner M N */
+  kd_gemm gm = {.batch = batch, .m = M, .n = N, .k = K, .trans_a = oa.trans, .trans_b = ob.trans,
+                .alpha = 1.0f, .beta = 0.0f, .stride_a = oa.s1, .stride_b = ob.s1,
+                .stride_c = inner * M * N, .lda = oa.ld, .ldb = ob.ld, .batch2 = inner,
+                .stride2_a = oa.s2, .stride2_b = ob.s2, .stride2_c = M * N};
+  /* a shared B and A's rows evenly spaced over the whole batch: one
+     product of batch x M rows */
+  bool rows = !oa.trans && (batch == inner || oa.s1 == inner * oa.s2) &&
+              (inner == 1 || oa.s2 == M * oa.ld);
+  if (b->rank == 2 && rows)
+    gm = (kd_gemm){.batch = 1, .m = batch * M, .n = N, .k = K, .trans_b = ob.trans,
+                   .alpha = 1.0f, .beta = 0.0f, .lda = oa.ld, .ldb = ob.ld};
   in->gemm = gm;
   sg_shape(in, r, n->shape);
   in->nsrc = 2;

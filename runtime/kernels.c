@@ -52,23 +52,26 @@ static void gemm_tiles(void *vctx, int64_t begin, int64_t end, int worker) {
   (void)worker;
   const gemm_ctx *g = vctx;
   const kd_gemm *p = g->p;
-  int lda = (int)(p->trans_a ? p->m : p->k), ldb = (int)(p->trans_b ? p->k : p->n);
+  int64_t lda = kd_gemm_lda(p), ldb = kd_gemm_ldb(p), inner = kd_gemm_inner(p);
   for (int64_t t = begin; t < end; t++) {
     int64_t item = t / (g->rt * g->ct), i0 = t / g->ct % g->rt * g->tm, j0 = t % g->ct * g->tn;
     int64_t m = p->m - i0 < g->tm ? p->m - i0 : g->tm, n = p->n - j0 < g->tn ? p->n - j0 : g->tn;
+    int64_t io = item / inner, ii = item % inner;
     /* row block i0 of op(A): rows of A, or columns of A^T; column block
        j0 of op(B): columns of B, or rows of B^T */
-    const float *a = g->a + item * p->stride_a + (p->trans_a ? i0 : i0 * p->k);
-    const float *b = g->b + item * p->stride_b + (p->trans_b ? j0 * p->k : j0);
-    float *c = g->c + item * p->stride_c + i0 * p->n + j0;
+    const float *a = g->a + io * p->stride_a + ii * p->stride2_a + (p->trans_a ? i0 : i0 * lda);
+    const float *b = g->b + io * p->stride_b + ii * p->stride2_b + (p->trans_b ? j0 * ldb : j0);
+    float *c = g->c + io * p->stride_c + ii * p->stride2_c + i0 * p->n + j0;
     cblas_sgemm(CblasRowMajor, p->trans_a ? CblasTrans : CblasNoTrans,
                 p->trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)p->k, p->alpha, a,
-                lda > 0 ? lda : 1, b, ldb > 0 ? ldb : 1, p->beta, c, (int)p->n);
+                lda > 0 ? (int)lda : 1, b, ldb > 0 ? (int)ldb : 1, p->beta, c, (int)p->n);
   }
 }
 
 kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const float *b, float *c) {
-  if (p->batch < 0 || !blas_size_ok(p->m) || !blas_size_ok(p->n) || !blas_size_ok(p->k))
+  if (p->batch < 0 || !blas_size_ok(p->m) || !blas_size_ok(p->n) || !blas_size_ok(p->k) ||
+      !blas_size_ok(kd_gemm_lda(p)) || !blas_size_ok(kd_gemm_ldb(p)) ||
+      p->batch % kd_gemm_inner(p) != 0)
     return KD_ERR_INVALID;
   if (p->batch == 0 || p->m == 0 || p->n == 0) return KD_OK;
   /* at most GEMM_ROWS rows a tile; halve the longer side (down to
@@ -84,9 +87,11 @@ kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const flo
   /* about a million multiply-adds a chunk, so a chunk outweighs waking a
      worker; products smaller than that run on this thread */
   int64_t tile = g.tm * g.tn * (p->k > 0 ? p->k : 1);
-  /* batch items whose C overlap (a stride_c under M N) run in order, on
-     this thread, as one loop would */
-  bool overlap = p->batch > 1 && p->stride_c < p->m * p->n;
+  /* batch items whose C overlap (a stride under the items it steps over)
+     run in order, on this thread, as one loop would */
+  int64_t inner = kd_gemm_inner(p), mn = p->m * p->n;
+  bool overlap = (inner > 1 && p->stride2_c < mn) ||
+                 (p->batch > inner && p->stride_c < (inner > 1 ? inner * p->stride2_c : mn));
   kd_pool_parallel_for(overlap ? NULL : pool, p->batch * g.rt * g.ct,
                        tile >= (1 << 20) ? 1 : (1 << 20) / tile, gemm_tiles, &g);
   return KD_OK;

@@ -36,8 +36,13 @@ int kd_blas_threads(void);
 /* The general batched product, tiles of each batch item split over pool:
  *   C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b],   b in [0, batch)
  * op(A) is [M, K] (A is stored [K, M] when trans_a), op(B) is [K, N] (stored
- * [N, K] when trans_b), C is [M, N]. stride_* is the number of floats from
- * one batch item to the next; stride_b = 0 shares one B across the batch.
+ * [N, K] when trans_b), C is [M, N]. lda and ldb are the floats from one
+ * stored row of A or B to the next (0: packed, the stored row's length);
+ * C is packed. Batch items are (outer, inner) pairs, b = outer * inner2 +
+ * inner with inner2 = batch2 (0 or 1: one level): item b of X starts at
+ * outer * stride_x + inner * stride2_x, so a view such as attention's heads
+ * ([B, T, H, Dh] read as [B, H] products of [T, Dh]) needs no copy;
+ * stride_b = 0 (and stride2_b = 0) shares one B across the batch.
  * beta = 0 overwrites C (NaNs in it are ignored, as BLAS specifies).
  * KD_ERR_INVALID on a negative size. Tiles of at most 1024 rows, cut
  * further (not below 64 x 64) until a product has 2 (kernels.c says why so
@@ -47,7 +52,19 @@ typedef struct kd_gemm {
   bool trans_a, trans_b;
   float alpha, beta;
   int64_t stride_a, stride_b, stride_c;
+  int64_t lda, ldb;                        /* 0: packed */
+  int64_t batch2, stride2_a, stride2_b, stride2_c; /* batch2 0 or 1: one level */
 } kd_gemm;
+
+/* lda, ldb as the product uses them (the packed length where 0), and the
+ * inner batch count (at least 1). */
+static inline int64_t kd_gemm_lda(const kd_gemm *p) {
+  return p->lda > 0 ? p->lda : p->trans_a ? p->m : p->k;
+}
+static inline int64_t kd_gemm_ldb(const kd_gemm *p) {
+  return p->ldb > 0 ? p->ldb : p->trans_b ? p->k : p->n;
+}
+static inline int64_t kd_gemm_inner(const kd_gemm *p) { return p->batch2 > 1 ? p->batch2 : 1; }
 kd_status kd_gemm_run(kd_pool *pool, const kd_gemm *p, const float *a, const float *b, float *c);
 
 /* MATMUL and its two adjoints, for a [B, M, K] and b [K, N] (b_shared) or

@@ -284,18 +284,33 @@ static kd_status check_gemm(const kd_step_prog *p, int32_t i, const kd_step_inst
                 "instruction %d: gemm sizes batch %" PRId64 " m %" PRId64 " n %" PRId64
                 " k %" PRId64 " out of range",
                 i, g->batch, g->m, g->n, g->k);
-  if (g->stride_a < 0 || g->stride_b < 0 || g->stride_c < 0)
+  if (g->stride_a < 0 || g->stride_b < 0 || g->stride_c < 0 || g->stride2_a < 0 ||
+      g->stride2_b < 0 || g->stride2_c < 0 || g->lda < 0 || g->ldb < 0 || g->batch2 < 0)
     return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: negative gemm stride", i);
-  /* item t of a matrix of `size` floats spans [t * stride, t * stride + size) */
-  const int64_t size[3] = {g->m * g->k, g->k * g->n, g->m * g->n};
-  const int64_t stride[3] = {g->stride_a, g->stride_b, g->stride_c};
+  /* the stored matrices: A [m, k] or [k, m], rows lda apart; B [k, n] or
+     [n, k], rows ldb apart; C [m, n] packed */
+  int64_t ra = g->trans_a ? g->k : g->m, ca = g->trans_a ? g->m : g->k;
+  int64_t rb = g->trans_b ? g->n : g->k, cb = g->trans_b ? g->k : g->n;
+  int64_t lda = kd_gemm_lda(g), ldb = kd_gemm_ldb(g), inner = kd_gemm_inner(g);
+  if ((ra > 1 && lda < ca) || (rb > 1 && ldb < cb) || lda > INT32_MAX || ldb > INT32_MAX ||
+      g->batch % inner != 0)
+    return kd_errf(err, errlen, KD_ERR_FORMAT,
+                   "instruction %d: gemm lda %" PRId64 ", ldb %" PRId64 " or batch2 %" PRId64
+                   " do not fit the sizes", i, lda, ldb, g->batch2);
+  /* item (o, t) of a matrix of rows x cols floats, rows ld apart, spans
+     [o s1 + t s2, o s1 + t s2 + (rows - 1) ld + cols) */
+  const int64_t rows[3] = {ra, rb, g->m}, cols[3] = {ca, cb, g->n}, ld[3] = {lda, ldb, g->n};
+  const int64_t s1[3] = {g->stride_a, g->stride_b, g->stride_c};
+  const int64_t s2[3] = {g->stride2_a, g->stride2_b, g->stride2_c};
   const kd_step_ref *refs[3] = {&in->src[0], &in->src[1], &in->dst};
   const int which[3] = {1, 2, 0};
   for (int r = 0; r < 3; r++) {
-    int64_t n = 0, t;
-    if (g->batch > 0 && size[r] > 0 &&
-        (__builtin_mul_overflow(g->batch - 1, stride[r], &t) ||
-         __builtin_add_overflow(t, size[r], &n)))
+    int64_t n = 0, t, u, v;
+    if (g->batch > 0 && rows[r] > 0 && cols[r] > 0 &&
+        (__builtin_mul_overflow(g->batch / inner - 1, s1[r], &t) ||
+         __builtin_mul_overflow(inner - 1, s2[r], &u) || __builtin_add_overflow(t, u, &t) ||
+         __builtin_mul_overflow(rows[r] - 1, ld[r], &v) || __builtin_add_overflow(t, v, &t) ||
+         __builtin_add_overflow(t, cols[r], &n)))
       return kd_errf(err, errlen, KD_ERR_FORMAT, "instruction %d: %s: gemm extent overflows", i,
                   kd_ref_names[which[r]]);
     kd_status st = check_run(p, i, which[r], refs[r], n, &spans[which[r]], err, errlen);
@@ -578,6 +593,11 @@ void kd_step_print(const kd_step_prog *p, FILE *out) {
               "beta %g strides %" PRId64 " %" PRId64 " %" PRId64, g->batch, g->m, g->n, g->k,
               g->trans_a ? " ta" : "", g->trans_b ? " tb" : "", (double)g->alpha,
               (double)g->beta, g->stride_a, g->stride_b, g->stride_c);
+    if (in->kind == KD_STEP_GEMM && (g->lda || g->ldb))
+      fprintf(out, " ld %" PRId64 " %" PRId64, kd_gemm_lda(g), kd_gemm_ldb(g));
+    if (in->kind == KD_STEP_GEMM && g->batch2 > 1)
+      fprintf(out, " inner %" PRId64 " strides %" PRId64 " %" PRId64 " %" PRId64, g->batch2,
+              g->stride2_a, g->stride2_b, g->stride2_c);
     if (in->kind == KD_STEP_GATHER || in->kind == KD_STEP_SCATTER_ADD)
       fprintf(out, ", rows %" PRId64 "%s", in->rows, in->accumulate ? ", accumulate" : "");
     if (in->node >= 0) fprintf(out, " (node %d)", in->node);
@@ -593,7 +613,7 @@ enum {
   KD_SER_HEADER = 4 + 4 + 4 * 4 + 8 + 3 * 4,
   KD_SER_VALUE = 4 + 4 + 8 + 8 + 4,
   KD_SER_REF = 4 + 8 + 8 * KD_STEP_MAX_RANK + 8,
-  KD_SER_GEMM = 4 * 8 + 1 + 1 + 4 + 4 + 3 * 8,
+  KD_SER_GEMM = 4 * 8 + 1 + 1 + 4 + 4 + 3 * 8 + 6 * 8, /* ... strides, ld a b, batch2, strides2 */
   KD_SER_INSTR = 4 + 4 + 4 + 8 * KD_STEP_MAX_RANK + 4 + 4 + (1 + KD_STEP_MAX_SRC) * KD_SER_REF +
                  KD_SER_GEMM + 8 + 1 + 4 + 4,
   KD_SER_SLOT = KD_STEP_NAME_MAX + 4 + 4 + 8 * KD_STEP_MAX_RANK + 1,
@@ -696,6 +716,12 @@ kd_status kd_step_serialize(const kd_step_prog *p, uint8_t **buf, size_t *len) {
     put_i64(&s, g->stride_a);
     put_i64(&s, g->stride_b);
     put_i64(&s, g->stride_c);
+    put_i64(&s, g->lda);
+    put_i64(&s, g->ldb);
+    put_i64(&s, g->batch2);
+    put_i64(&s, g->stride2_a);
+    put_i64(&s, g->stride2_b);
+    put_i64(&s, g->stride2_c);
     put_i64(&s, in->rows);
     put_u(&s, in->accumulate, 1);
     put_i32(&s, in->node);
@@ -830,6 +856,12 @@ kd_status kd_step_deserialize(const uint8_t *buf, size_t len, kd_step_prog **out
     g->stride_a = get_i64(&s);
     g->stride_b = get_i64(&s);
     g->stride_c = get_i64(&s);
+    g->lda = get_i64(&s);
+    g->ldb = get_i64(&s);
+    g->batch2 = get_i64(&s);
+    g->stride2_a = get_i64(&s);
+    g->stride2_b = get_i64(&s);
+    g->stride2_c = get_i64(&s);
     in->rows = get_i64(&s);
     in->accumulate = get_bool(&s);
     in->node = get_i32(&s);

@@ -53,7 +53,7 @@
 #define KD_STEP_MAX_SRC 3
 #define KD_STEP_NAME_MAX 128 /* a slot's name, NUL included */
 #define KD_STEP_MAGIC 0x5044534bu /* "KSDP" little-endian */
-#define KD_STEP_VERSION 2
+#define KD_STEP_VERSION 3
 
 typedef enum kd_step_kind {
   KD_STEP_MAP,         /* dst = fn(src[0..nsrc)) at every index of shape */

@@ -38,20 +38,25 @@ static double at(const float *x, bool trans, int64_t cols_stored, int64_t i, int
 static int gemm_check(const kd_gemm *p, const float *a, const float *b, const float *c0,
                       const float *c) {
   int bad = 0;
+  int64_t inner = p->batch2 > 1 ? p->batch2 : 1;
+  int64_t lda = p->lda ? p->lda : p->trans_a ? p->m : p->k;
+  int64_t ldb = p->ldb ? p->ldb : p->trans_b ? p->k : p->n;
   for (int64_t t = 0; t < p->batch; t++) {
-    const float *A = a + t * p->stride_a, *B = b + t * p->stride_b;
+    int64_t o = t / inner, q = t % inner;
+    const float *A = a + o * p->stride_a + q * p->stride2_a;
+    const float *B = b + o * p->stride_b + q * p->stride2_b;
+    int64_t C = o * p->stride_c + q * p->stride2_c;
     for (int64_t i = 0; i < p->m; i++)
       for (int64_t j = 0; j < p->n; j++) {
         double s = 0, sabs = 0;
         for (int64_t l = 0; l < p->k; l++) {
-          double x = at(A, p->trans_a, p->trans_a ? p->m : p->k, i, l) *
-                     at(B, p->trans_b, p->trans_b ? p->k : p->n, l, j);
+          double x = at(A, p->trans_a, lda, i, l) * at(B, p->trans_b, ldb, l, j);
           s += x, sabs += fabs(x);
         }
-        double old = c0[t * p->stride_c + i * p->n + j];
+        double old = c0[C + i * p->n + j];
         double ref = p->alpha * s + p->beta * old;
         double tol = (double)(p->k + 2) * U * (fabs(p->alpha) * sabs + fabs(p->beta * old));
-        double got = c[t * p->stride_c + i * p->n + j];
+        double got = c[C + i * p->n + j];
         if (!(fabs(got - ref) <= tol)) {
           if (!bad)
             fprintf(stderr, "gemm B=%lld M=%lld N=%lld K=%lld ta=%d tb=%d sb=%lld: [%lld,%lld,%lld]"
@@ -91,6 +96,39 @@ static void test_gemm_general(kd_pool *pool) {
   kd_gemm neg = {.batch = 1, .m = -1, .n = 1, .k = 1};
   float x = 0;
   CHECK(kd_gemm_run(pool, &neg, &x, &x, &x) == KD_ERR_INVALID);
+  kd_gemm uneven = {.batch = 3, .m = 1, .n = 1, .k = 1, .batch2 = 2}; /* 3 items, pairs */
+  CHECK(kd_gemm_run(pool, &uneven, &x, &x, &x) == KD_ERR_INVALID);
+}
+
+/* Operands read in place from a wider layout, as attention reads its heads:
+   X [B, T, 3, H, Dh] holds q, k and v; item (b, h) of a product reads
+   q[b, :, h, :] ([T, Dh], rows 3 H Dh floats apart), the batch two levels
+   (B outer, H inner), C packed [B, H, ., .]: q k^T (B transposed), q^T v
+   (A transposed), and q w against a dense w of its own per item. */
+static void test_gemm_strided(kd_pool *pool) {
+  enum { NB = 3, T = 17, H = 4, DH = 5, ROW = 3 * H * DH, NW = 7 };
+  float *x = randv(NB * T * ROW), *w = randv(NB * H * DH * NW);
+  const struct {
+    bool ta, tb, dense_b;
+    int64_t m, n, k;
+  } cases[] = {{false, true, false, T, T, DH}, {true, false, false, DH, DH, T},
+               {false, false, true, T, NW, DH}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int64_t m = cases[i].m, n = cases[i].n, k = cases[i].k;
+    bool dense = cases[i].dense_b;
+    kd_gemm p = {.batch = NB * H, .m = m, .n = n, .k = k, .trans_a = cases[i].ta,
+                 .trans_b = cases[i].tb, .alpha = 0.75f, .beta = -1.0f, .stride_a = T * ROW,
+                 .stride_b = dense ? H * k * n : T * ROW, .stride_c = H * m * n, .lda = ROW,
+                 .ldb = dense ? 0 : ROW, .batch2 = H, .stride2_a = DH,
+                 .stride2_b = dense ? k * n : DH, .stride2_c = m * n};
+    const float *a = x, *b = dense ? w : x + 2 * H * DH; /* q at column 0, v at 2 H DH */
+    float *c0 = randv(NB * H * m * n), *c = malloc((size_t)(NB * H * m * n) * sizeof *c);
+    memcpy(c, c0, (size_t)(NB * H * m * n) * sizeof *c);
+    CHECK(kd_gemm_run(pool, &p, a, b, c) == KD_OK);
+    CHECK(gemm_check(&p, a, b, c0, c) == 0);
+    free(c0), free(c);
+  }
+  free(x), free(w);
 }
 
 /* MATMUL's three products against kd_gemm_check's naive loops written out
@@ -356,6 +394,7 @@ int main(void) {
     kd_pool *pool = NULL;
     if (t) CHECK(kd_pool_new(t, &pool) == KD_OK);
     test_gemm_general(pool);
+    test_gemm_strided(pool);
     test_matmul_products(pool);
     test_gather(pool);
     test_scatter(pool);

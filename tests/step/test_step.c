@@ -621,6 +621,40 @@ static void test_gemm(void) {
   CHECK(bad == 0);
 }
 
+/* A product reading its operands in place (lda, ldb, two batch levels):
+   validation takes the last row of the last item as the extent, so one
+   float less is refused and the exact size runs; an ld under a stored
+   row's length and a batch that batch2 does not divide are refused. */
+static void test_gemm_strided_bounds(void) {
+  enum { B1 = 2, B2 = 3, M = 4, K = 5, N = 6, LDA = 11, SA2 = 2 * K, SA1 = B2 * SA2 + 7 };
+  /* A's extent: (B1 - 1) SA1 + (B2 - 1) SA2 + (M - 1) LDA + K */
+  const int64_t need = (B1 - 1) * SA1 + (B2 - 1) * SA2 + (M - 1) * LDA + K;
+  for (int less = 1; less >= 0; less--) {
+    kd_step_prog *p = kd_step_alloc(3, 1, 0);
+    kd_step_instr *in = &p->instr[0];
+    in->kind = KD_STEP_GEMM, in->nsrc = 2;
+    in->gemm = (kd_gemm){.batch = B1 * B2, .m = M, .n = N, .k = K, .alpha = 1,
+                         .stride_a = SA1, .stride_c = B2 * M * N, .lda = LDA, .batch2 = B2,
+                         .stride2_a = SA2, .stride2_c = M * N};
+    in->src[0].value = 0, in->src[1].value = 1, in->dst.value = 2;
+    p->values[0] = (kd_step_value){.dtype = KD_F32, .elems = need - less};
+    p->values[1] = (kd_step_value){.dtype = KD_F32, .elems = K * N};
+    p->values[2] = (kd_step_value){.dtype = KD_F32, .elems = B1 * B2 * M * N};
+    place_values(p);
+    char err[256] = "";
+    kd_status st = kd_step_validate(p, err, sizeof err);
+    CHECK(less ? st == KD_ERR_FORMAT : st == KD_OK);
+    if (!less) {
+      in->gemm.lda = K - 1;
+      CHECK(kd_step_validate(p, err, sizeof err) == KD_ERR_FORMAT);
+      CHECK(strcmp(err, "instruction 0: gemm lda 4, ldb 6 or batch2 3 do not fit the sizes") == 0);
+      in->gemm.lda = LDA, in->gemm.batch = 5;
+      CHECK(kd_step_validate(p, err, sizeof err) == KD_ERR_FORMAT);
+    }
+    kd_step_free(p);
+  }
+}
+
 /* table [V, D] gathered at ids [n]; the rows scattered back, with and
    without accumulate; an id outside the table. */
 static void test_rows(kd_pool *pool) {
@@ -805,11 +839,11 @@ static void test_serialize(void) {
   CHECK(kd_step_deserialize(b1, n1, &q, err, sizeof err) == KD_ERR_FORMAT && !q);
   CHECK(strcmp(err, "not a step program (magic 0x5044534a)") == 0);
   b1[0] ^= 1;
-  b1[4] = 3;
+  b1[4] = 4;
   CHECK(kd_step_deserialize(b1, n1, &q, err, sizeof err) == KD_ERR_FORMAT);
-  CHECK(strcmp(err, "step program version 3; this runtime reads version 2 (rebuild it with this "
+  CHECK(strcmp(err, "step program version 4; this runtime reads version 3 (rebuild it with this "
                     "kdc)") == 0);
-  b1[4] = 2;
+  b1[4] = 3;
   free(b1);
 
   /* a ref past its value's end: the column sums' broadcast bias read one
@@ -954,6 +988,7 @@ int main(void) {
   test_reduce(pool);
   test_softmax(pool);
   test_gemm();
+  test_gemm_strided_bounds();
   test_rows(pool);
   test_threads_and_slots(pool);
   test_serialize();
