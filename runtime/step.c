@@ -989,36 +989,57 @@ typedef struct map_ctx {
   kd_step_fn fn;
   int nops; /* op[0] is dst, op[1 + s] source s */
   operand op[1 + KD_STEP_MAX_SRC];
-  int rank; /* >= 1 after coalescing; the last dim is the inner loop */
+  int rank; /* >= 1 after kd_step_merge_dims; the last dim is the inner loop */
   int64_t shape[KD_STEP_MAX_RANK];
   bool fast; /* fn on the fast path, every operand f32 or a constant */
 } map_ctx;
 
-/* Drops dims of size 1 and merges neighbours every operand walks as one
-   (stride[d] == stride[d + 1] * shape[d + 1]), so [B, T, D] + [D] runs as
-   one [B*T, D] loop and a contiguous map as one long row. */
-static void coalesce(map_ctx *c) {
+int kd_step_merge_dims(int rank, int64_t *shape, int n, int64_t *const *stride) {
   int r = 0;
-  for (int d = 0; d < c->rank; d++) {
-    if (c->shape[d] == 1) continue;
+  for (int d = 0; d < rank; d++) {
+    if (shape[d] == 1) continue;
     bool merge = r > 0;
-    for (int k = 0; k < c->nops && merge; k++)
-      merge = c->op[k].stride[r - 1] == c->op[k].stride[d] * c->shape[d];
+    for (int k = 0; k < n && merge; k++) merge = stride[k][r - 1] == stride[k][d] * shape[d];
     if (merge) {
-      c->shape[r - 1] *= c->shape[d];
-      for (int k = 0; k < c->nops; k++) c->op[k].stride[r - 1] = c->op[k].stride[d];
+      shape[r - 1] *= shape[d];
+      for (int k = 0; k < n; k++) stride[k][r - 1] = stride[k][d];
       continue;
     }
-    c->shape[r] = c->shape[d];
-    for (int k = 0; k < c->nops; k++) c->op[k].stride[r] = c->op[k].stride[d];
+    shape[r] = shape[d];
+    for (int k = 0; k < n; k++) stride[k][r] = stride[k][d];
     r++;
   }
   if (r == 0) {
-    c->shape[0] = 1;
-    for (int k = 0; k < c->nops; k++) c->op[k].stride[0] = 0;
+    shape[0] = 1;
+    for (int k = 0; k < n; k++) stride[k][0] = 0;
     r = 1;
   }
-  c->rank = r;
+  return r;
+}
+
+void kd_step_walk(int rank, const int64_t *shape, int n, int64_t *const *stride, int64_t begin,
+                  int64_t end, int64_t *row, int64_t *off,
+                  void (*seg)(void *ctx, const int64_t *off, int64_t len), void *ctx) {
+  int in = rank - 1;
+  int64_t inner = shape[in], o = begin / inner, j = begin % inner, idx[KD_STEP_MAX_RANK] = {0};
+  for (int d = in - 1; d >= 0; d--) {
+    idx[d] = o % shape[d];
+    o /= shape[d];
+    for (int k = 0; k < n; k++) row[k] += idx[d] * stride[k][d];
+  }
+  for (int64_t i = begin; i < end;) {
+    int64_t len = inner - j < end - i ? inner - j : end - i;
+    for (int k = 0; k < n; k++) off[k] = row[k] + j * stride[k][in];
+    seg(ctx, off, len);
+    i += len;
+    j = 0;
+    for (int d = in - 1; d >= 0; d--) {
+      for (int k = 0; k < n; k++) row[k] += stride[k][d];
+      if (++idx[d] < shape[d]) break;
+      for (int k = 0; k < n; k++) row[k] -= shape[d] * stride[k][d];
+      idx[d] = 0;
+    }
+  }
 }
 
 /* The f32 fast path over one segment: d[j] for j < n, sources a and b
@@ -1207,38 +1228,15 @@ static void map_segment(const map_ctx *c, const int64_t *off, int64_t n) {
   }
 }
 
-/* Elements [begin, end) of the map's index space in C order, a row
-   segment at a time. */
+static void map_seg(void *ctx, const int64_t *off, int64_t n) { map_segment(ctx, off, n); }
+
+/* Elements [begin, end) of the map's index space (kd_step_walk). */
 static void map_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   (void)worker;
-  const map_ctx *c = vctx;
-  int in = c->rank - 1;
-  int64_t inner = c->shape[in];
-  /* the first segment's index by division; the next ones by counting, as
-     an odometer over the outer dims (rows of 32 floats, a head's, made
-     the divisions cost more than the copy) */
-  int64_t o = begin / inner, j = begin % inner, idx[KD_STEP_MAX_RANK] = {0};
-  int64_t off[1 + KD_STEP_MAX_SRC];
-  for (int k = 0; k < c->nops; k++) off[k] = c->op[k].offset;
-  for (int d = in - 1; d >= 0; d--) {
-    idx[d] = o % c->shape[d];
-    o /= c->shape[d];
-    for (int k = 0; k < c->nops; k++) off[k] += idx[d] * c->op[k].stride[d];
-  }
-  for (int64_t i = begin; i < end;) {
-    int64_t n = inner - j < end - i ? inner - j : end - i;
-    int64_t seg[1 + KD_STEP_MAX_SRC];
-    for (int k = 0; k < c->nops; k++) seg[k] = off[k] + j * c->op[k].stride[in];
-    map_segment(c, seg, n);
-    i += n;
-    j = 0;
-    for (int d = in - 1; d >= 0; d--) {
-      for (int k = 0; k < c->nops; k++) off[k] += c->op[k].stride[d];
-      if (++idx[d] < c->shape[d]) break;
-      for (int k = 0; k < c->nops; k++) off[k] -= c->shape[d] * c->op[k].stride[d];
-      idx[d] = 0;
-    }
-  }
+  map_ctx *c = vctx;
+  int64_t *st[1 + KD_STEP_MAX_SRC], row[1 + KD_STEP_MAX_SRC], off[1 + KD_STEP_MAX_SRC];
+  for (int k = 0; k < c->nops; k++) st[k] = c->op[k].stride, row[k] = c->op[k].offset;
+  kd_step_walk(c->rank, c->shape, c->nops, st, begin, end, row, off, map_seg, c);
 }
 
 /* step_fused.c takes the f32 path on the same test (kd_step_run_fused):
@@ -1269,7 +1267,9 @@ static kd_status run_map(const kd_step_instr *in, map_ctx *c, kd_pool *pool) {
     c->op[1] = (operand){.kind = OP_INDEX, .dtype = KD_I64};
     c->op[1].stride[in->axis] = 1;
   }
-  coalesce(c);
+  int64_t *st[1 + KD_STEP_MAX_SRC];
+  for (int k = 0; k < c->nops; k++) st[k] = c->op[k].stride;
+  c->rank = kd_step_merge_dims(c->rank, c->shape, c->nops, st);
   c->fast = fast_fn(c->fn) && c->op[0].dtype == KD_F32;
   for (int k = 1; k < c->nops && c->fast; k++)
     c->fast = c->op[k].kind == OP_CONST || c->op[k].dtype == KD_F32;

@@ -53,6 +53,7 @@ typedef struct fctx {
   kd_step_fused_fn fn; /* compiled, or NULL: the ops' loop */
   int nref;      /* ref[0] is dst, ref[1 + k] leaf k */
   fref *ref;
+  int64_t **stride; /* nref: ref[k].stride, for kd_step_walk */
   fop *op;
   int nregs;     /* register slots */
   int rank;      /* >= 1 after merging */
@@ -94,30 +95,6 @@ static size_t scratch_layout(const fctx *c, char *base, fscratch *s) {
   return at;
 }
 
-/* Merges neighbouring dims every ref walks as one, as MAP's coalesce. */
-static void merge_dims(fctx *c) {
-  int r = 0;
-  for (int d = 0; d < c->rank; d++) {
-    if (c->shape[d] == 1) continue;
-    bool merge = r > 0;
-    for (int k = 0; k < c->nref && merge; k++)
-      merge = c->ref[k].stride[r - 1] == c->ref[k].stride[d] * c->shape[d];
-    if (merge) {
-      c->shape[r - 1] *= c->shape[d];
-      for (int k = 0; k < c->nref; k++) c->ref[k].stride[r - 1] = c->ref[k].stride[d];
-      continue;
-    }
-    c->shape[r] = c->shape[d];
-    for (int k = 0; k < c->nref; k++) c->ref[k].stride[r] = c->ref[k].stride[d];
-    r++;
-  }
-  if (r == 0) {
-    c->shape[0] = 1;
-    for (int k = 0; k < c->nref; k++) c->ref[k].stride[0] = 0;
-    r = 1;
-  }
-  c->rank = r;
-}
 
 /* Operand code x of an op as a block of doubles (the general path, as
    MAP's load_block: f32 and constants exactly, the rest via the leaf). */
@@ -263,10 +240,26 @@ static void fill_scalars(const fctx *c, const fscratch *s, const int64_t *off, i
   }
 }
 
-/* Elements [begin, end) of the index space in C order, a row segment at a
-   time, as MAP's map_chunk: the first row's offsets by division, the next
-   ones by counting (rows of 64, an attention head's, made the divisions
-   cost as much as a compiled expression). */
+/* One row segment of n elements at offsets off, in blocks of B. */
+typedef struct fwalk {
+  const fctx *c;
+  const fscratch *s;
+} fwalk;
+
+static void fused_seg(void *ctx, const int64_t *off, int64_t n) {
+  const fwalk *w = ctx;
+  if (w->c->fn) {
+    fill_scalars(w->c, w->s, off, (int)(n < B ? n : B));
+    for (int64_t t = 0; t < n; t += B)
+      eval_compiled(w->c, w->s, off, t, (int)(n - t < B ? n - t : B));
+  } else {
+    for (int64_t t = 0; t < n; t += B)
+      eval_block(w->c, w->s, off, t, (int)(n - t < B ? n - t : B));
+  }
+}
+
+/* Elements [begin, end) of the index space, as MAP walks them
+   (kd_step_walk). */
 static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   const fctx *c = vctx;
   /* A call nested in another pool's job runs serially under that pool's
@@ -274,35 +267,9 @@ static void fused_chunk(void *vctx, int64_t begin, int64_t end, int worker) {
   if (worker < 0 || worker >= c->nworkers) worker = 0;
   fscratch s;
   scratch_layout(c, c->scratch + (size_t)worker * c->scratch_bytes, &s);
-  int in = c->rank - 1;
-  int64_t inner = c->shape[in];
-  int64_t o = begin / inner, j = begin % inner, idx[KD_STEP_MAX_RANK] = {0};
   for (int k = 0; k < c->nref; k++) s.row[k] = c->ref[k].offset;
-  for (int d = in - 1; d >= 0; d--) {
-    idx[d] = o % c->shape[d];
-    o /= c->shape[d];
-    for (int k = 0; k < c->nref; k++) s.row[k] += idx[d] * c->ref[k].stride[d];
-  }
-  for (int64_t i = begin; i < end;) {
-    int64_t n = inner - j < end - i ? inner - j : end - i;
-    for (int k = 0; k < c->nref; k++) s.off[k] = s.row[k] + j * c->ref[k].stride[in];
-    if (c->fn) {
-      fill_scalars(c, &s, s.off, (int)(n < B ? n : B));
-      for (int64_t t = 0; t < n; t += B)
-        eval_compiled(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
-    } else {
-      for (int64_t t = 0; t < n; t += B)
-        eval_block(c, &s, s.off, t, (int)(n - t < B ? n - t : B));
-    }
-    i += n;
-    j = 0;
-    for (int d = in - 1; d >= 0; d--) {
-      for (int k = 0; k < c->nref; k++) s.row[k] += c->ref[k].stride[d];
-      if (++idx[d] < c->shape[d]) break;
-      for (int k = 0; k < c->nref; k++) s.row[k] -= c->shape[d] * c->ref[k].stride[d];
-      idx[d] = 0;
-    }
-  }
+  fwalk w = {c, &s};
+  kd_step_walk(c->rank, c->shape, c->nref, c->stride, begin, end, s.row, s.off, fused_seg, &w);
 }
 
 /* Register slots: op t's register is free again after its last reader
@@ -345,8 +312,10 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
             .rank = in->rank};
   memcpy(c.shape, in->shape, sizeof c.shape);
   c.ref = calloc((size_t)c.nref, sizeof *c.ref);
+  c.stride = calloc((size_t)c.nref, sizeof *c.stride);
   c.op = calloc((size_t)e->nop, sizeof *c.op);
-  kd_status st = c.ref && c.op ? KD_OK : KD_ERR_NOMEM;
+  kd_status st = c.ref && c.stride && c.op ? KD_OK : KD_ERR_NOMEM;
+  for (int k = 0; k < c.nref && st == KD_OK; k++) c.stride[k] = c.ref[k].stride;
   for (int k = 0; k < c.nref && st == KD_OK; k++) {
     const kd_step_ref *r = k == 0 ? &in->dst : &e->leaf[k - 1];
     fref *f = &c.ref[k];
@@ -383,7 +352,7 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
   }
   if (st == KD_OK && (c.nregs = assign_registers(e, c.op)) < 0) st = KD_ERR_NOMEM;
   if (st == KD_OK) {
-    merge_dims(&c);
+    c.rank = kd_step_merge_dims(c.rank, c.shape, c.nref, c.stride);
     c.nworkers = kd_pool_size(pool);
     c.scratch_bytes = scratch_layout(&c, NULL, NULL);
     c.scratch = aligned_alloc(64, (size_t)c.nworkers * c.scratch_bytes);
@@ -394,6 +363,7 @@ kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void 
     snprintf(err, errlen, "instruction %d: out of memory", i);
   free(c.scratch);
   free(c.ref);
+  free(c.stride);
   free(c.op);
   return st;
 }

@@ -26,6 +26,27 @@ void kd_step_map_double(kd_step_fn fn, int n, double *r, const double *x, const 
    function that is not a map's. */
 int kd_step_map_arity(kd_step_fn fn);
 
+/* The index walk MAP and FUSED share, over n refs whose strides over the
+   instruction's shape are stride[k][0 .. rank) (stride[k] points at ref k's
+   own array, which kd_step_merge_dims rewrites). */
+
+/* Drops dims of size 1 and merges neighbours every ref walks as one
+   (stride[d - 1] == stride[d] * shape[d]), so [B, T, D] + [D] runs as one
+   [B*T, D] loop and a contiguous map as one long row; rewrites shape and
+   the strides, returns the rank left (>= 1). */
+int kd_step_merge_dims(int rank, int64_t *shape, int n, int64_t *const *stride);
+
+/* Elements [begin, end) of the index space in C order, a segment of the
+   last dim at a time: seg(ctx, off, len), off[k] ref k's element offset at
+   the segment's start. row and off are the caller's n-entry scratch, row[k]
+   set to ref k's own offset. The first segment's index comes by division,
+   the next ones by counting, as an odometer over the outer dims (rows of
+   32 floats, an attention head's, made the divisions cost more than the
+   work). */
+void kd_step_walk(int rank, const int64_t *shape, int n, int64_t *const *stride, int64_t begin,
+                  int64_t end, int64_t *row, int64_t *off,
+                  void (*seg)(void *ctx, const int64_t *off, int64_t len), void *ctx);
+
 /* Runs FUSED instruction i of a valid program (as kd_step_run). */
 kd_status kd_step_run_fused(const kd_step_prog *p, int32_t i, void *arena, void *const *slots,
                             kd_pool *pool, char *err, size_t errlen);
