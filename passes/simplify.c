@@ -20,6 +20,7 @@
  * operands' shapes and dtypes; a result that differs from the node in shape
  * is EXPANDed, and a rule whose result would differ in dtype does not fire.
  * Rounds of rewriting and DCE repeat until no rule fires. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,14 +71,40 @@ static bool kd_is_softmax(kd_rw *rw, kd_node_id w, int axis) {
   return l->op == KD_IR_LSE && l->axis == axis && l->src[0] == kd_src(rw, d, 0);
 }
 
+/* Whether x depends on a reduction along `axis` of a rank-`rank` tensor
+ * (counted from the right, as broadcasting aligns) over a value that spans
+ * it: a row's logsumexp, say. seen: [graph size] marks, zeroed by the caller. */
+static bool kd_late_at(kd_rw *rw, kd_node_id x, int from_right, char *seen) {
+  if (seen[x]) return false;
+  seen[x] = 1;
+  const kd_node *n = kd_rw_node(rw, x);
+  if (kd_opcode_class(n->op) == KD_CLASS_REDUCE) {
+    const kd_node *s = kd_rw_node(rw, n->src[0]);
+    int k = s->rank - 1 - from_right; /* the axis of s that lines up */
+    if (k >= 0 && s->shape[k] != 1 && (n->axis == KD_AXIS_ALL || n->axis == k)) return true;
+  }
+  for (int i = 0; i < n->nsrc; i++)
+    if (kd_late_at(rw, n->src[i], from_right, seen)) return true;
+  return false;
+}
+
+static bool kd_late(kd_rw *rw, kd_node_id x, int rank, int axis) {
+  char *seen = calloc(kd_graph_size(rw->g), 1);
+  if (!seen) return true; /* the conservative answer: no split */
+  bool r = kd_late_at(rw, x, rank - 1 - axis, seen);
+  free(seen);
+  return r;
+}
+
 /* Splits x (a tree of +, -, neg) into a part that varies along `axis` of a
  * rank-`rank` tensor and a part constant along it: x = *var + *cst, either
- * KD_NONE when empty. */
-static void kd_split(kd_rw *rw, kd_node_id x, int rank, int axis, kd_node_id *var,
-                     kd_node_id *cst) {
+ * KD_NONE when empty. With `keep_late`, a constant part that is itself late
+ * (kd_late: a row's logsumexp) stays in *var. */
+static void kd_split(kd_rw *rw, kd_node_id x, int rank, int axis, bool keep_late,
+                     kd_node_id *var, kd_node_id *cst) {
   const kd_node *n = kd_rw_node(rw, x);
   kd_opcode op = n->op;
-  if (kd_const_along(n, rank, axis)) {
+  if (kd_const_along(n, rank, axis) && !(keep_late && kd_late(rw, x, rank, axis))) {
     *var = KD_NONE;
     *cst = x;
     return;
@@ -88,8 +115,8 @@ static void kd_split(kd_rw *rw, kd_node_id x, int rank, int axis, kd_node_id *va
     return;
   }
   kd_node_id va, ca, vb = KD_NONE, cb = KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
-  kd_split(rw, n->src[0], rank, axis, &va, &ca);
-  if (b != KD_NONE) kd_split(rw, b, rank, axis, &vb, &cb);
+  kd_split(rw, n->src[0], rank, axis, keep_late, &va, &ca);
+  if (b != KD_NONE) kd_split(rw, b, rank, axis, keep_late, &vb, &cb);
   kd_node_id *part[2] = {var, cst};
   kd_node_id l[2] = {va, ca}, r[2] = {vb, cb};
   for (int k = 0; k < 2; k++) {
@@ -98,6 +125,96 @@ static void kd_split(kd_rw *rw, kd_node_id x, int rank, int axis, kd_node_id *va
     else if (l[k] == KD_NONE) *part[k] = op == KD_IR_ADD ? r[k] : kd_s1(rw, KD_IR_NEG, r[k]);
     else *part[k] = kd_s2(rw, op, l[k], r[k]);
   }
+}
+
+/* A linear form: sum of k[i] * term[i], each times one factor node common
+ * to the whole form (KD_NONE: none), as a / b below reads it. */
+#define KD_LIN_MAX 8
+typedef struct kd_lin {
+  int n;
+  kd_node_id term[KD_LIN_MAX];
+  double k[KD_LIN_MAX];
+  kd_node_id factor;
+  bool fail;
+} kd_lin;
+
+static void kd_lin_add(kd_lin *f, kd_node_id term, double k, kd_node_id factor) {
+  if (f->n && factor != f->factor) f->fail = true;
+  f->factor = factor;
+  for (int i = 0; i < f->n; i++)
+    if (f->term[i] == term) {
+      f->k[i] += k;
+      return;
+    }
+  if (f->n == KD_LIN_MAX) f->fail = true;
+  else f->term[f->n] = term, f->k[f->n++] = k;
+}
+
+/* x as a linear form over +, -, neg and products with a literal or with a
+ * value constant along `axis` (of a rank-`rank` result), the factor. A
+ * MULZ reads as a product: the two differ only where one side is 0 and the
+ * other infinite or NaN. */
+static void kd_lin_of(kd_rw *rw, kd_node_id x, double k, kd_node_id factor, int rank, int axis,
+                      kd_lin *f, int depth) {
+  const kd_node *n = kd_rw_node(rw, x);
+  double c;
+  if (f->fail || depth > 16) {
+    f->fail = true;
+    return;
+  }
+  switch (n->op) {
+  case KD_IR_ADD:
+  case KD_IR_SUB:
+    kd_lin_of(rw, n->src[0], k, factor, rank, axis, f, depth + 1);
+    kd_lin_of(rw, n->src[1], n->op == KD_IR_SUB ? -k : k, factor, rank, axis, f, depth + 1);
+    return;
+  case KD_IR_NEG:
+    kd_lin_of(rw, n->src[0], -k, factor, rank, axis, f, depth + 1);
+    return;
+  case KD_IR_MUL:
+  case KD_IR_MULZ:
+    for (int s = 0; s < 2; s++) {
+      kd_node_id a = n->src[s], b = n->src[1 - s];
+      if (kd_rw_const_value(rw, b, &c)) {
+        kd_lin_of(rw, a, k * c, factor, rank, axis, f, depth + 1);
+        return;
+      }
+      if (factor == KD_NONE && !kd_const_along(kd_rw_node(rw, a), rank, axis) &&
+          kd_const_along(kd_rw_node(rw, b), rank, axis)) {
+        kd_lin_of(rw, a, k, b, rank, axis, f, depth + 1);
+        return;
+      }
+    }
+    break;
+  default:
+    break;
+  }
+  kd_lin_add(f, x, k, factor);
+}
+
+/* a / b = r * factor where a is r times b term by term and b has no
+ * factor (jsd's gradient: (-(c q) - c p) / (p/2 + q/2) = -2 c; the skew
+ * KLs' p / (alpha p + (1 - alpha) q) is a real quotient). Where b = 0 the
+ * quotient was 0/0; the result is its limit. KD_NONE when not so. */
+static kd_node_id kd_simp_ratio(kd_rw *rw, const kd_node *n) {
+  int axis = n->rank - 1;
+  if (axis < 0) return KD_NONE;
+  kd_lin la = {0}, lb = {0};
+  la.factor = lb.factor = KD_NONE;
+  kd_lin_of(rw, n->src[0], 1, KD_NONE, n->rank, axis, &la, 0);
+  kd_lin_of(rw, n->src[1], 1, KD_NONE, n->rank, axis, &lb, 0);
+  if (la.fail || lb.fail || lb.factor != KD_NONE || la.n != lb.n || la.n < 2) return KD_NONE;
+  double r = NAN;
+  for (int i = 0; i < la.n; i++) {
+    int j = 0;
+    while (j < lb.n && lb.term[j] != la.term[i]) j++;
+    if (j == lb.n || lb.k[j] == 0 || !isfinite(la.k[i] / lb.k[j])) return KD_NONE;
+    double q = la.k[i] / lb.k[j];
+    if (i == 0) r = q;
+    else if (fabs(q - r) > 4 * FLT_EPSILON * fabs(r)) return KD_NONE;
+  }
+  kd_node_id c = kd_rw_const(rw, r, n->dtype);
+  return kd_fit(rw, la.factor == KD_NONE ? c : kd_s2(rw, KD_IR_MUL, la.factor, c), n);
 }
 
 /* sum(x, axis) for x a product: row scalars out (see the file comment).
@@ -127,8 +244,16 @@ static kd_node_id kd_simp_sum_product(kd_rw *rw, kd_node_id x, int rank, int axi
         return kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, kd_s2(rw, op, w, f), axis), c);
     }
   if (!kd_is_softmax(rw, w, axis)) return KD_NONE;
+  /* Taking a row scalar such as lse out of the sum lets the rest be folded
+   * online in the pass that finds lse (forward KL's sum(p (a - b)) - lse). A
+   * rest that is late anyway (jsd's log of the mixture needs both lse's)
+   * gains nothing from it and loses accuracy: sum(q (b - lse - L)) is small
+   * where q ~ m, sum(q (b - L)) - lse cancels to eps |b| (6.7e-5 at logits
+   * of 1e4). So the late row scalars then stay inside; constants still go. */
   kd_node_id var, cst;
-  kd_split(rw, v, rank, axis, &var, &cst);
+  kd_split(rw, v, rank, axis, false, &var, &cst);
+  if (var != KD_NONE && cst != KD_NONE && kd_late(rw, var, rank, axis))
+    kd_split(rw, v, rank, axis, true, &var, &cst);
   if (cst == KD_NONE) return KD_NONE;
   kd_node_id c = kd_s2(rw, KD_IR_MUL, kd_sr(rw, KD_IR_SUM, w, axis), cst);
   if (var == KD_NONE) return c;
@@ -182,8 +307,26 @@ static kd_node_id kd_simp_sum(kd_rw *rw, const kd_node *n) {
   return kd_simp_sum_product(rw, x, rank, n->axis);
 }
 
-/* op(expand(z), y) = op(z, y) where the other operands broadcast z anyway. */
+/* op(expand(z), y) = op(z, y) where the other operands broadcast z anyway,
+ * and op(expand(z), c) = expand(op(z, c)) for c of rank 0. */
 static kd_node_id kd_simp_unexpand(kd_rw *rw, const kd_node *n) {
+  int ne = 0, k0 = 0;
+  for (int k = 0; k < n->nsrc; k++) {
+    const kd_node *s = kd_rw_node(rw, n->src[k]);
+    if (s->op == KD_IR_EXPAND) ne++;
+    else if (s->rank == 0) k0++;
+  }
+  if (ne && ne + k0 == n->nsrc) {
+    kd_node p = *n;
+    p.name = NULL;
+    for (int k = 0; k < n->nsrc; k++) {
+      const kd_node *s = kd_rw_node(rw, n->src[k]);
+      if (s->op == KD_IR_EXPAND) p.src[k] = s->src[0];
+    }
+    kd_node_id id = kd_simp(rw, kd_rw_emit(rw, &p));
+    const kd_node *m = kd_rw_node(rw, id);
+    if (m && m->dtype == n->dtype && !kd_shape_eq(m, n)) return kd_fit(rw, id, n);
+  }
   for (int k = 0; k < n->nsrc; k++) {
     const kd_node *e = kd_rw_node(rw, n->src[k]);
     if (e->op != KD_IR_EXPAND) continue;
@@ -252,6 +395,10 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     return KD_NONE;
   case KD_IR_DIV:
     if (kb && cb == 1) return kd_fit(rw, a, n);
+    if (kd_dtype_is_float(n->dtype)) {
+      kd_node_id r = kd_simp_ratio(rw, n);
+      if (r != KD_NONE) return r;
+    }
     if (aop == KD_IR_NEG) return kd_s1(rw, KD_IR_NEG, kd_s2(rw, KD_IR_DIV, kd_src(rw, a, 0), b));
     return KD_NONE;
   case KD_IR_POW:

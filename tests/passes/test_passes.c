@@ -280,7 +280,121 @@ static void test_sum_split(void) {
   kd_graph_free(g);
 }
 
+/* Whether node x depends on an op (x itself included). */
+static bool depends_on(const kd_graph *g, kd_node_id x, kd_opcode op) {
+  const kd_node *n = kd_graph_node(g, x);
+  if (n->op == op) return true;
+  for (int s = 0; s < n->nsrc; s++)
+    if (depends_on(g, n->src[s], op)) return true;
+  return false;
+}
+
+/* The first row sum (axis 1 over a full row) output `name` depends on. */
+static const kd_node *row_sum_of(const kd_graph *g, const char *name) {
+  char in[1024];
+  if (kd_graph_size(g) > sizeof in || !cone(g, name, in)) return NULL;
+  for (size_t i = 0; i < kd_graph_size(g); i++) {
+    const kd_node *n = kd_graph_node(g, (kd_node_id)i);
+    if (in[i] && n->op == KD_IR_SUM && n->axis == 1 && kd_graph_node(g, n->src[0])->shape[1] != 1)
+      return n;
+  }
+  return NULL;
+}
+
+/* a / b where a is a multiple of b term by term (jsd's gradient: (-(c q) -
+ * c p) / (p/2 + q/2) = -2c) is folded; real quotients are not. */
+static void test_ratio_fold(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id t = kd_input(g, "teacher", KD_F32, 2, nv), x = kd_input(g, "student", KD_F32, 2, nv);
+  kd_node_id p = kd_row(g, KD_IR_SOFTMAX, t, 1), q = kd_row(g, KD_IR_SOFTMAX, x, 1);
+  kd_node_id c = kd_reduce(g, KD_IR_SUM, t, KD_AXIS_ALL); /* a factor that is no literal */
+  kd_node_id half = kd_const(g, 0.5, KD_F32);
+  kd_node_id num = kd_binary(g, KD_IR_SUB, kd_unary(g, KD_IR_NEG, kd_binary(g, KD_IR_MUL, q, c)),
+                             kd_binary(g, KD_IR_MUL, p, c));
+  kd_node_id mix = kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, p, half), kd_binary(g, KD_IR_MUL, q, half));
+  kd_node_id skew = kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, p, kd_const(g, 0.1, KD_F32)),
+                              kd_binary(g, KD_IR_MUL, q, kd_const(g, 0.9, KD_F32)));
+  kd_node_id near = kd_binary(g, KD_IR_ADD, p, kd_binary(g, KD_IR_MUL, q, kd_const(g, 2, KD_F32)));
+  kd_graph_add_output(g, "fold", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, num, mix), KD_AXIS_ALL));
+  kd_graph_add_output(g, "real", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, p, skew), KD_AXIS_ALL));
+  kd_graph_add_output(g, "near", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, kd_binary(g, KD_IR_ADD, p, q), near),
+                                            KD_AXIS_ALL));
+  kd_graph *cn = NULL, *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_canonicalize(g, &cn, err, sizeof err) == KD_OK, "%s", err);
+  TU_CHECK(cn && kd_pass_simplify(cn, &s, err, sizeof err) == KD_OK, "%s", err);
+  if (s) {
+    TU_CHECK(!depends_on(s, kd_graph_find_output(s, "fold"), KD_IR_DIV),
+             "(-(c q) - c p) / (p/2 + q/2) folded");
+    TU_CHECK(!depends_on(s, kd_graph_find_output(s, "fold"), KD_IR_EXP), "fold: no softmax left");
+    TU_CHECK(depends_on(s, kd_graph_find_output(s, "real"), KD_IR_DIV), "p / (0.1 p + 0.9 q) kept");
+    TU_CHECK(depends_on(s, kd_graph_find_output(s, "near"), KD_IR_DIV), "(p + q) / (p + 2 q) kept");
+    double ts[6] = {1, 2, 3, -1, 0, 4}, xs[6] = {0.5, -2, 1, 3, 2, -1};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in[2] = {tu_input("teacher", 2, shape, ts), tu_input("student", 2, shape, xs)};
+    static const char *const outs[] = {"fold", "real", "near"};
+    for (int k = 0; k < 3; k++) {
+      double want = tu_scalar(g, in, 2, outs[k]), got = tu_scalar(s, in, 2, outs[k]);
+      TU_CHECK(tu_close(got, want, 0, 1e-12), "%s: %.17g, want %.17g", outs[k], got, want);
+    }
+  }
+  kd_graph_free(cn);
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
+/* A softmax-weighted sum gives up its row scalars (lse) only where the rest
+ * can then be folded online: sum(p (log p - log q)) becomes sum(p (t - s))
+ * plus row scalars, but in sum(q (log q - log m)), m a mixture of p and q,
+ * lse stays inside: taken out, it would cancel against a sum as large as
+ * the logits. At logits of 1e17 that cancellation loses everything even
+ * in the reference executor's doubles (ulp 16), so the test sees it: each
+ * row's late sum is log 2 (q and p one-hot on different columns). */
+static void test_late_split(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id t = kd_input(g, "teacher", KD_F32, 2, nv), x = kd_input(g, "student", KD_F32, 2, nv);
+  kd_node_id p = kd_row(g, KD_IR_SOFTMAX, t, 1), q = kd_row(g, KD_IR_SOFTMAX, x, 1);
+  kd_node_id half = kd_const(g, 0.5, KD_F32);
+  kd_node_id lm = kd_unary(g, KD_IR_LOG, kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, p, half),
+                                                    kd_binary(g, KD_IR_MUL, q, half)));
+  kd_node_id lp = kd_unary(g, KD_IR_LOG, p), lq = kd_unary(g, KD_IR_LOG, q);
+  kd_node_id late = kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_MUL, q, kd_binary(g, KD_IR_SUB, lq, lm)), 1);
+  kd_node_id online = kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_MUL, p, kd_binary(g, KD_IR_SUB, lp, lq)), 1);
+  kd_graph_add_output(g, "late", kd_reduce(g, KD_IR_SUM, late, KD_AXIS_ALL));
+  kd_graph_add_output(g, "online", kd_reduce(g, KD_IR_SUM, online, KD_AXIS_ALL));
+  kd_graph *cn = NULL, *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_canonicalize(g, &cn, err, sizeof err) == KD_OK, "%s", err);
+  TU_CHECK(cn && kd_pass_simplify(cn, &s, err, sizeof err) == KD_OK, "%s", err);
+  const kd_node *rl = s ? row_sum_of(s, "late") : NULL, *ro = s ? row_sum_of(s, "online") : NULL;
+  TU_CHECK(rl && ro, "both outputs keep a row sum");
+  if (rl && ro) {
+    const kd_node *ao = kd_graph_node(s, ro->src[0]);
+    TU_CHECK(ao->nsrc == 2 && !depends_on(s, ao->src[1], KD_IR_LSE),
+             "sum(p (log p - log q)): the lse's are taken out");
+    double ts[6] = {1, 2, 3, -1, 0, 4}, xs[6] = {0.5, -2, 1, 3, 2, -1};
+    double tb[6] = {1e17, -1e17, 0, 0, -1e17, 1e17}, xb[6] = {-1e17, 1e17, 0, 1e17, 0, -1e17};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in[2] = {tu_input("teacher", 2, shape, ts), tu_input("student", 2, shape, xs)};
+    kd_ref_input big[2] = {tu_input("teacher", 2, shape, tb), tu_input("student", 2, shape, xb)};
+    for (int k = 0; k < 2; k++) {
+      const char *out = k ? "online" : "late";
+      double want = tu_scalar(g, in, 2, out), got = tu_scalar(s, in, 2, out);
+      TU_CHECK(tu_close(got, want, 0, 1e-12), "%s: %.17g, want %.17g", out, got, want);
+    }
+    double got = tu_scalar(s, big, 2, "late");
+    TU_CHECK(tu_close(got, 2 * log(2.0), 0, 1e-12), "late at logits 1e17: %.17g, want 2 log 2", got);
+  }
+  kd_graph_free(cn);
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
 int main(void) {
+  test_ratio_fold();
+  test_late_split();
   test_pipeline_names();
   test_sum_split();
   test_canonicalize();
