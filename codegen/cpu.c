@@ -243,9 +243,16 @@ static int keep_index(const emitter *e, int k) {
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->r.vval[id]) return e->r.vval[id];
   if (e->slot_load[id] >= 0) return e->r.vval[id] = load_cached(e, e->slot_load[id]);
-  if (e->xscale[id]) { /* exp(a - c) = exp(a - m) exp(m - c) */
+  if (e->xscale[id]) {
+    /* exp(a - c) = exp(a - m) exp(m - c), flushed to 0 below FLT_MIN as the
+     * exp itself is (mathlib.h): a subnormal probability q would make a
+     * mixture such as 0.1 q round to 0 and q (log q - log(0.1 q)) inf. The
+     * flush's test is the lanes' zero mask for a MULZ, as exp's is. */
     int k = keep_index(e, kd_re_fnode(&e->r, id)->exp_group);
-    return e->r.vval[id] = LLVMBuildFMul(e->r.b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
+    LLVMValueRef v = LLVMBuildFMul(e->r.b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
+    LLVMValueRef tiny = LLVMBuildFCmp(e->r.b, LLVMRealOLT, v, kd_ir_fconst(e->r.vf, FLT_MIN), "");
+    e->r.vzero[id] = tiny;
+    return e->r.vval[id] = LLVMBuildSelect(e->r.b, tiny, LLVMConstNull(e->r.vf), v, "");
   }
   return kd_re_elem_value(&e->r, id);
 }
