@@ -11,7 +11,7 @@
  *                                                            no reduction of its own)
  *   sum(-x) = -sum(x)    sum over a size-1 axis = x    constants folded
  *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
- *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)
+ *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)    x c +- y c = (x +- y) c
  *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c, mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
@@ -340,6 +340,19 @@ static kd_node_id kd_simp_unexpand(kd_rw *rw, const kd_node *n) {
   return KD_NONE;
 }
 
+/* x c +- y c = (x +- y) c for a literal c (jsd's mixture p/2 + q/2: one
+ * multiply per logit instead of two; exact for a power of two, one
+ * rounding fewer otherwise). */
+static kd_node_id kd_simp_common_factor(kd_rw *rw, const kd_node *n) {
+  const kd_node *x = kd_rw_node(rw, n->src[0]), *y = kd_rw_node(rw, n->src[1]);
+  double cx, cy;
+  if (x->op != KD_IR_MUL || y->op != KD_IR_MUL || !kd_rw_const_value(rw, x->src[1], &cx) ||
+      !kd_rw_const_value(rw, y->src[1], &cy) || cx != cy)
+    return KD_NONE;
+  kd_node_id c = x->src[1];
+  return kd_fit(rw, kd_s2(rw, KD_IR_MUL, kd_s2(rw, n->op, x->src[0], y->src[0]), c), n);
+}
+
 /* One rewrite of node id; returns the node that replaces it, or KD_NONE. */
 static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
   kd_node_id a = n->nsrc > 0 ? n->src[0] : KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
@@ -372,12 +385,12 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     if (ka && ca == 0) return kd_fit(rw, b, n);
     if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0));
     if (aop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, b, kd_src(rw, a, 0));
-    return KD_NONE;
+    return kd_simp_common_factor(rw, n);
   case KD_IR_SUB:
     if (kb && cb == 0) return kd_fit(rw, a, n);
     if (ka && ca == 0) return kd_fit(rw, kd_s1(rw, KD_IR_NEG, b), n);
     if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_ADD, a, kd_src(rw, b, 0));
-    return KD_NONE;
+    return kd_simp_common_factor(rw, n);
   case KD_IR_MUL:
   case KD_IR_MULZ:
     if (n->op == KD_IR_MULZ && ka && ca == 0) return kd_const_like(rw, 0, n);

@@ -392,7 +392,31 @@ static void test_late_split(void) {
   kd_graph_free(g);
 }
 
+/* x c - y c = (x - y) c: one multiply per element instead of two. */
+static void test_common_factor(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, nv), y = kd_input(g, "teacher", KD_F32, 2, nv);
+  kd_node_id d = kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_MUL, x, kd_const(g, 0.3, KD_F32)),
+                           kd_binary(g, KD_IR_MUL, kd_const(g, 0.3, KD_F32), y));
+  kd_graph_add_output(g, "loss", kd_reduce(g, KD_IR_SUM, d, KD_AXIS_ALL));
+  kd_graph *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
+  if (s) {
+    TU_CHECK(count_op(s, KD_IR_MUL) == 1, "x c - c y: %d multiplies, want 1", count_op(s, KD_IR_MUL));
+    double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
+    double want = tu_scalar(g, in, 2, "loss"), got = tu_scalar(s, in, 2, "loss");
+    TU_CHECK(tu_close(got, want, 0, 1e-12), "%.17g, want %.17g", got, want);
+  }
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
 int main(void) {
+  test_common_factor();
   test_ratio_fold();
   test_late_split();
   test_pipeline_names();
