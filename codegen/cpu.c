@@ -69,6 +69,7 @@ typedef struct cache_plan {
 typedef struct emitter {
   kd_rowemit r;    /* W: f32 lanes of the host's widest vector */
   int nontemporal; /* gradient stores bypass the caches */
+  int log512;      /* f32 logs through AVX-512's getmant/getexp (mathlib.h) */
   int aligned;     /* in a main loop whose gradient stores are vector-aligned */
   LLVMTypeRef ptr, args_ty, row_ty, step_ty;
 
@@ -128,8 +129,8 @@ static LLVMValueRef emit_exp(kd_rowemit *r, LLVMValueRef x) {
 }
 
 static LLVMValueRef emit_log(kd_rowemit *r, LLVMValueRef x) {
-  return LLVMGetTypeKind(LLVMTypeOf(x)) == LLVMVectorTypeKind ? kd_emit_log(r->b, x)
-                                                              : intrinsic1((emitter *)r, "llvm.log", x);
+  if (LLVMGetTypeKind(LLVMTypeOf(x)) != LLVMVectorTypeKind) return intrinsic1((emitter *)r, "llvm.log", x);
+  return ((emitter *)r)->log512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log(r->b, x);
 }
 
 /* ---- global, row and element values ------------------------------------------ */
@@ -264,7 +265,8 @@ static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
   const kd_node *n = kd_re_gnode(r, id);
   if (is_softmax_exp(e, n)) return kd_emit_exp_row(r->b, elem_value(e, n->src[0]), &r->vzero[id]);
   if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0]))
-    return kd_emit_log_finite(r->b, elem_value(e, n->src[0]));
+    return e->log512 ? kd_emit_log_avx512(r->b, elem_value(e, n->src[0]))
+                     : kd_emit_log_finite(r->b, elem_value(e, n->src[0]));
   return NULL;
 }
 
@@ -960,9 +962,10 @@ static void init_types(emitter *e) {
 
 static LLVMValueRef elem_hook(kd_rowemit *r, kd_node_id id) { return elem_value((emitter *)r, id); }
 
-/* Fills module m with the loss's functions and program. */
+/* Fills module m with the loss's functions and program, for a host CPU
+ * with these LLVM features. */
 static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int width,
-                             kd_module *m, char *err, size_t errlen) {
+                             const char *features, kd_module *m, char *err, size_t errlen) {
   emitter e = {0};
   kd_re_init(&e.r, s, o->name ? o->name : "kd_loss", "codegen", m->mod, err, errlen);
   e.r.W = width;
@@ -978,6 +981,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   if (!e.r.vzero || !e.slot_load || !e.xscale) kd_re_fail(&e.r, KD_ERR_NOMEM, "codegen: out of memory");
   for (size_t i = 0; !e.r.st && i < e.r.n; i++) e.slot_load[i] = -1;
   init_types(&e);
+  e.log512 = kd_log_avx512_fits(features, e.r.vf);
   if (kd_graph_find_output(e.r.g, "loss") == KD_NONE)
     kd_re_fail(&e.r, KD_ERR_INVALID, "codegen: the graph has no output \"loss\"");
   for (size_t i = 0; i < kd_graph_noutputs(e.r.g); i++) {
@@ -1025,7 +1029,7 @@ static kd_status build(const kd_graph *g, const kd_loss_options *o, kd_session *
     return KD_ERR_INVALID;
   }
   if ((st = kd_session_module_new(s, o->name ? o->name : "kd_loss", m))) return st;
-  if ((st = emit_module(*sched, o, w, m, err, errlen))) return st;
+  if ((st = emit_module(*sched, o, w, kd_session_features(s), m, err, errlen))) return st;
   return kd_session_optimize(s, m, err, errlen);
 }
 

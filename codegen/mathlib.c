@@ -5,6 +5,7 @@
 #include "mathlib.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 static LLVMModuleRef module_of(LLVMBuilderRef b) {
@@ -164,3 +165,78 @@ static LLVMValueRef log_core(LLVMBuilderRef b, LLVMValueRef x, int finite) {
 LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x) { return log_core(b, x, 0); }
 
 LLVMValueRef kd_emit_log_finite(LLVMBuilderRef b, LLVMValueRef x) { return log_core(b, x, 1); }
+
+/* Whether the comma-separated LLVM feature list has "+name" (a whole entry:
+ * "+avx512f" is not "+avx512fp16"). */
+static int has_feature(const char *features, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = features; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+    if (p[0] == '+' && !strncmp(p + 1, name, n) && (p[1 + n] == ',' || p[1 + n] == '\0')) return 1;
+  return 0;
+}
+
+int kd_log_avx512_fits(const char *features, LLVMTypeRef ty) {
+  if (LLVMGetTypeKind(ty) != LLVMVectorTypeKind) return 0;
+  if (LLVMGetTypeKind(LLVMGetElementType(ty)) != LLVMFloatTypeKind || !has_feature(features, "avx512f"))
+    return 0;
+  unsigned w = LLVMGetVectorSize(ty);
+  return w == 16 || ((w == 8 || w == 4) && has_feature(features, "avx512vl"));
+}
+
+/* One of the masked AVX-512 intrinsics (llvm.x86.avx512.mask.<op>.ps.<bits>)
+ * with an all-ones mask: (x[, imm], passthrough, mask[, rounding]). The
+ * 512-bit forms take a rounding argument, 4: the current direction (MXCSR),
+ * as _MM_FROUND_CUR_DIRECTION. */
+static LLVMValueRef avx512_ps(LLVMBuilderRef b, const char *op, LLVMValueRef x, int imm) {
+  LLVMTypeRef ty = LLVMTypeOf(x);
+  LLVMContextRef c = LLVMGetTypeContext(ty);
+  unsigned w = LLVMGetVectorSize(ty);
+  char name[64];
+  snprintf(name, sizeof name, "llvm.x86.avx512.mask.%s.ps.%u", op, w * 32);
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMValueRef fn = LLVMGetIntrinsicDeclaration(module_of(b), id, NULL, 0);
+  LLVMTypeRef fty = LLVMIntrinsicGetType(c, id, NULL, 0);
+  LLVMTypeRef i32 = LLVMInt32TypeInContext(c);
+  LLVMValueRef args[5];
+  unsigned n = 0;
+  args[n++] = x;
+  if (imm >= 0) args[n++] = LLVMConstInt(i32, (unsigned)imm, 0);
+  args[n++] = LLVMConstNull(ty);
+  args[n++] = LLVMConstAllOnes(LLVMIntTypeInContext(c, w < 8 ? 8 : w));
+  if (w == 16) args[n++] = LLVMConstInt(i32, 4, 0);
+  return LLVMBuildCall2(b, fty, fn, args, n, "");
+}
+
+/* log(x) = e ln2 + log(m), x = m 2^e, m in [0.75, 1.5) (Intel SDM, VGETMANTPS
+ * and VGETEXPPS). getmant's imm8 = 0b1011: interval [0.75, 1.5) (bits 1:0 =
+ * 11), sign control "NaN if the source is negative" (bits 3:2 = 10); it maps
+ * +-0 to +-1 and inf to 1. getexp gives floor(log2 |x|) as a float, exact for
+ * subnormals, -inf for +-0, inf for +-inf; where m < 1 getmant has halved the
+ * significand (x = 1.s 2^k with 1.s >= 1.5 gives m = 1.s / 2), so e =
+ * getexp(x) + 1 there (a compare and a masked add). The special values
+ * need no select:
+ *   x = +-0: e = -inf, m = +-1, f in {0, -2}: e ln2 + finite = -inf;
+ *   x = inf: e = inf, m = 1, f = 0: inf;  x < 0 or -inf: m = NaN: NaN;
+ *   NaN: NaN.
+ * f = m - 1 is exact (Sterbenz) and in [-0.25, 0.5); log(1 + f) = f + f^2
+ * Q(f), Q of degree 8 fitted for least maximum relative error of log1p over
+ * [-0.25, 0.5] (Lawson iterations on 1200 Chebyshev nodes, in 40 digits),
+ * coefficients rounded to f32 from the lowest degree up, the others refitted
+ * after each rounding: 4.9e-9 relative (0.08 ulp) before the f32 arithmetic.
+ * ln2 is one f32 constant: off by 1.9e-9 absolute per unit of e, which is at
+ * most 0.06 ulp of the result (|e| = 1 with |log x| >= 0.28; at |e| = 149,
+ * 3e-7 of a result whose ulp is 7.6e-6). */
+LLVMValueRef kd_emit_log_avx512(LLVMBuilderRef b, LLVMValueRef x) {
+  static const double q[] = {-0x1.71a206p-5, 0x1.acd728p-4,  -0x1.0d9942p-3,
+                             0x1.2883bep-3,  -0x1.54ee28p-3, 0x1.99697ap-3,
+                             -0x1.000046p-2, 0x1.5555a4p-2,  -0x1p-1};
+  LLVMTypeRef ty = LLVMTypeOf(x);
+  LLVMValueRef one = kd_ir_fconst(ty, 1.0);
+  LLVMValueRef m = avx512_ps(b, "getmant", x, 0xb);
+  LLVMValueRef e = avx512_ps(b, "getexp", x, -1);
+  e = LLVMBuildSelect(b, LLVMBuildFCmp(b, LLVMRealOLT, m, one, ""), LLVMBuildFAdd(b, e, one, ""), e, "");
+  LLVMValueRef f = LLVMBuildFSub(b, m, one, "");
+  LLVMValueRef z = LLVMBuildFMul(b, f, f, "");
+  LLVMValueRef y = kd_ir_fma(b, z, horner(b, f, q, 9), f);
+  return kd_ir_fma(b, e, kd_ir_fconst(ty, 0.69314718055994531), y);
+}
