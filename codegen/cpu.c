@@ -244,16 +244,9 @@ static int keep_index(const emitter *e, int k) {
 static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   if (e->r.vval[id]) return e->r.vval[id];
   if (e->slot_load[id] >= 0) return e->r.vval[id] = load_cached(e, e->slot_load[id]);
-  if (e->xscale[id]) {
-    /* exp(a - c) = exp(a - m) exp(m - c), flushed to 0 below FLT_MIN as the
-     * exp itself is (mathlib.h): a subnormal probability q would make a
-     * mixture such as 0.1 q round to 0 and q (log q - log(0.1 q)) inf. The
-     * flush's test is the lanes' zero mask for a MULZ, as exp's is. */
+  if (e->xscale[id]) { /* exp(a - c) = exp(a - m) exp(m - c) */
     int k = keep_index(e, kd_re_fnode(&e->r, id)->exp_group);
-    LLVMValueRef v = LLVMBuildFMul(e->r.b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
-    LLVMValueRef tiny = LLVMBuildFCmp(e->r.b, LLVMRealOLT, v, kd_ir_fconst(e->r.vf, FLT_MIN), "");
-    e->r.vzero[id] = tiny;
-    return e->r.vval[id] = LLVMBuildSelect(e->r.b, tiny, LLVMConstNull(e->r.vf), v, "");
+    return e->r.vval[id] = LLVMBuildFMul(e->r.b, load_cached(e, e->cache.nslots + k), e->xscale[id], "");
   }
   return kd_re_elem_value(&e->r, id);
 }
@@ -264,9 +257,16 @@ static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
   emitter *e = (emitter *)r;
   const kd_node *n = kd_re_gnode(r, id);
   if (is_softmax_exp(e, n)) return kd_emit_exp_row(r->b, elem_value(e, n->src[0]), &r->vzero[id]);
-  if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0]))
-    return e->log512 ? kd_emit_log_avx512(r->b, elem_value(e, n->src[0]))
-                     : kd_emit_log_finite(r->b, elem_value(e, n->src[0]));
+  if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0])) {
+    /* A mixture that rounds to 0 reads as the least subnormal 2^-149: a kept
+     * exp times its block's scale can be subnormal (exp itself flushes those
+     * to 0), and then 0.1 q rounds to 0 while q does not, and q (log q -
+     * log(0.1 q)) would be inf instead of about 0. Every use of such a log
+     * is weighted by a probability that is 0 or subnormal there. */
+    LLVMValueRef args[2] = {elem_value(e, n->src[0]), kd_ir_fconst(e->r.vf, 0x1p-149)};
+    LLVMValueRef x = kd_ir_intrinsic(r->b, "llvm.maxnum", e->r.vf, args, 2);
+    return e->log512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log_finite(r->b, x);
+  }
   return NULL;
 }
 
