@@ -77,6 +77,7 @@ typedef struct emitter {
   LLVMValueRef args, mask;
   LLVMValueRef ptr_teacher, ptr_student, ptr_grad;
   LLVMValueRef scratch; /* the row kernel's [nscratch, V] floats */
+  LLVMValueRef row_end; /* the row kernel's end: the rows it runs are [begin, row_end) */
   int *slot_load;       /* [n] the slot a node is loaded from in this pass, or -1 */
   cache_plan cache;     /* of the stage being emitted */
   int nscratch;         /* max slots over the stages */
@@ -686,6 +687,72 @@ static void masked_step(emitter *e, const pass_plan *pl, LLVMValueRef *st, LLVMV
  *   after:  state = phi
  *   tail:   masked vector for the last V mod W columns; a last flush
  *   then the double lanes are finalised into row scalars. */
+/* Whether element value id, as pass `pass` computes it, reads the logits
+ * (not only kept exps and the row cache). */
+static int reads_logits(const emitter *e, int pass, kd_node_id id, char *seen) {
+  if (seen[id] || kd_re_fnode(&e->r, id)->kind != KD_FUSE_ELEM || kept_exp(e, id)) return 0;
+  seen[id] = 1;
+  if (id == e->r.s->teacher || id == e->r.s->student) return 1;
+  for (int i = 0; i < e->cache.nloads; i++)
+    if (e->cache.load[i].pass == pass && e->cache.node[e->cache.load[i].slot] == id) return 0;
+  const kd_node *n = kd_re_gnode(&e->r, id);
+  for (int i = 0; i < n->nsrc; i++)
+    if (reads_logits(e, pass, n->src[i], seen)) return 1;
+  return 0;
+}
+
+/* Whether the pass fetches the next row's logits. The middle pass of a
+ * stage of three (jsd's, the skew KLs') reads only what pass 0 brought
+ * into L2 and computes a log per logit, so the memory is idle while pass
+ * 0, which streams the logits, waits on it: fetched here, the next row's
+ * pass 0 reads L2 (jsd 1.35-1.45 -> 1.25-1.28 CPU ns per logit at 4096 x
+ * 50257, docs/performance.md). Not when the last pass reads this row's
+ * logits again (abkd's, and every loss whose exps are recomputed): the
+ * next row's would push them out of L2. The gradient pass itself streams
+ * its stores and computes little; fetching there lost. */
+static int prefetches(emitter *e, int pass) {
+  int np = e->r.s->stage[e->r.stage].npasses;
+  if (np < 3 || pass != np - 2) return 0;
+  pass_plan pl;
+  plan_pass(e, np - 1, &pl);
+  char *seen = calloc(e->r.n, 1);
+  if (!seen) return 0;
+  int r = 0;
+  for (int gi = 0; gi < pl.ng && !r; gi++) r = reads_logits(e, np - 1, pl.ga[gi], seen);
+  for (int k = 0; k < pl.nr && !r; k++) {
+    const kd_fuse_node *f = kd_re_fnode(&e->r, pl.red[k]);
+    if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) r = reads_logits(e, np - 1, f->fold_f, seen);
+    if (f->role == KD_ROLE_ROWRED && !r) r = reads_logits(e, np - 1, kd_re_gnode(&e->r, pl.red[k])->src[0], seen);
+  }
+  for (int i = 0; i < pl.nstore && !r; i++) r = reads_logits(e, np - 1, pl.store[i], seen);
+  free(seen);
+  return !r;
+}
+
+/* The next row's teacher and student logits at columns [j, j + W), into L2
+ * (the last row of the kernel's range fetches nothing: the row after it is
+ * another call's). */
+static void prefetch_next_row(emitter *e) {
+  kd_rowemit *r = &e->r;
+  LLVMValueRef nx = LLVMBuildAdd(r->b, r->row, kd_re_i64c(r, 1), "");
+  LLVMValueRef in = LLVMBuildICmp(r->b, LLVMIntSLT, nx, e->row_end, "");
+  kd_node_id ids[2] = {r->s->teacher, r->s->student};
+  for (int k = 0; k < 2; k++) {
+    if (ids[k] == KD_NONE) continue;
+    int bf16 = kd_re_gnode(r, ids[k])->dtype == KD_BF16;
+    LLVMValueRef base = k == 0 ? e->ptr_teacher : e->ptr_student;
+    /* out of range: the current row, already in the cache (a prefetch never faults, but
+     * the address must stay inside the array for the IR to be defined) */
+    LLVMValueRef row = LLVMBuildSelect(r->b, in, nx, r->row, "");
+    LLVMValueRef off = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, row, r->V, ""), r->j, "");
+    LLVMValueRef args[4] = {LLVMBuildGEP2(r->b, bf16 ? r->i16 : r->f32, base, &off, 1, ""),
+                            LLVMConstInt(r->i32, 0, 0),  /* read */
+                            LLVMConstInt(r->i32, 2, 0),  /* locality 2: prefetcht1, into L2 */
+                            LLVMConstInt(r->i32, 1, 0)}; /* data */
+    kd_ir_intrinsic(r->b, "llvm.prefetch", e->ptr, args, 4);
+  }
+}
+
 static void emit_pass(emitter *e, int pass) {
   pass_plan pl;
   plan_pass(e, pass, &pl);
@@ -773,6 +840,7 @@ static void emit_pass(emitter *e, int pass) {
   e->mask = NULL;
   e->jblock = jb;
   emit_body(e, &pl, st);
+  if (prefetches(e, pass)) prefetch_next_row(e);
   e->jblock = NULL;
   LLVMValueRef jn = LLVMBuildAdd(e->r.b, j, kd_re_i64c(&e->r, e->r.W), "");
   LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->r.b);
@@ -862,6 +930,7 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   begin_function(e, suffix, e->row_ty);
   plan_keep(e);
   LLVMValueRef begin = LLVMGetParam(e->r.fn, 1), end = LLVMGetParam(e->r.fn, 2);
+  e->row_end = end;
   e->scratch = LLVMGetParam(e->r.fn, 3);
   LLVMBasicBlockRef done = kd_re_block(&e->r, "done");
   if (e->nkeep) {
