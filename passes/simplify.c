@@ -12,6 +12,7 @@
  *   sum(-x) = -sum(x)    sum over a size-1 axis = x    constants folded
  *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)    x c +- y c = (x +- y) c
+ *   a - (x +- c) = (a - x) -+ c for a literal c    x / c = x (1/c) for c a power of two
  *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c, mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
@@ -390,6 +391,12 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     if (kb && cb == 0) return kd_fit(rw, a, n);
     if (ka && ca == 0) return kd_fit(rw, kd_s1(rw, KD_IR_NEG, b), n);
     if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_ADD, a, kd_src(rw, b, 0));
+    if ((bop == KD_IR_ADD || bop == KD_IR_SUB) && kd_rw_const_value(rw, kd_src(rw, b, 1), &cb))
+      /* a - (x + c) = (a - x) - c: the literal moves out, so a - x can be the
+       * value another use computes (jsd's log q - log(p + q) in the loss
+       * and, shifted by log 2, in the gradient) */
+      return kd_fit(rw, kd_s2(rw, bop == KD_IR_ADD ? KD_IR_SUB : KD_IR_ADD,
+                              kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0)), kd_src(rw, b, 1)), n);
     return kd_simp_common_factor(rw, n);
   case KD_IR_MUL:
   case KD_IR_MULZ:
@@ -408,6 +415,13 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     return KD_NONE;
   case KD_IR_DIV:
     if (kb && cb == 1) return kd_fit(rw, a, n);
+    if (kb && kd_dtype_is_float(n->dtype) && cb != 0 && isfinite(cb)) {
+      /* x / c = x (1/c) exactly when c is a power of two (T = 2, 4, 0.5):
+       * a multiply instead of a division per logit */
+      int ex;
+      if (fabs(frexp(cb, &ex)) == 0.5 && ex - 1 > -126 && ex - 1 < 127)
+        return kd_s2(rw, KD_IR_MUL, a, kd_rw_const(rw, 1 / cb, n->dtype));
+    }
     if (kd_dtype_is_float(n->dtype)) {
       kd_node_id r = kd_simp_ratio(rw, n);
       if (r != KD_NONE) return r;

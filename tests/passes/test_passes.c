@@ -118,18 +118,20 @@ static void test_canonicalize(void) {
   kd_graph_free(g);
 }
 
-/* Is node id exp(u / T - lse(u / T)) for input `input`? */
+/* Is node id exp(u / T - lse(u / T)) for input `input` (u / T as u (1/T)
+ * when T is a power of two)? */
 static int is_softmax_of(const kd_graph *g, kd_node_id id, const char *input) {
   const kd_node *e = kd_graph_node(g, id);
   if (e->op != KD_IR_EXP) return 0;
   const kd_node *d = kd_graph_node(g, e->src[0]);
   if (d->op != KD_IR_SUB || kd_graph_node(g, d->src[1])->op != KD_IR_LSE) return 0;
   const kd_node *u = kd_graph_node(g, d->src[0]);
-  return u->op == KD_IR_DIV && u->src[0] == kd_graph_find_input(g, input);
+  return (u->op == KD_IR_DIV || u->op == KD_IR_MUL) && u->src[0] == kd_graph_find_input(g, input);
 }
 
 /* Forward KL's gradient after the pipeline is (G q - G p) / T with G the
- * row's weight (mask, mean, T^2): no row sum is left in it. */
+ * row's weight (mask, mean, T^2): no row sum is left in it. T = 2, so the
+ * division is a multiply by 1/2. */
 static void test_fkl_gradient_shape(void) {
   kd_graph *g = l_build(L_FKL, 2, 0, -100);
   kd_graph *raw = run_to(g, "autodiff"), *full = run_to(g, NULL);
@@ -142,12 +144,17 @@ static void test_fkl_gradient_shape(void) {
              row_reductions(full, "loss"));
     TU_CHECK(kd_graph_size(full) < kd_graph_size(raw), "simplify shrinks: %zu -> %zu",
              kd_graph_size(raw), kd_graph_size(full));
-    TU_CHECK(kd_graph_size(full) <= 36, "fkl after the pipeline: %zu nodes", kd_graph_size(full));
+    TU_CHECK(kd_graph_size(full) <= 37, "fkl after the pipeline: %zu nodes", kd_graph_size(full));
     TU_CHECK(count_op(full, KD_IR_LOG) == 0, "no log in fkl");
+    TU_CHECK(count_op(full, KD_IR_DIV) == 2, "no division per logit in fkl: %d divisions (the mean's 2)",
+             count_op(full, KD_IR_DIV));
     const kd_node *gr = kd_graph_node(full, kd_graph_find_output(full, "grad"));
     const kd_node *sub = kd_graph_node(full, gr->src[0]);
-    TU_CHECK(gr->op == KD_IR_DIV && sub->op == KD_IR_SUB, "grad = (a - b) / T");
-    if (gr->op == KD_IR_DIV && sub->op == KD_IR_SUB) {
+    double inv_t = 0;
+    bool by_half = gr->op == KD_IR_MUL && kd_graph_node(full, gr->src[1])->op == KD_IR_CONST &&
+                   (inv_t = kd_graph_node(full, gr->src[1])->value) == 0.5;
+    TU_CHECK(by_half && sub->op == KD_IR_SUB, "grad = (a - b) (1/T), 1/T = %g", inv_t);
+    if (by_half && sub->op == KD_IR_SUB) {
       const kd_node *a = kd_graph_node(full, sub->src[0]), *b = kd_graph_node(full, sub->src[1]);
       TU_CHECK(a->op == KD_IR_MUL && is_softmax_of(full, a->src[1], "student"), "a = G q");
       TU_CHECK(b->op == KD_IR_MULZ && is_softmax_of(full, b->src[0], "teacher"), "b = p G");
@@ -392,24 +399,39 @@ static void test_late_split(void) {
   kd_graph_free(g);
 }
 
-/* x c - y c = (x - y) c: one multiply per element instead of two. */
+/* x c - y c = (x - y) c: one multiply per element instead of two; in a -
+ * (y + 3) the literal moves out, (a - y) - 3, and a - y is shared; x / 4 =
+ * x (1/4), no division left. */
 static void test_common_factor(void) {
   kd_graph *g = kd_graph_new();
   kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")};
   kd_node_id x = kd_input(g, "student", KD_F32, 2, nv), y = kd_input(g, "teacher", KD_F32, 2, nv);
   kd_node_id d = kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_MUL, x, kd_const(g, 0.3, KD_F32)),
                            kd_binary(g, KD_IR_MUL, kd_const(g, 0.3, KD_F32), y));
+  kd_node_id sh = kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, kd_binary(g, KD_IR_ADD, y, kd_const(g, 3, KD_F32))),
+                            kd_binary(g, KD_IR_SUB, x, y));
+  kd_node_id q = kd_binary(g, KD_IR_DIV, x, kd_const(g, 4, KD_F32));
   kd_graph_add_output(g, "loss", kd_reduce(g, KD_IR_SUM, d, KD_AXIS_ALL));
+  kd_graph_add_output(g, "shift", kd_reduce(g, KD_IR_SUM, sh, KD_AXIS_ALL));
+  kd_graph_add_output(g, "quarter", kd_reduce(g, KD_IR_SUM, q, KD_AXIS_ALL));
   kd_graph *s = NULL;
   char err[256] = "";
   TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
   if (s) {
-    TU_CHECK(count_op(s, KD_IR_MUL) == 1, "x c - c y: %d multiplies, want 1", count_op(s, KD_IR_MUL));
+    TU_CHECK(count_op(s, KD_IR_MUL) == 2, "x c - c y and x / 4: %d multiplies, want 2",
+             count_op(s, KD_IR_MUL));
+    TU_CHECK(count_op(s, KD_IR_DIV) == 0, "x / 4: %d divisions left", count_op(s, KD_IR_DIV));
+    TU_CHECK(count_op(s, KD_IR_ADD) == 0 && count_op(s, KD_IR_SUB) == 3,
+             "a - (y + 3) is (a - y) - 3: %d additions, %d subtractions, want 0 and 3 (a - y shared)",
+             count_op(s, KD_IR_ADD), count_op(s, KD_IR_SUB));
     double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
     int64_t shape[2] = {2, 3};
     kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
-    double want = tu_scalar(g, in, 2, "loss"), got = tu_scalar(s, in, 2, "loss");
-    TU_CHECK(tu_close(got, want, 0, 1e-12), "%.17g, want %.17g", got, want);
+    static const char *const outs[] = {"loss", "shift", "quarter"};
+    for (int k = 0; k < 3; k++) {
+      double want = tu_scalar(g, in, 2, outs[k]), got = tu_scalar(s, in, 2, outs[k]);
+      TU_CHECK(tu_close(got, want, 0, 1e-12), "%s: %.17g, want %.17g", outs[k], got, want);
+    }
   }
   kd_graph_free(s);
   kd_graph_free(g);
