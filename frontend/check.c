@@ -609,7 +609,7 @@ static kd_kind check_expr(checker *c, const kd_ast *e);
 /* Checks the argument of param i against its kinds; returns its kind. */
 static kd_kind check_arg(checker *c, const kd_ast *arg, const param *ps, int i, const char *what) {
   kd_kind k = check_expr(c, arg);
-  char desc[160];
+  char desc[320]; /* what: up to 159 bytes */
   if (ps[i].name) snprintf(desc, sizeof desc, "argument '%s' of %s", ps[i].name, what);
   else snprintf(desc, sizeof desc, "argument %d of %s", i + 1, what);
   return expect(c, arg, k, ps[i].kinds, desc) ? k : KD_KIND_ERROR;

@@ -111,23 +111,29 @@ static void kd_ml_count_expr(const kd_mlower *c, const kd_ast *e, kd_mscope *s) 
   kd_ml_count_expr(c, e->b, s);
 }
 
-/* A scope for `items` under prefix (its repeats count as blocks). */
-static void kd_ml_scope(const kd_mlower *c, const kd_ast_list *items, const char *prefix,
+/* A scope for `items` under prefix (its repeats count as blocks); false
+ * when the prefix does not fit (repeats nested too deeply). */
+static bool kd_ml_scope(const kd_mlower *c, const kd_ast_list *items, const char *prefix,
                         kd_mscope *s) {
   memset(s, 0, sizeof *s);
-  snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
+  int w = snprintf(s->prefix, sizeof s->prefix, "%s", prefix);
   for (size_t i = 0; i < items->n; i++) {
     if (items->v[i]->kind == KD_AST_REPEAT) s->total[KD_MN_BLOCKS]++;
     kd_ml_count_expr(c, items->v[i]->a, s);
   }
+  return w >= 0 && (size_t)w < sizeof s->prefix;
 }
 
-/* The next name of kind k in s: "prefix" + "attn" or "ln_2". */
-static void kd_ml_name(kd_mscope *s, int k, char *buf, size_t len) {
-  int n = ++s->used[k];
-  if (s->total[k] > 1) snprintf(buf, len, "%s%s_%d", s->prefix, kd_mn_names[k], n);
-  else snprintf(buf, len, "%s%s", s->prefix, kd_mn_names[k]);
+/* The next name of kind k in s: "prefix" + "attn" or "ln_2"; false when it
+ * does not fit in len (a truncated name could repeat another). */
+static bool kd_ml_name(kd_mscope *s, int k, char *buf, size_t len) {
+  int n = ++s->used[k], w;
+  if (s->total[k] > 1) w = snprintf(buf, len, "%s%s_%d", s->prefix, kd_mn_names[k], n);
+  else w = snprintf(buf, len, "%s%s", s->prefix, kd_mn_names[k]);
+  return w >= 0 && (size_t)w < len;
 }
+
+#define KD_ML_TOO_DEEP "'repeat' blocks are nested too deeply (their parameter names exceed %s bytes)"
 
 /* ---- expressions -------------------------------------------------------- */
 
@@ -193,7 +199,10 @@ static kd_mval kd_ml_layer(kd_mlower *c, const kd_ast *e, const kd_builtin *b, k
   if (c->failed) return kd_ml_bad;
   char name[256] = "";
   int k = kd_ml_short(b);
-  if (k >= 0) kd_ml_name(s, k, name, sizeof name);
+  if (k >= 0 && !kd_ml_name(s, k, name, sizeof name)) {
+    kd_ml_error(c, e->loc, KD_ML_TOO_DEEP, "255");
+    return kd_ml_bad;
+  }
   kd_node_id x = kd_ml_as_node(c, arg[0]), y = KD_NONE;
   switch (b->id) {
   case KD_BUILTIN_EMBED: {
@@ -326,13 +335,19 @@ static void kd_ml_statements(kd_mlower *c, const kd_ast_list *items, kd_mscope *
       return;
     }
     char blocks[160];
-    kd_ml_name(s, KD_MN_BLOCKS, blocks, sizeof blocks);
+    if (!kd_ml_name(s, KD_MN_BLOCKS, blocks, sizeof blocks)) {
+      kd_ml_error(c, st->loc, KD_ML_TOO_DEEP, "159");
+      return;
+    }
     if (n.num > 0) c->m->layers.resid_std = 0.02 / sqrt(2 * n.num); /* GPT-2's scaling */
     for (int k = 0; k < (int)n.num && !c->failed; k++) {
       char prefix[192];
       kd_mscope inner;
-      snprintf(prefix, sizeof prefix, "%s.%d.", blocks, k);
-      kd_ml_scope(c, &st->items, prefix, &inner);
+      int w = snprintf(prefix, sizeof prefix, "%s.%d.", blocks, k);
+      if (w < 0 || (size_t)w >= sizeof prefix || !kd_ml_scope(c, &st->items, prefix, &inner)) {
+        kd_ml_error(c, st->loc, KD_ML_TOO_DEEP, "159");
+        return;
+      }
       kd_ml_statements(c, &st->items, &inner);
     }
   }
@@ -361,7 +376,7 @@ kd_status kd_lower_model(const kd_program *prog, const kd_symbol *inst, kd_diag 
   for (size_t i = 0; i < model->params.n; i++)
     kd_ml_bind(&c, model->params.v[i]->name, kd_ml_num(inst->args[i]));
   kd_mscope top;
-  kd_ml_scope(&c, &model->items, "", &top);
+  (void)kd_ml_scope(&c, &model->items, "", &top);
   kd_ml_statements(&c, &model->items, &top);
   kd_mbinding *lg = c.failed ? NULL : kd_ml_lookup(&c, "logits");
   const kd_node *n = lg && !lg->v.is_num ? kd_graph_node(out->g, lg->v.id) : NULL;

@@ -253,7 +253,7 @@ kd_status kd_npy_read_mem(const void *buf, size_t len, kd_array *out, char *err,
   const char *where = "<memory>";
   const unsigned char *b = buf;
   memset(out, 0, sizeof *out);
-  size_t prefix, hlen;
+  size_t prefix = 0, hlen = 0;
   kd_status st = kd_npy_prefix(b, len, where, &prefix, &hlen, err, errlen);
   if (st) return st;
   if (len - prefix < hlen) return kd_errf(err, errlen, KD_ERR_FORMAT, "%s: truncated .npy header", where);
@@ -283,7 +283,7 @@ static kd_status kd_npy_read_file(FILE *f, const char *path, kd_array *out, char
   uint64_t size = (uint64_t)sb.st_size;
   unsigned char pre[KD_NPY_PREFIX_MAX];
   size_t got = fread(pre, 1, sizeof pre, f);
-  size_t prefix, hlen;
+  size_t prefix = 0, hlen = 0;
   kd_status st = kd_npy_prefix(pre, got, path, &prefix, &hlen, err, errlen);
   if (st) return st;
   if (size < prefix + hlen) return kd_errf(err, errlen, KD_ERR_FORMAT, "%s: truncated .npy header", path);

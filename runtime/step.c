@@ -1267,7 +1267,7 @@ static kd_status run_map(const kd_step_instr *in, map_ctx *c, kd_pool *pool) {
     c->op[1] = (operand){.kind = OP_INDEX, .dtype = KD_I64};
     c->op[1].stride[in->axis] = 1;
   }
-  int64_t *st[1 + KD_STEP_MAX_SRC];
+  int64_t *st[1 + KD_STEP_MAX_SRC] = {0};
   for (int k = 0; k < c->nops; k++) st[k] = c->op[k].stride;
   c->rank = kd_step_merge_dims(c->rank, c->shape, c->nops, st);
   c->fast = fast_fn(c->fn) && c->op[0].dtype == KD_F32;

@@ -265,7 +265,34 @@ static void test_tied(void) {
   kd_program_free(p);
 }
 
+/* Repeats nested so deeply that the parameter names would not fit: an
+ * error at the repeat, not names cut short (two could then be the same). */
+static void test_nested_too_deep(void) {
+  char src[4096];
+  size_t k = (size_t)snprintf(src, sizeof src, "model deep(dim = 8) {\n  x = embed(tokens, 16, dim)\n");
+  for (int i = 0; i < 20; i++) k += (size_t)snprintf(src + k, sizeof src - k, "  repeat 1 {\n");
+  k += (size_t)snprintf(src + k, sizeof src - k, "  x = x + linear(x, dim)\n");
+  for (int i = 0; i < 20; i++) k += (size_t)snprintf(src + k, sizeof src - k, "  }\n");
+  snprintf(src + k, sizeof src - k,
+           "  logits = linear(x, 16)\n}\na = deep()\nobjective {\n  loss = cross_entropy(a.logits, labels)\n}\n");
+  kd_program *p = mt_load_text(src, "deep.kd");
+  if (!p) return;
+  kd_model m;
+  char msg[1024] = "";
+  FILE *mf = fmemopen(msg, sizeof msg - 1, "w");
+  kd_diag *diag = kd_diag_new(mf);
+  TU_CHECK(kd_lower_model(p, kd_program_lookup(p, "a"), diag, &m) == KD_ERR_SEMANTIC && m.g == NULL,
+           "20 nested repeats: lowering fails");
+  kd_diag_free(diag);
+  fclose(mf);
+  TU_CHECK(strstr(msg, "deep.kd:20:3: error: 'repeat' blocks are nested too deeply (their parameter "
+                       "names exceed 159 bytes)"),
+           "the error: %s", msg);
+  kd_program_free(p);
+}
+
 int main(void) {
+  test_nested_too_deep();
   test_distill();
   test_tiny_gpt();
   test_tied();
