@@ -26,14 +26,16 @@ LLVMValueRef kd_emit_log(LLVMBuilderRef b, LLVMValueRef x);
  * so 6 instructions fewer. Anything else gives an unspecified value. */
 LLVMValueRef kd_emit_log_finite(LLVMBuilderRef b, LLVMValueRef x);
 /* log through AVX-512's getmant and getexp: x = m 2^e with m in [0.75, 1.5)
- * straight from the hardware (subnormals included), log(m) a degree-10
- * polynomial in f = m - 1: no subnormal scaling, no integer op, no
- * int-to-float, one masked add for e; 16 instructions where
- * kd_emit_log_finite takes 30 in jsd's row loop. The special values come
- * from the instructions themselves (getexp(+-0) = -inf, getexp(inf) = inf,
+ * straight from the hardware (subnormals included), log(m) = log(1/c) +
+ * log1p(m c - 1) with c and log(1/c) from two 16-entry tables indexed by m's
+ * top mantissa bits (a permute each, off the FMA pipes) and log1p a degree-5
+ * polynomial: no subnormal scaling, no int-to-float, no select; 13
+ * instructions, 7 of them FMAs or multiplies. The special values come from
+ * the instructions themselves (getexp(+-0) = -inf, getexp(inf) = inf,
  * getmant set to give NaN for a negative x), so it keeps kd_emit_log's
- * contract in full and serves kd_emit_log_finite's too. Accuracy: 0.89 ulp
- * at most (kd_emit_log: 0.82), tests/codegen/test_mathlib.c.
+ * contract in full and serves kd_emit_log_finite's too. Accuracy: 1.43 ulp
+ * at most over all floats, mathlib.c says why (kd_emit_log: 0.82 on the
+ * test's points); tests/codegen/test_mathlib.c holds it to 2.
  * x: <16 x float>, or <8 x float> and <4 x float> with AVX-512VL; only for
  * x86 targets whose features (LLVM's "+avx512f,+avx512vl,..." form)
  * kd_log_avx512_fits admits for x's type. */
