@@ -4,7 +4,8 @@
  * Per-row scalars (a log-sum-exp's final log) may call libm's double log:
  * once per row, not per logit. A loss of three passes over the row (jsd)
  * fetches the next row's logits into L2 in its middle pass (prefetcht1 on
- * x86); one of two passes (fkl, ce) fetches nothing. */
+ * x86) and the gradient row for writing (prefetchw); one of two passes
+ * (fkl, ce) fetches nothing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +52,8 @@ int main(void) {
     } else {
       int libm = strstr(as, "expf") || strstr(as, "logf");
       int zmm = strstr(as, "zmm") != NULL;
-      int pf = strstr(as, "prefetcht1") != NULL, want_pf = kinds[i] == TL_JSD;
+      int pf = strstr(as, "prefetcht1") != NULL && strstr(as, "prefetchw") != NULL;
+      int want_pf = kinds[i] == TL_JSD;
 #if defined(__x86_64__)
       int bad = libm || (avx512 && !zmm) || pf != want_pf;
 #else
