@@ -161,6 +161,46 @@ kd_status kd_stream_measure(kd_pool *pool, size_t array_bytes, int repeats, kd_s
   return KD_OK;
 }
 
+struct kd_stream_probe {
+  kd_pool *pool;
+  kd_stream_arrays s;
+  int64_t n, grain;
+};
+
+kd_status kd_stream_probe_new(kd_pool *pool, size_t array_bytes, kd_stream_probe **out) {
+  *out = NULL;
+  if (array_bytes == 0) array_bytes = kd_stream_default_bytes();
+  int64_t n = (int64_t)(array_bytes / sizeof(double));
+  if (n < 1) return KD_ERR_INVALID;
+  size_t bytes = ((size_t)n * sizeof(double) + 63) & ~(size_t)63;
+  kd_stream_probe *p = calloc(1, sizeof *p);
+  if (!p) return KD_ERR_NOMEM;
+  p->s = (kd_stream_arrays){aligned_alloc(64, bytes), aligned_alloc(64, bytes), aligned_alloc(64, bytes), 0};
+  if (!p->s.a || !p->s.b || !p->s.c) {
+    kd_stream_probe_free(p);
+    return KD_ERR_NOMEM;
+  }
+  p->pool = pool;
+  p->n = n;
+  p->grain = n / kd_pool_size(pool) > 0 ? n / kd_pool_size(pool) : 1;
+  kd_stream_time(pool, &p->s, KD_STREAM_INIT, n, p->grain);
+  *out = p;
+  return KD_OK;
+}
+
+double kd_stream_probe_copy(kd_stream_probe *p) {
+  double t = kd_stream_time(p->pool, &p->s, KD_STREAM_COPY, p->n, p->grain);
+  return 2.0 * (double)p->n * sizeof(double) / t / 1e9;
+}
+
+void kd_stream_probe_free(kd_stream_probe *p) {
+  if (!p) return;
+  free(p->s.a);
+  free(p->s.b);
+  free(p->s.c);
+  free(p);
+}
+
 kd_status kd_stream_report(FILE *f, kd_pool *pool, kd_stream_result *out) {
   kd_stream_result r;
   kd_status st = kd_stream_measure(pool, 0, 10, &r);

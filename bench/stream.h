@@ -48,6 +48,16 @@ kd_status kd_stream_measure(kd_pool *pool, size_t array_bytes, int repeats, kd_s
    its own figures. out may be NULL. */
 kd_status kd_stream_report(FILE *f, kd_pool *pool, kd_stream_result *out);
 
+/* A copy probe that keeps its arrays (first-touched once), so a benchmark
+   can time one copy next to each of its own runs: on a shared machine the
+   bandwidth moves by a third within minutes, and a kernel's fraction of it
+   means something only against a copy taken at the same time. */
+typedef struct kd_stream_probe kd_stream_probe;
+kd_status kd_stream_probe_new(kd_pool *pool, size_t array_bytes, kd_stream_probe **out);
+/* One timed copy with the pool's threads: GB/s (read + write bytes). */
+double kd_stream_probe_copy(kd_stream_probe *p);
+void kd_stream_probe_free(kd_stream_probe *p);
+
 /* The GPU's copy bandwidth: a device-to-device cuMemcpy of array_bytes,
    timed with events, best of repeats after one warm-up, GB/s counting read
    + write bytes (2 x array_bytes), like copy above. Needs a device made
