@@ -420,7 +420,7 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
        * a multiply instead of a division per logit */
       int ex;
       if (fabs(frexp(cb, &ex)) == 0.5 && ex - 1 > -126 && ex - 1 < 127)
-        return kd_s2(rw, KD_IR_MUL, a, kd_rw_const(rw, 1 / cb, n->dtype));
+        return kd_fit(rw, kd_s2(rw, KD_IR_MUL, a, kd_rw_const(rw, 1 / cb, n->dtype)), n);
     }
     if (kd_dtype_is_float(n->dtype)) {
       kd_node_id r = kd_simp_ratio(rw, n);
