@@ -39,6 +39,17 @@ static size_t count_params(const kd_model *m) {
   return total;
 }
 
+/* Lowers instance `inst` with its diagnostics written into msg. */
+static kd_status lower_msg(kd_program *p, const char *inst, kd_model *m, char *msg, size_t len) {
+  memset(msg, 0, len);
+  FILE *mf = fmemopen(msg, len - 1, "w");
+  kd_diag *diag = kd_diag_new(mf);
+  kd_status st = kd_lower_model(p, kd_program_lookup(p, inst), diag, m);
+  kd_diag_free(diag);
+  fclose(mf);
+  return st;
+}
+
 /* GPT-2's count: embeddings, per block 12 D^2 + 13 D (qkv, proj, fc, proj
  * with biases, two layernorms), the final layernorm and the head. */
 static size_t gpt_params(size_t layers, size_t d, size_t v, size_t ctx) {
@@ -137,14 +148,9 @@ static void test_tiny_gpt(void) {
 
   /* 3 heads do not divide 16: an error at the attention call */
   kd_model bad;
-  char msg[1024] = "";
-  FILE *mf = fmemopen(msg, sizeof msg - 1, "w");
-  kd_diag *diag = kd_diag_new(mf);
-  TU_CHECK(kd_lower_model(p, kd_program_lookup(p, "bad"), diag, &bad) == KD_ERR_SEMANTIC &&
-               bad.g == NULL,
+  char msg[1024];
+  TU_CHECK(lower_msg(p, "bad", &bad, msg, sizeof msg) == KD_ERR_SEMANTIC && bad.g == NULL,
            "heads that do not divide the width");
-  kd_diag_free(diag);
-  fclose(mf);
   TU_CHECK(strstr(msg, "tiny.kd:4:13: error: blocks.0.attn: 3 heads do not divide the width 16"),
            "the error: %s", msg);
 
@@ -252,14 +258,9 @@ static void test_tied(void) {
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     kd_model bm;
-    char msg[1024] = "";
-    FILE *mf = fmemopen(msg, sizeof msg - 1, "w");
-    kd_diag *diag = kd_diag_new(mf);
-    TU_CHECK(kd_lower_model(p, kd_program_lookup(p, bad[i].inst), diag, &bm) == KD_ERR_SEMANTIC &&
-                 bm.g == NULL,
+    char msg[1024];
+    TU_CHECK(lower_msg(p, bad[i].inst, &bm, msg, sizeof msg) == KD_ERR_SEMANTIC && bm.g == NULL,
              "%s: lowering fails", bad[i].inst);
-    kd_diag_free(diag);
-    fclose(mf);
     TU_CHECK(strstr(msg, bad[i].msg), "%s: the error: %s", bad[i].inst, msg);
   }
   kd_program_free(p);
@@ -278,13 +279,9 @@ static void test_nested_too_deep(void) {
   kd_program *p = mt_load_text(src, "deep.kd");
   if (!p) return;
   kd_model m;
-  char msg[1024] = "";
-  FILE *mf = fmemopen(msg, sizeof msg - 1, "w");
-  kd_diag *diag = kd_diag_new(mf);
-  TU_CHECK(kd_lower_model(p, kd_program_lookup(p, "a"), diag, &m) == KD_ERR_SEMANTIC && m.g == NULL,
+  char msg[1024];
+  TU_CHECK(lower_msg(p, "a", &m, msg, sizeof msg) == KD_ERR_SEMANTIC && m.g == NULL,
            "20 nested repeats: lowering fails");
-  kd_diag_free(diag);
-  fclose(mf);
   TU_CHECK(strstr(msg, "deep.kd:20:3: error: 'repeat' blocks are nested too deeply (their parameter "
                        "names exceed 159 bytes)"),
            "the error: %s", msg);
