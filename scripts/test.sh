@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the normal build, the same tests under
-# AddressSanitizer + UndefinedBehaviorSanitizer, and bounded libFuzzer runs of
-# the parser and of the file readers. Expects scripts/setup.sh to have
-# installed the toolchain.
+# AddressSanitizer + UndefinedBehaviorSanitizer, a -O3 (Release) build (GCC
+# warns at -O3 about what -O2 does not see, and warnings are errors), and
+# bounded libFuzzer runs of the parser and of the file readers. Expects
+# scripts/setup.sh to have installed the toolchain.
 # Environment: KDC_FUZZ_SECONDS (default 60 for the parser, a third of it for
 # the readers; 0 skips both).
 set -euo pipefail
@@ -20,6 +21,10 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKDC_SANITIZE=ON >/d
 cmake --build build-asan
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+echo "== Release (-O3) build"
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-release
 
 seconds=${KDC_FUZZ_SECONDS:-60}
 if [ "$seconds" -gt 0 ] && [ -f fuzz/CMakeLists.txt ]; then
