@@ -182,7 +182,13 @@ static void kd_lin_of(kd_rw *rw, kd_node_id x, double k, kd_node_id factor, int 
       }
       if (factor == KD_NONE && !kd_const_along(kd_rw_node(rw, a), rank, axis) &&
           kd_const_along(kd_rw_node(rw, b), rank, axis)) {
-        kd_lin_of(rw, a, k, b, rank, axis, f, depth + 1);
+        /* the factor's own literals join k (jsd at beta 0.3: c 0.7 q + c 0.3 p) */
+        double kb = k;
+        while (kd_rw_node(rw, b)->op == KD_IR_MUL && kd_rw_const_value(rw, kd_rw_node(rw, b)->src[1], &c)) {
+          kb *= c;
+          b = kd_rw_node(rw, b)->src[0];
+        }
+        kd_lin_of(rw, a, kb, b, rank, axis, f, depth + 1);
         return;
       }
     }

@@ -323,7 +323,14 @@ static void test_ratio_fold(void) {
   kd_node_id skew = kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, p, kd_const(g, 0.1, KD_F32)),
                               kd_binary(g, KD_IR_MUL, q, kd_const(g, 0.9, KD_F32)));
   kd_node_id near = kd_binary(g, KD_IR_ADD, p, kd_binary(g, KD_IR_MUL, q, kd_const(g, 2, KD_F32)));
+  /* beta = 0.3: (-(q (0.7 c)) - p (0.3 c)) / (0.3 p + 0.7 q) = -c */
+  kd_node_id num3 = kd_binary(g, KD_IR_SUB,
+                              kd_unary(g, KD_IR_NEG, kd_binary(g, KD_IR_MUL, q, kd_binary(g, KD_IR_MUL, c, kd_const(g, 0.7, KD_F32)))),
+                              kd_binary(g, KD_IR_MUL, p, kd_binary(g, KD_IR_MUL, c, kd_const(g, 0.3, KD_F32))));
+  kd_node_id mix3 = kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_MUL, p, kd_const(g, 0.3, KD_F32)),
+                              kd_binary(g, KD_IR_MUL, q, kd_const(g, 0.7, KD_F32)));
   kd_graph_add_output(g, "fold", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, num, mix), KD_AXIS_ALL));
+  kd_graph_add_output(g, "fold3", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, num3, mix3), KD_AXIS_ALL));
   kd_graph_add_output(g, "real", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, p, skew), KD_AXIS_ALL));
   kd_graph_add_output(g, "near", kd_reduce(g, KD_IR_SUM, kd_binary(g, KD_IR_DIV, kd_binary(g, KD_IR_ADD, p, q), near),
                                             KD_AXIS_ALL));
@@ -335,13 +342,15 @@ static void test_ratio_fold(void) {
     TU_CHECK(!depends_on(s, kd_graph_find_output(s, "fold"), KD_IR_DIV),
              "(-(c q) - c p) / (p/2 + q/2) folded");
     TU_CHECK(!depends_on(s, kd_graph_find_output(s, "fold"), KD_IR_EXP), "fold: no softmax left");
+    TU_CHECK(!depends_on(s, kd_graph_find_output(s, "fold3"), KD_IR_DIV),
+             "(-(q (0.7 c)) - p (0.3 c)) / (0.3 p + 0.7 q) folded");
     TU_CHECK(depends_on(s, kd_graph_find_output(s, "real"), KD_IR_DIV), "p / (0.1 p + 0.9 q) kept");
     TU_CHECK(depends_on(s, kd_graph_find_output(s, "near"), KD_IR_DIV), "(p + q) / (p + 2 q) kept");
     double ts[6] = {1, 2, 3, -1, 0, 4}, xs[6] = {0.5, -2, 1, 3, 2, -1};
     int64_t shape[2] = {2, 3};
     kd_ref_input in[2] = {tu_input("teacher", 2, shape, ts), tu_input("student", 2, shape, xs)};
-    static const char *const outs[] = {"fold", "real", "near"};
-    for (int k = 0; k < 3; k++) {
+    static const char *const outs[] = {"fold", "fold3", "real", "near"};
+    for (int k = 0; k < 4; k++) {
       double want = tu_scalar(g, in, 2, outs[k]), got = tu_scalar(s, in, 2, outs[k]);
       TU_CHECK(tu_close(got, want, 0, 1e-12), "%s: %.17g, want %.17g", outs[k], got, want);
     }
