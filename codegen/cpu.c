@@ -69,7 +69,7 @@ typedef struct cache_plan {
 typedef struct emitter {
   kd_rowemit r;    /* W: f32 lanes of the host's widest vector */
   int nontemporal; /* gradient stores bypass the caches */
-  int log512;      /* f32 logs through AVX-512's getmant/getexp (mathlib.h) */
+  int avx512;      /* the row's f32 exps and logs through AVX-512 instructions (mathlib.h) */
   int aligned;     /* in a main loop whose gradient stores are vector-aligned */
   LLVMTypeRef ptr, args_ty, row_ty, step_ty;
 
@@ -131,7 +131,7 @@ static LLVMValueRef emit_exp(kd_rowemit *r, LLVMValueRef x) {
 
 static LLVMValueRef emit_log(kd_rowemit *r, LLVMValueRef x) {
   if (LLVMGetTypeKind(LLVMTypeOf(x)) != LLVMVectorTypeKind) return intrinsic1((emitter *)r, "llvm.log", x);
-  return ((emitter *)r)->log512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log(r->b, x);
+  return ((emitter *)r)->avx512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log(r->b, x);
 }
 
 /* ---- global, row and element values ------------------------------------------ */
@@ -252,21 +252,26 @@ static LLVMValueRef elem_value(emitter *e, kd_node_id id) {
   return kd_re_elem_value(&e->r, id);
 }
 
+/* The per-logit exp of x - m or x - lse (mathlib.h), *zero where it is 0. */
+static LLVMValueRef exp_row(emitter *e, LLVMValueRef x, LLVMValueRef *zero) {
+  return e->avx512 ? kd_emit_exp_row_avx512(e->r.b, x, zero) : kd_emit_exp_row(e->r.b, x, zero);
+}
+
 /* The cheaper exp of a value <= 0 (noting the lanes where it is 0), the
  * cheaper log of a mixture of probabilities. */
 static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
   emitter *e = (emitter *)r;
   const kd_node *n = kd_re_gnode(r, id);
-  if (is_softmax_exp(e, n)) return kd_emit_exp_row(r->b, elem_value(e, n->src[0]), &r->vzero[id]);
+  if (is_softmax_exp(e, n)) return exp_row(e, elem_value(e, n->src[0]), &r->vzero[id]);
   if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0])) {
     /* A mixture that rounds to 0 reads as the least subnormal 2^-149: a kept
-     * exp times its block's scale can be subnormal (exp itself flushes those
-     * to 0), and then 0.1 q rounds to 0 while q does not, and q (log q -
+     * exp times its block's scale, or the AVX-512 exp itself, can be
+     * subnormal, and then 0.1 q rounds to 0 while q does not, and q (log q -
      * log(0.1 q)) would be inf instead of about 0. Every use of such a log
      * is weighted by a probability that is 0 or subnormal there. */
     LLVMValueRef args[2] = {elem_value(e, n->src[0]), kd_ir_fconst(e->r.vf, 0x1p-149)};
     LLVMValueRef x = kd_ir_intrinsic(r->b, "llvm.maxnum", e->r.vf, args, 2);
-    return e->log512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log_finite(r->b, x);
+    return e->avx512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log_finite(r->b, x);
   }
   return NULL;
 }
@@ -412,7 +417,7 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
   for (int gi = 0; gi < pl->ng; gi++) {
     LLVMValueRef x = masked(e, kd_re_elem_f(&e->r, pl->ga[gi]), ninf);
     /* x - m <= LAZY; x = -inf (masked lanes, -inf logits) gives exactly 0 */
-    LLVMValueRef wz, w = kd_emit_exp_row(e->r.b, rescale(e, pl, gi, x, &m[gi], acc), &wz);
+    LLVMValueRef wz, w = exp_row(e, rescale(e, pl, gi, x, &m[gi], acc), &wz);
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi) continue;
@@ -1063,7 +1068,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   if (!e.r.vzero || !e.slot_load || !e.xscale) kd_re_fail(&e.r, KD_ERR_NOMEM, "codegen: out of memory");
   for (size_t i = 0; !e.r.st && i < e.r.n; i++) e.slot_load[i] = -1;
   init_types(&e);
-  e.log512 = kd_log_avx512_fits(features, e.r.vf);
+  e.avx512 = kd_avx512_fits(features, e.r.vf);
   if (kd_graph_find_output(e.r.g, "loss") == KD_NONE)
     kd_re_fail(&e.r, KD_ERR_INVALID, "codegen: the graph has no output \"loss\"");
   for (size_t i = 0; i < kd_graph_noutputs(e.r.g); i++) {
