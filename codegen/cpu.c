@@ -706,19 +706,31 @@ static int reads_logits(const emitter *e, int pass, kd_node_id id, char *seen) {
   return 0;
 }
 
-/* Whether the pass fetches the next row's logits (1), and this row's
- * gradient, which the last pass stores (3). The middle pass of a stage of
- * three (jsd's, the skew KLs') reads only what pass 0 brought into L2 and
- * computes a log per logit, so the memory is idle while pass 0, which
- * streams the logits, waits on it: fetched here, the next row's pass 0
- * reads L2 (jsd 1.35-1.45 -> 1.25-1.28 CPU ns per logit at 4096 x 50257,
- * docs/performance.md). Not when the last pass reads this row's logits
- * again (abkd's): the next row's would push them out of L2. The gradient
- * pass itself streams its stores and computes little; fetching there
- * lost. */
+/* What a pass fetches ahead (prefetch_rows): the next row's logits (PF_NEXT)
+ * and this row's gradient for writing (PF_GRAD), in a stage of three passes
+ * (jsd's, tvd's, the skew KLs') whose last pass reads only the row cache
+ * and kept exps, not the logits:
+ * - the middle pass reads only what pass 0 brought into L2 and computes
+ *   (a log per logit for jsd), so the memory is idle while pass 0, which
+ *   streams the logits, waits on it: fetched there, the next row's pass 0
+ *   reads L2 (jsd 1.35-1.45 -> 1.25-1.28 CPU ns per logit at 4096 x 50257);
+ * - pass 0 computes two exps per logit in the shadow of the gradient's
+ *   lines coming in: the gradient pass's stores then find their lines
+ *   owned instead of each waiting on a read for ownership. (Fetched in the
+ *   middle pass with the next row's logits instead, as before, they took
+ *   its memory parallelism: 4 rounds alternating, CPU ns per logit best of
+ *   each, 1 and 2 threads, 2048 x 32000 and 4096 x 50257: tvd 1.10-1.35 ->
+ *   0.99-1.10, jsd 1.19-1.43 -> 1.08-1.23, skew_fkl 1.37-1.51 -> 1.31-1.38.)
+ * Nothing when the last pass reads this row's logits again (abkd's): the
+ * next row's would push them out of L2, and its gradient's lines fetched in
+ * pass 0 measured no better. Nothing in a stage of two (fkl's): its
+ * gradient pass streams its stores and computes little; fetching the next
+ * row there lost (fkl 0.92 -> 1.05), and the gradient in pass 0 too (fkl
+ * 0.84-0.91 -> 0.89-0.97). */
+enum { PF_NEXT = 1, PF_GRAD = 2 };
 static int prefetches(emitter *e, int pass) {
   int np = e->r.s->stage[e->r.stage].npasses;
-  if (np < 3 || pass != np - 2) return 0;
+  if (np < 3 || (pass != 0 && pass != np - 2)) return 0;
   pass_plan pl;
   plan_pass(e, np - 1, &pl);
   char *seen = calloc(e->r.n, 1);
@@ -732,27 +744,25 @@ static int prefetches(emitter *e, int pass) {
   }
   for (int i = 0; i < pl.nstore && !r; i++) r = reads_logits(e, np - 1, pl.store[i], seen);
   free(seen);
-  return r ? 0 : pl.nstore ? 3 : 1;
+  if (r) return 0;
+  return pass == 0 ? (pl.nstore && !e->nontemporal ? PF_GRAD : 0) : PF_NEXT;
 }
 
 /* The next row's teacher and student logits at columns [j, j + W), into L2
- * (the last row of the kernel's range fetches its own again, which is
- * cached: the row after it is another call's, and a prefetch never faults
- * but its address must stay inside the array for the IR to be defined),
- * and with what & 2 this row's gradient for writing: the gradient
- * pass's stores then find their lines owned instead of each waiting on a
- * read for ownership (2 threads, medians of 6 rounds: jsd 1.45 -> 1.27, tvd
- * 1.26 -> 1.16 CPU ns per logit at 2048 x 32000). Not with non-temporal
- * stores, which bypass the caches. */
+ * (PF_NEXT; the last row of the kernel's range fetches its own again, which
+ * is cached: the row after it is another call's, and a prefetch never
+ * faults but its address must stay inside the array for the IR to be
+ * defined), and this row's gradient for writing (PF_GRAD, prefetchw). */
 static void prefetch_rows(emitter *e, int what) {
   kd_rowemit *r = &e->r;
-  if ((what & 2) && !e->nontemporal) {
+  if (what & PF_GRAD) {
     LLVMValueRef off = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, r->row, r->V, ""), r->j, "");
     LLVMValueRef args[4] = {LLVMBuildGEP2(r->b, r->f32, e->ptr_grad, &off, 1, ""),
                             LLVMConstInt(r->i32, 1, 0),  /* write: prefetchw */
                             LLVMConstInt(r->i32, 3, 0), LLVMConstInt(r->i32, 1, 0)};
     kd_ir_intrinsic(r->b, "llvm.prefetch", e->ptr, args, 4);
   }
+  if (!(what & PF_NEXT)) return;
   LLVMValueRef nx = LLVMBuildAdd(r->b, r->row, kd_re_i64c(r, 1), "");
   LLVMValueRef row = LLVMBuildSelect(r->b, LLVMBuildICmp(r->b, LLVMIntSLT, nx, e->row_end, ""), nx,
                                      r->row, "");
