@@ -13,7 +13,8 @@
  *   x + 0, x - 0, x * 1, x / 1, x^1 = x    --x = x    -(a - b) = b - a
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)    x c +- y c = (x +- y) c
  *   a - (x +- c) = (a - x) -+ c for a literal c    x / c = x (1/c) for c a power of two
- *   mulz(0, x) = 0    mulz(a, c) = a * c for a finite constant c, mulz(c, b) = c * b for c != 0
+ *   (a + x) - (a + y) = x - y    (z r) s = z (r s) for r, s constant along the row
+ *   mulz(0, x) = 0    mulz(a, c) = a * c for c finite (kd_range), mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
  *
@@ -61,6 +62,72 @@ static kd_node_id kd_const_like(kd_rw *rw, double v, const kd_node *n) {
 }
 
 static kd_opcode kd_op(kd_rw *rw, kd_node_id x) { return kd_rw_node(rw, x)->op; }
+
+/* Bounds lo <= x <= hi of every element of a value that is never NaN
+ * (known); unknown for anything else. Enough for the scalars a mean over
+ * rows builds from constants and labels: count = cast(sum(labels !=
+ * ignore)) in [0, inf], 1 / max(count, 1) in [0, 1], times T^2. A factor
+ * so bounded is finite, and then mulz(a, c) = a * c (they differ only
+ * where c is inf or NaN), so x c - y c can become (x - y) c: forward KL's
+ * gradient pass takes neither the compare nor the second multiply. */
+typedef struct kd_range {
+  bool known;
+  double lo, hi;
+} kd_range;
+
+static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth);
+
+/* min and max of a o b over the corners (finite bounds only, for * and /) */
+static kd_range kd_range_corners(kd_range a, kd_range b, bool div) {
+  double c[4] = {a.lo, a.lo, a.hi, a.hi}, d[4] = {b.lo, b.hi, b.lo, b.hi};
+  kd_range r = {true, INFINITY, -INFINITY};
+  for (int i = 0; i < 4; i++) {
+    double v = div ? (isinf(d[i]) ? 0.0 : c[i] / d[i]) : c[i] * d[i];
+    r.lo = fmin(r.lo, v);
+    r.hi = fmax(r.hi, v);
+  }
+  return r;
+}
+
+static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth) {
+  const kd_range unknown = {false, 0, 0};
+  const kd_node *n = kd_rw_node(rw, id);
+  if (!n || depth > 32) return unknown;
+  if (n->dtype == KD_BOOL) return (kd_range){true, 0, 1};
+  kd_range a = n->nsrc > 0 ? kd_range_of(rw, n->src[0], depth + 1) : unknown;
+  kd_range b = n->nsrc > 1 ? kd_range_of(rw, n->src[1], depth + 1) : unknown;
+  bool fa = a.known && isfinite(a.lo) && isfinite(a.hi), fb = b.known && isfinite(b.lo) && isfinite(b.hi);
+  switch (n->op) {
+  case KD_IR_CONST: return isnan(n->value) ? unknown : (kd_range){true, n->value, n->value};
+  case KD_IR_CAST:
+  case KD_IR_EXPAND:
+  case KD_IR_STOPGRAD: return a;
+  case KD_IR_NEG: return a.known ? (kd_range){true, -a.hi, -a.lo} : unknown;
+  case KD_IR_SUM: /* any number of terms of one sign */
+    if (!a.known || (a.lo < 0 && a.hi > 0)) return unknown;
+    return (kd_range){true, a.lo < 0 ? -INFINITY : 0, a.hi > 0 ? INFINITY : 0};
+  case KD_IR_MAX:
+  case KD_IR_MIN:
+    if (!a.known || !b.known) return unknown;
+    return n->op == KD_IR_MAX ? (kd_range){true, fmax(a.lo, b.lo), fmax(a.hi, b.hi)}
+                              : (kd_range){true, fmin(a.lo, b.lo), fmin(a.hi, b.hi)};
+  case KD_IR_ADD: return fa && fb ? (kd_range){true, a.lo + b.lo, a.hi + b.hi} : unknown;
+  case KD_IR_SUB: return fa && fb ? (kd_range){true, a.lo - b.hi, a.hi - b.lo} : unknown;
+  case KD_IR_MUL: return fa && fb ? kd_range_corners(a, b, false) : unknown;
+  case KD_IR_DIV: /* a finite numerator over a denominator bounded away from 0 */
+    return fa && b.known && (b.lo > 0 || b.hi < 0) ? kd_range_corners(a, b, true) : unknown;
+  case KD_IR_SELECT: {
+    kd_range c = n->nsrc > 2 ? kd_range_of(rw, n->src[2], depth + 1) : unknown;
+    return b.known && c.known ? (kd_range){true, fmin(b.lo, c.lo), fmax(b.hi, c.hi)} : unknown;
+  }
+  default: return unknown;
+  }
+}
+
+static bool kd_finite(kd_rw *rw, kd_node_id id) {
+  kd_range r = kd_range_of(rw, id, 0);
+  return r.known && isfinite(r.lo) && isfinite(r.hi) && fmax(-r.lo, r.hi) <= FLT_MAX;
+}
 static kd_node_id kd_src(kd_rw *rw, kd_node_id x, int i) { return kd_rw_node(rw, x)->src[i]; }
 
 /* Whether w is a softmax along axis: exp(u - lse(u, axis)). */
@@ -347,17 +414,33 @@ static kd_node_id kd_simp_unexpand(kd_rw *rw, const kd_node *n) {
   return KD_NONE;
 }
 
-/* x c +- y c = (x +- y) c for a literal c (jsd's mixture p/2 + q/2: one
- * multiply per logit instead of two; exact for a power of two, one
- * rounding fewer otherwise). */
+/* x c +- y c = (x +- y) c, c a literal on both sides or one value (either
+ * operand of each product): jsd's mixture p/2 + q/2 and forward KL's
+ * gradient q s - p s, s = 1 / count: one multiply per logit instead of two
+ * (exact for a power of two, one rounding fewer otherwise). With mulz,
+ * whose zero test is on its first operand w: mulz(w, u) +- mulz(w, v) =
+ * mulz(w, u +- v), and x w +- mulz(w, v) = mulz(w, x +- v) (where w = 0
+ * the left side is 0, or NaN for an infinite x; the right side 0): the
+ * gradients of tvd, jsd, the skew KLs and sym_kl, q (a - b) for a row
+ * scalar a. */
+static bool kd_same_factor(kd_rw *rw, kd_node_id a, kd_node_id b) {
+  double ca, cb;
+  return a == b || (kd_rw_const_value(rw, a, &ca) && kd_rw_const_value(rw, b, &cb) && ca == cb);
+}
+
 static kd_node_id kd_simp_common_factor(kd_rw *rw, const kd_node *n) {
   const kd_node *x = kd_rw_node(rw, n->src[0]), *y = kd_rw_node(rw, n->src[1]);
-  double cx, cy;
-  if (x->op != KD_IR_MUL || y->op != KD_IR_MUL || !kd_rw_const_value(rw, x->src[1], &cx) ||
-      !kd_rw_const_value(rw, y->src[1], &cy) || cx != cy)
-    return KD_NONE;
-  kd_node_id c = x->src[1];
-  return kd_fit(rw, kd_s2(rw, KD_IR_MUL, kd_s2(rw, n->op, x->src[0], y->src[0]), c), n);
+  bool zx = x->op == KD_IR_MULZ, zy = y->op == KD_IR_MULZ;
+  if ((x->op != KD_IR_MUL && !zx) || (y->op != KD_IR_MUL && !zy)) return KD_NONE;
+  for (int i = 1; i >= 0; i--)
+    for (int j = 1; j >= 0; j--) {
+      /* a mulz's factor must be its zero-tested operand (src[0]) */
+      if ((zx && i) || (zy && j) || !kd_same_factor(rw, x->src[i], y->src[j])) continue;
+      kd_node_id rest = kd_s2(rw, n->op, x->src[1 - i], y->src[1 - j]);
+      if (zx || zy) return kd_fit(rw, kd_s2(rw, KD_IR_MULZ, x->src[i], rest), n);
+      return kd_fit(rw, kd_s2(rw, KD_IR_MUL, rest, x->src[i]), n);
+    }
+  return KD_NONE;
 }
 
 /* One rewrite of node id; returns the node that replaces it, or KD_NONE. */
@@ -403,11 +486,20 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
        * and, shifted by log 2, in the gradient) */
       return kd_fit(rw, kd_s2(rw, bop == KD_IR_ADD ? KD_IR_SUB : KD_IR_ADD,
                               kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0)), kd_src(rw, b, 1)), n);
+    if (aop == KD_IR_ADD && bop == KD_IR_ADD)
+      /* (a + x) - (a + y) = x - y, either operand the shared one: reverse
+       * KL's gradient c (1 + log q - log p) - c (1 + KL) becomes c (log q -
+       * log p - KL), which is exactly 0 where the two logs are KL (a
+       * one-hot q), with no rounding of c + c (log q - log p) first */
+      for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+          if (kd_src(rw, a, i) == kd_src(rw, b, j))
+            return kd_fit(rw, kd_s2(rw, KD_IR_SUB, kd_src(rw, a, 1 - i), kd_src(rw, b, 1 - j)), n);
     return kd_simp_common_factor(rw, n);
   case KD_IR_MUL:
   case KD_IR_MULZ:
     if (n->op == KD_IR_MULZ && ka && ca == 0) return kd_const_like(rw, 0, n);
-    if (n->op == KD_IR_MULZ && ((kb && isfinite(cb)) || (ka && ca != 0)))
+    if (n->op == KD_IR_MULZ && ((ka && ca != 0) || kd_finite(rw, b)))
       return kd_s2(rw, KD_IR_MUL, a, b);
     if (kb && cb == 1) return kd_fit(rw, a, n);
     if (ka && ca == 1 && n->op == KD_IR_MUL) return kd_fit(rw, b, n);
@@ -418,6 +510,15 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
       if (kd_rw_const_value(rw, kd_src(rw, a, 1), &c1))
         return kd_s2(rw, KD_IR_MUL, kd_src(rw, a, 0), kd_s2(rw, KD_IR_MUL, kd_src(rw, a, 1), b));
     }
+    if (n->op == KD_IR_MUL && aop == KD_IR_MUL && n->rank > 0 &&
+        kd_const_along(kd_rw_node(rw, b), n->rank, n->rank - 1))
+      /* (z * r) * s = z * (r s) for r and s constant along the row (row
+       * weights, 1/T): forward KL's ((q - p) G) / T takes one multiply per
+       * logit, G / T one per row */
+      for (int i = 0; i < 2; i++)
+        if (kd_const_along(kd_rw_node(rw, kd_src(rw, a, i)), n->rank, n->rank - 1) &&
+            !kd_const_along(kd_rw_node(rw, kd_src(rw, a, 1 - i)), n->rank, n->rank - 1))
+          return kd_fit(rw, kd_s2(rw, KD_IR_MUL, kd_src(rw, a, 1 - i), kd_s2(rw, KD_IR_MUL, kd_src(rw, a, i), b)), n);
     return KD_NONE;
   case KD_IR_DIV:
     if (kb && cb == 1) return kd_fit(rw, a, n);

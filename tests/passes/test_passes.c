@@ -129,9 +129,10 @@ static int is_softmax_of(const kd_graph *g, kd_node_id id, const char *input) {
   return (u->op == KD_IR_DIV || u->op == KD_IR_MUL) && u->src[0] == kd_graph_find_input(g, input);
 }
 
-/* Forward KL's gradient after the pipeline is (G q - G p) / T with G the
- * row's weight (mask, mean, T^2): no row sum is left in it. T = 2, so the
- * division is a multiply by 1/2. */
+/* Forward KL's gradient after the pipeline is (q - p) W with W = G / T, G
+ * the row's weight (mask, mean, T^2): no row sum is left in it, and one
+ * subtraction and one multiply per logit (W is a product per row). T = 2,
+ * so 1/T is a multiply by 1/2 folded into W. */
 static void test_fkl_gradient_shape(void) {
   kd_graph *g = l_build(L_FKL, 2, 0, -100);
   kd_graph *raw = run_to(g, "autodiff"), *full = run_to(g, NULL);
@@ -149,17 +150,19 @@ static void test_fkl_gradient_shape(void) {
     TU_CHECK(count_op(full, KD_IR_DIV) == 2, "no division per logit in fkl: %d divisions (the mean's 2)",
              count_op(full, KD_IR_DIV));
     const kd_node *gr = kd_graph_node(full, kd_graph_find_output(full, "grad"));
-    const kd_node *sub = kd_graph_node(full, gr->src[0]);
-    double inv_t = 0;
-    bool by_half = gr->op == KD_IR_MUL && kd_graph_node(full, gr->src[1])->op == KD_IR_CONST &&
-                   (inv_t = kd_graph_node(full, gr->src[1])->value) == 0.5;
-    TU_CHECK(by_half && sub->op == KD_IR_SUB, "grad = (a - b) (1/T), 1/T = %g", inv_t);
-    if (by_half && sub->op == KD_IR_SUB) {
-      const kd_node *a = kd_graph_node(full, sub->src[0]), *b = kd_graph_node(full, sub->src[1]);
-      TU_CHECK(a->op == KD_IR_MUL && is_softmax_of(full, a->src[1], "student"), "a = G q");
-      TU_CHECK(b->op == KD_IR_MULZ && is_softmax_of(full, b->src[0], "teacher"), "b = p G");
-      TU_CHECK(a->src[0] == b->src[1], "the same row weight G in both");
+    int k = gr->op == KD_IR_MUL && kd_graph_node(full, gr->src[1])->op == KD_IR_SUB;
+    const kd_node *sub = kd_graph_node(full, gr->src[k]), *w = kd_graph_node(full, gr->src[1 - k]);
+    TU_CHECK(gr->op == KD_IR_MUL && sub->op == KD_IR_SUB && w->rank == 2 && w->shape[1] == 1,
+             "grad = (a - b) W with W a row weight: %s of %s and %s", kd_opcode_name(gr->op),
+             kd_opcode_name(sub->op), kd_opcode_name(w->op));
+    if (gr->op == KD_IR_MUL && sub->op == KD_IR_SUB) {
+      TU_CHECK(is_softmax_of(full, sub->src[0], "student"), "a = q");
+      TU_CHECK(is_softmax_of(full, sub->src[1], "teacher"), "b = p");
     }
+    /* W = G (1/T): the literal it carries is T^2 / T = 2 */
+    TU_CHECK(w->op == KD_IR_MUL && kd_graph_node(full, w->src[1])->op == KD_IR_CONST &&
+                 kd_graph_node(full, w->src[1])->value == 2.0,
+             "W = G times T^2 / T = 2");
   }
   kd_graph_free(raw);
   kd_graph_free(full);
@@ -446,8 +449,67 @@ static void test_common_factor(void) {
   kd_graph_free(g);
 }
 
+/* The rules for the gradients' row weights: mulz by a factor that the range
+ * analysis bounds (1 / max(count, 1)) is a product, and not by 1 / count,
+ * which is inf for a count of 0; x w - mulz(w, v) = mulz(w, x - v);
+ * (a + x) - (a + y) = x - y; (z r) s = z (r s) for r, s per row. Each
+ * output is checked for its shape after simplify and against the graph
+ * before it in the reference executor. */
+static void test_row_factors(void) {
+  kd_graph *g = kd_graph_new();
+  kd_dim nv[2] = {kd_graph_sym(g, "N"), kd_graph_sym(g, "V")}, n1[2] = {nv[0], 1};
+  kd_node_id x = kd_input(g, "student", KD_F32, 2, nv), y = kd_input(g, "teacher", KD_F32, 2, nv);
+  kd_node_id one = kd_const(g, 1, KD_F32);
+  kd_node_id cnt = kd_reduce(g, KD_IR_SUM, kd_expand(g, one, 2, n1), KD_AXIS_ALL);
+  kd_node_id w = kd_binary(g, KD_IR_DIV, one, kd_binary(g, KD_IR_MAX, cnt, one));
+  kd_node_id winf = kd_binary(g, KD_IR_DIV, one, cnt);
+  kd_node_id r = kd_unary(g, KD_IR_EXP, kd_reduce(g, KD_IR_SUM, y, 1)); /* per row */
+  kd_node_id e = kd_unary(g, KD_IR_EXP, x);
+  kd_graph_add_output(g, "bounded", kd_binary(g, KD_IR_MULZ, x, w));
+  kd_graph_add_output(g, "unbounded", kd_binary(g, KD_IR_MULZ, x, winf));
+  kd_graph_add_output(g, "shared", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_MUL, y, e),
+                                             kd_binary(g, KD_IR_MULZ, e, x)));
+  kd_graph_add_output(g, "shift", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_ADD, r, x),
+                                            kd_binary(g, KD_IR_ADD, y, r)));
+  kd_graph_add_output(g, "rows", kd_binary(g, KD_IR_MUL, kd_binary(g, KD_IR_MUL, x, r), w));
+  kd_graph *s = NULL;
+  char err[256] = "";
+  TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
+  if (s) {
+    const kd_node *o[5];
+    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows"};
+    for (int k = 0; k < 5; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
+    TU_CHECK(o[0]->op == KD_IR_MUL, "mulz(x, 1 / max(count, 1)) is a product: %s",
+             kd_opcode_name(o[0]->op));
+    TU_CHECK(o[1]->op == KD_IR_MULZ, "mulz(x, 1 / count) stays: %s", kd_opcode_name(o[1]->op));
+    TU_CHECK(o[2]->op == KD_IR_MULZ && kd_graph_node(s, o[2]->src[1])->op == KD_IR_SUB,
+             "y e - mulz(e, x) = mulz(e, y - x): %s", kd_opcode_name(o[2]->op));
+    TU_CHECK(o[3]->op == KD_IR_SUB && kd_graph_node(s, o[3]->src[0])->op == KD_IR_INPUT &&
+                 kd_graph_node(s, o[3]->src[1])->op == KD_IR_INPUT,
+             "(r + x) - (y + r) = x - y: %s", kd_opcode_name(o[3]->op));
+    const kd_node *rs = o[4]->op == KD_IR_MUL ? kd_graph_node(s, o[4]->src[1]) : NULL;
+    TU_CHECK(rs && kd_graph_node(s, o[4]->src[0])->op == KD_IR_INPUT && rs->op == KD_IR_MUL &&
+                 rs->rank == 2 && rs->shape[1] == 1,
+             "(x r) w = x (r w), r w per row");
+    double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
+    int64_t shape[2] = {2, 3};
+    kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
+    for (int k = 0; k < 5; k++) {
+      kd_ref_value want = tu_run(g, in, 2, outs[k]), got = tu_run(s, in, 2, outs[k]);
+      for (size_t i = 0; want.data && got.data && i < 6; i++)
+        TU_CHECK(tu_close(got.data[i], want.data[i], 0, 1e-12), "%s[%zu]: %.17g, want %.17g",
+                 outs[k], i, got.data[i], want.data[i]);
+      kd_ref_value_free(&want);
+      kd_ref_value_free(&got);
+    }
+  }
+  kd_graph_free(s);
+  kd_graph_free(g);
+}
+
 int main(void) {
   test_common_factor();
+  test_row_factors();
   test_ratio_fold();
   test_late_split();
   test_pipeline_names();
