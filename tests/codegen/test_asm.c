@@ -3,9 +3,9 @@
  * vector math library), and on an AVX-512 host the loops use zmm registers.
  * Per-row scalars (a log-sum-exp's final log) may call libm's double log:
  * once per row, not per logit. A loss of three passes over the row (jsd)
- * fetches the next row's logits into L2 in its middle pass (prefetcht1 on
- * x86) and the gradient row for writing (prefetchw); one of two passes
- * (fkl, ce) fetches nothing. */
+ * fetches the gradient row for writing in pass 0 (prefetchw on x86) and
+ * the next row's logits into L2 in its middle pass (prefetcht1); one of two
+ * passes (fkl, ce) fetches nothing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
