@@ -429,16 +429,17 @@ static bool kd_same_factor(kd_rw *rw, kd_node_id a, kd_node_id b) {
 }
 
 static kd_node_id kd_simp_common_factor(kd_rw *rw, const kd_node *n) {
-  const kd_node *x = kd_rw_node(rw, n->src[0]), *y = kd_rw_node(rw, n->src[1]);
-  bool zx = x->op == KD_IR_MULZ, zy = y->op == KD_IR_MULZ;
-  if ((x->op != KD_IR_MUL && !zx) || (y->op != KD_IR_MUL && !zy)) return KD_NONE;
+  /* copies: building nodes below may move the graph's node array */
+  kd_node x = *kd_rw_node(rw, n->src[0]), y = *kd_rw_node(rw, n->src[1]);
+  bool zx = x.op == KD_IR_MULZ, zy = y.op == KD_IR_MULZ;
+  if ((x.op != KD_IR_MUL && !zx) || (y.op != KD_IR_MUL && !zy)) return KD_NONE;
   for (int i = 1; i >= 0; i--)
     for (int j = 1; j >= 0; j--) {
       /* a mulz's factor must be its zero-tested operand (src[0]) */
-      if ((zx && i) || (zy && j) || !kd_same_factor(rw, x->src[i], y->src[j])) continue;
-      kd_node_id rest = kd_s2(rw, n->op, x->src[1 - i], y->src[1 - j]);
-      if (zx || zy) return kd_fit(rw, kd_s2(rw, KD_IR_MULZ, x->src[i], rest), n);
-      return kd_fit(rw, kd_s2(rw, KD_IR_MUL, rest, x->src[i]), n);
+      if ((zx && i) || (zy && j) || !kd_same_factor(rw, x.src[i], y.src[j])) continue;
+      kd_node_id rest = kd_s2(rw, n->op, x.src[1 - i], y.src[1 - j]);
+      if (zx || zy) return kd_fit(rw, kd_s2(rw, KD_IR_MULZ, x.src[i], rest), n);
+      return kd_fit(rw, kd_s2(rw, KD_IR_MUL, rest, x.src[i]), n);
     }
   return KD_NONE;
 }
