@@ -2,6 +2,7 @@
  * topological order with plain loops, freed after its last use. */
 #include "refexec.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -140,10 +141,19 @@ static kd_status kd_ref_bind(kd_ref *r, kd_node_id id, const kd_node *n,
 
 /* ---- ops ---------------------------------------------------------------- */
 
+/* exp, its subnormal results flushed to 0 (refexec.h): a probability is
+ * then 0 or at least DBL_MIN, so a positive multiple of it (0.1 p in a skew
+ * KL's mixture) cannot round to 0 while p does not, which made log of the
+ * mixture -inf and p (log p - log m) inf where the value is about 1e-323. */
+static double kd_ref_exp(double x) {
+  double e = exp(x);
+  return e < DBL_MIN ? 0.0 : e;
+}
+
 static double kd_ref_unary(kd_opcode op, kd_dtype dtype, double x) {
   switch (op) {
   case KD_IR_NEG: return -x;
-  case KD_IR_EXP: return exp(x);
+  case KD_IR_EXP: return kd_ref_exp(x);
   case KD_IR_LOG: return log(x);
   case KD_IR_SQRT: return sqrt(x);
   case KD_IR_ABS: return fabs(x);
@@ -377,7 +387,7 @@ static kd_status kd_ref_node(kd_ref *r, kd_node_id id, const kd_node *n, kd_ref_
         double lse = kd_ref_lse(&w); /* SOFTMAX, LOG_SOFTMAX */
         for (size_t k = 0; k < w.len; k++) {
           double y = kd_ref_at(&w, k) - lse;
-          v->data[w.base + k * w.stride] = n->op == KD_IR_SOFTMAX ? exp(y) : y;
+          v->data[w.base + k * w.stride] = n->op == KD_IR_SOFTMAX ? kd_ref_exp(y) : y;
         }
       }
     return KD_OK;

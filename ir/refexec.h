@@ -5,7 +5,9 @@
  * Semantics (IEEE double throughout; nothing is rounded to the nodes' f32 or
  * bf16 dtypes, so a comparison with an f32 kernel measures the kernel's
  * rounding):
- *   - elementwise ops broadcast as numpy does; exp(-inf) = 0, log(0) = -inf,
+ *   - elementwise ops broadcast as numpy does; exp(-inf) = 0, and exp's
+ *     subnormal results (below DBL_MIN, e^-708) are 0, so that a positive
+ *     multiple of a probability is 0 only where the probability is; log(0) = -inf,
  *     log(x < 0) = nan; MULZ(0, b) = 0 even for b = inf or nan; MAX and MIN
  *     propagate nan (as numpy.maximum does); comparisons give 1 or 0, and a
  *     nan compares unequal to everything; SELECT picks by condition != 0, so
