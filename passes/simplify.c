@@ -69,11 +69,16 @@ static kd_opcode kd_op(kd_rw *rw, kd_node_id x) { return kd_rw_node(rw, x)->op; 
  * ignore)) in [0, inf], 1 / max(count, 1) in [0, 1], times T^2. A factor
  * so bounded is finite, and then mulz(a, c) = a * c (they differ only
  * where c is inf or NaN), so x c - y c can become (x - y) c: forward KL's
- * gradient pass takes neither the compare nor the second multiply. */
+ * gradient pass takes neither the compare nor the second multiply. The
+ * kernels compute in f32, so "finite" (kd_range_fin) keeps every bound a
+ * product or quotient is built from within 1e38, and a divisor at least
+ * 1e-37 from 0: no f32 rounding of the bounds makes them inf or 0. */
 typedef struct kd_range {
   bool known;
   double lo, hi;
 } kd_range;
+
+static bool kd_range_fin(kd_range r) { return r.known && fabs(r.lo) <= 1e38 && fabs(r.hi) <= 1e38; }
 
 static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth);
 
@@ -96,10 +101,11 @@ static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth) {
   if (n->dtype == KD_BOOL) return (kd_range){true, 0, 1};
   kd_range a = n->nsrc > 0 ? kd_range_of(rw, n->src[0], depth + 1) : unknown;
   kd_range b = n->nsrc > 1 ? kd_range_of(rw, n->src[1], depth + 1) : unknown;
-  bool fa = a.known && isfinite(a.lo) && isfinite(a.hi), fb = b.known && isfinite(b.lo) && isfinite(b.hi);
+  bool fa = kd_range_fin(a), fb = kd_range_fin(b);
   switch (n->op) {
   case KD_IR_CONST: return isnan(n->value) ? unknown : (kd_range){true, n->value, n->value};
-  case KD_IR_CAST:
+  case KD_IR_CAST: /* to an integer: truncated, which is monotone */
+    return a.known && !kd_dtype_is_float(n->dtype) ? (kd_range){true, trunc(a.lo), trunc(a.hi)} : a;
   case KD_IR_EXPAND:
   case KD_IR_STOPGRAD: return a;
   case KD_IR_NEG: return a.known ? (kd_range){true, -a.hi, -a.lo} : unknown;
@@ -115,7 +121,7 @@ static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth) {
   case KD_IR_SUB: return fa && fb ? (kd_range){true, a.lo - b.hi, a.hi - b.lo} : unknown;
   case KD_IR_MUL: return fa && fb ? kd_range_corners(a, b, false) : unknown;
   case KD_IR_DIV: /* a finite numerator over a denominator bounded away from 0 */
-    return fa && b.known && (b.lo > 0 || b.hi < 0) ? kd_range_corners(a, b, true) : unknown;
+    return fa && b.known && (b.lo >= 1e-37 || b.hi <= -1e-37) ? kd_range_corners(a, b, true) : unknown;
   case KD_IR_SELECT: {
     kd_range c = n->nsrc > 2 ? kd_range_of(rw, n->src[2], depth + 1) : unknown;
     return b.known && c.known ? (kd_range){true, fmin(b.lo, c.lo), fmax(b.hi, c.hi)} : unknown;
@@ -124,10 +130,8 @@ static kd_range kd_range_of(kd_rw *rw, kd_node_id id, int depth) {
   }
 }
 
-static bool kd_finite(kd_rw *rw, kd_node_id id) {
-  kd_range r = kd_range_of(rw, id, 0);
-  return r.known && isfinite(r.lo) && isfinite(r.hi) && fmax(-r.lo, r.hi) <= FLT_MAX;
-}
+static bool kd_finite(kd_rw *rw, kd_node_id id) { return kd_range_fin(kd_range_of(rw, id, 0)); }
+
 static kd_node_id kd_src(kd_rw *rw, kd_node_id x, int i) { return kd_rw_node(rw, x)->src[i]; }
 
 /* Whether w is a softmax along axis: exp(u - lse(u, axis)). */

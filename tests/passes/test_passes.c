@@ -451,7 +451,8 @@ static void test_common_factor(void) {
 
 /* The rules for the gradients' row weights: mulz by a factor that the range
  * analysis bounds (1 / max(count, 1)) is a product, and not by 1 / count,
- * which is inf for a count of 0; x w - mulz(w, v) = mulz(w, x - v);
+ * which is inf for a count of 0, nor by 0.001 / max(count, 1e-40), whose
+ * divisor is 0 in f32; x w - mulz(w, v) = mulz(w, x - v);
  * (a + x) - (a + y) = x - y; (z r) s = z (r s) for r, s per row. Each
  * output is checked for its shape after simplify and against the graph
  * before it in the reference executor. */
@@ -463,10 +464,13 @@ static void test_row_factors(void) {
   kd_node_id cnt = kd_reduce(g, KD_IR_SUM, kd_expand(g, one, 2, n1), KD_AXIS_ALL);
   kd_node_id w = kd_binary(g, KD_IR_DIV, one, kd_binary(g, KD_IR_MAX, cnt, one));
   kd_node_id winf = kd_binary(g, KD_IR_DIV, one, cnt);
+  kd_node_id wtiny = kd_binary(g, KD_IR_DIV, kd_const(g, 1e-3, KD_F32),
+                                 kd_binary(g, KD_IR_MAX, cnt, kd_const(g, 1e-40, KD_F32)));
   kd_node_id r = kd_unary(g, KD_IR_EXP, kd_reduce(g, KD_IR_SUM, y, 1)); /* per row */
   kd_node_id e = kd_unary(g, KD_IR_EXP, x);
   kd_graph_add_output(g, "bounded", kd_binary(g, KD_IR_MULZ, x, w));
   kd_graph_add_output(g, "unbounded", kd_binary(g, KD_IR_MULZ, x, winf));
+  kd_graph_add_output(g, "tiny", kd_binary(g, KD_IR_MULZ, x, wtiny));
   kd_graph_add_output(g, "shared", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_MUL, y, e),
                                              kd_binary(g, KD_IR_MULZ, e, x)));
   kd_graph_add_output(g, "shift", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_ADD, r, x),
@@ -476,12 +480,13 @@ static void test_row_factors(void) {
   char err[256] = "";
   TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
   if (s) {
-    const kd_node *o[5];
-    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows"};
-    for (int k = 0; k < 5; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
+    const kd_node *o[6];
+    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows", "tiny"};
+    for (int k = 0; k < 6; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
     TU_CHECK(o[0]->op == KD_IR_MUL, "mulz(x, 1 / max(count, 1)) is a product: %s",
              kd_opcode_name(o[0]->op));
     TU_CHECK(o[1]->op == KD_IR_MULZ, "mulz(x, 1 / count) stays: %s", kd_opcode_name(o[1]->op));
+    TU_CHECK(o[5]->op == KD_IR_MULZ, "mulz(x, 0.001 / max(count, 1e-40)) stays: %s", kd_opcode_name(o[5]->op));
     TU_CHECK(o[2]->op == KD_IR_MULZ && kd_graph_node(s, o[2]->src[1])->op == KD_IR_SUB,
              "y e - mulz(e, x) = mulz(e, y - x): %s", kd_opcode_name(o[2]->op));
     TU_CHECK(o[3]->op == KD_IR_SUB && kd_graph_node(s, o[3]->src[0])->op == KD_IR_INPUT &&
@@ -494,7 +499,7 @@ static void test_row_factors(void) {
     double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
     int64_t shape[2] = {2, 3};
     kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < 6; k++) {
       kd_ref_value want = tu_run(g, in, 2, outs[k]), got = tu_run(s, in, 2, outs[k]);
       for (size_t i = 0; want.data && got.data && i < 6; i++)
         TU_CHECK(tu_close(got.data[i], want.data[i], 0, 1e-12), "%s[%zu]: %.17g, want %.17g",
