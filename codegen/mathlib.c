@@ -339,7 +339,8 @@ static const float exp2_tab[16] = {
  * a vmaxps with x second) and comes out NaN. 10 instructions, 7 of them on
  * Zen 4's FMA pipes, which bound the row loops (llvm-mca -mcpu=znver4: a
  * loop of two exps 19.2 -> 16.2 cycles a vector), against exp_row's 13 and
- * 9.5: the subtraction, the permute and vscalefps run on the FADD pipes. */
+ * 9.5: in that model the subtraction, the permute and vscalefps run on
+ * other pipes. *zero, when asked for, is one compare more. */
 LLVMValueRef kd_emit_exp_row_avx512(LLVMBuilderRef b, LLVMValueRef x, LLVMValueRef *zero) {
   static const double p[] = {0x1.55559cp-3, 0x1.00021ep-1, 1.0};
   LLVMTypeRef ty = LLVMTypeOf(x);
