@@ -264,12 +264,13 @@ static LLVMValueRef elem_special(kd_rowemit *r, kd_node_id id) {
   const kd_node *n = kd_re_gnode(r, id);
   if (is_softmax_exp(e, n)) return exp_row(e, elem_value(e, n->src[0]), &r->vzero[id]);
   if (n->op == KD_IR_LOG && kd_vclass_of(n->dtype) == KD_CL_F && is_prob_mix(e, n->src[0])) {
-    /* A mixture that rounds to 0 reads as the least subnormal 2^-149: a kept
-     * exp times its block's scale, or the AVX-512 exp itself, can be
-     * subnormal, and then 0.1 q rounds to 0 while q does not, and q (log q -
-     * log(0.1 q)) would be inf instead of about 0. Every use of such a log
-     * is weighted by a probability that is 0 or subnormal there. */
-    LLVMValueRef args[2] = {elem_value(e, n->src[0]), kd_ir_fconst(e->r.vf, 0x1p-149)};
+    /* A mixture below FLT_MIN reads as FLT_MIN: 0.1 q can round to 0 (or
+     * flush to 0 under the AVX-512 kernels' FTZ, enter_ftz) while q does not,
+     * and q (log q - log(0.1 q)) would be inf instead of about 0. (Not the
+     * least subnormal: DAZ reads that as 0.) Every use of such a log is
+     * weighted by a probability below FLT_MIN / c, c the mixture's least
+     * weight, so the clamp moves the loss by that times |log c| at most. */
+    LLVMValueRef args[2] = {elem_value(e, n->src[0]), kd_ir_fconst(e->r.vf, FLT_MIN)};
     LLVMValueRef x = kd_ir_intrinsic(r->b, "llvm.maxnum", e->r.vf, args, 2);
     return e->avx512 ? kd_emit_log_avx512(r->b, x) : kd_emit_log_finite(r->b, x);
   }
@@ -949,6 +950,31 @@ static void emit_row_loop(emitter *e, LLVMValueRef begin, LLVMValueRef end, LLVM
   LLVMAddIncoming(e->r.row, &next, &last, 1);
 }
 
+static void mxcsr_call(emitter *e, const char *name, LLVMValueRef slot) {
+  unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(e->r.M, id, NULL, 0);
+  LLVMBuildCall2(e->r.b, LLVMIntrinsicGetType(e->r.C, id, NULL, 0), f, &slot, 1, "");
+}
+
+/* On AVX-512 hosts a row kernel runs with MXCSR's flush-to-zero and
+ * denormals-are-zero bits set, and puts the caller's MXCSR back on the way
+ * out. The AVX-512 exp gives subnormal results (e^x for x in [-104, -87]),
+ * and kept exps times their block's scale can be subnormal; some x86 cores
+ * take a microcode assist of about a hundred cycles for each instruction
+ * that reads or writes one (Intel's optimization manual; AMD's Zen 4, this
+ * machine, does not, so nothing here measures it). The bits also make the
+ * results the same whatever the caller's own MXCSR (test_fpenv). Returns the
+ * slot that holds the caller's MXCSR. */
+static LLVMValueRef enter_ftz(emitter *e) {
+  LLVMValueRef old = LLVMBuildAlloca(e->r.be, e->r.i32, "mxcsr");
+  LLVMValueRef mine = LLVMBuildAlloca(e->r.be, e->r.i32, "mxcsr.ftz");
+  mxcsr_call(e, "llvm.x86.sse.stmxcsr", old);
+  LLVMValueRef v = LLVMBuildLoad2(e->r.b, e->r.i32, old, "");
+  LLVMBuildStore(e->r.b, LLVMBuildOr(e->r.b, v, LLVMConstInt(e->r.i32, 0x8040, 0), ""), mine);
+  mxcsr_call(e, "llvm.x86.sse.ldmxcsr", mine);
+  return old;
+}
+
 /* row<k>: the row loop; with kept exps, two: one that keeps them for rows
  * that fit the cache, one that recomputes them. */
 static LLVMValueRef emit_row_kernel(emitter *e, int k) {
@@ -956,6 +982,7 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   snprintf(suffix, sizeof suffix, "row%d", k);
   e->r.stage = k;
   begin_function(e, suffix, e->row_ty);
+  LLVMValueRef mxcsr = e->avx512 ? enter_ftz(e) : NULL;
   plan_keep(e);
   LLVMValueRef begin = LLVMGetParam(e->r.fn, 1), end = LLVMGetParam(e->r.fn, 2);
   e->row_end = end;
@@ -973,6 +1000,7 @@ static LLVMValueRef emit_row_kernel(emitter *e, int k) {
   e->expc = 0;
   emit_row_loop(e, begin, end, done);
   LLVMPositionBuilderAtEnd(e->r.b, done);
+  if (mxcsr) mxcsr_call(e, "llvm.x86.sse.ldmxcsr", mxcsr);
   LLVMBuildRetVoid(e->r.b);
   return e->r.fn;
 }
