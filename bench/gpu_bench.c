@@ -10,8 +10,9 @@
  * way). Per loss it prints the median time of a full call (every step and
  * row kernel) over the repeats, measured with CUDA events after 3 warm-up
  * calls, and the bandwidth of the least traffic a loss with a gradient
- * needs: teacher and student read once, the f32 gradient written once,
- * (2 s + 4) N V bytes with s the logits' element size, as a fraction of the
+ * needs: teacher and student read once, the gradient written once,
+ * (2 s + g) N V bytes with s the logits' element size and g the gradient's
+ * (4, or 2 for PTX compiled with --grad-dtype bf16), as a fraction of the
  * copy's (read + write bytes / time of a cuMemcpyDtoD of 1 GiB). docs/gpu.md
  * says how to run it with the PyTorch and Liger-Kernel baselines. */
 #include <stdint.h>
@@ -150,16 +151,18 @@ static kd_status bench_loss(bench *b, const char *path, int64_t N, int64_t V, do
     if (!st) st = kd_cuda_htod(b->cu, c.a.labels, lab, (size_t)N * 8, NULL, b->err, sizeof b->err);
     free(lab);
   }
-  if (!st && p->has_grad) st = kd_cuda_malloc(b->cu, (size_t)(N * V) * 4, &c.a.grad, b->err, sizeof b->err);
+  size_t gs = p && p->grad_dtype == KD_BF16 ? 2 : 4;
+  if (!st && p->has_grad) st = kd_cuda_malloc(b->cu, (size_t)(N * V) * gs, &c.a.grad, b->err, sizeof b->err);
   float ms = 0;
   double loss = 0;
   if (!st) st = time_it(b, run_loss, &c, &ms);
   if (!st) st = kd_gpu_loss_value(c.l, &loss, b->err, sizeof b->err);
   if (!st) {
-    double bytes = (double)(2 * es + 4) * (double)N * (double)V;
+    double bytes = (double)(2 * es + (p->has_grad ? gs : 0)) * (double)N * (double)V;
     double gbs = bytes / (ms * 1e-3) / 1e9;
-    printf("%-24s %s N=%lld V=%lld  %9.3f ms  %7.1f GB/s  %5.1f%% of copy  (loss %.6g)\n", path,
-           es == 2 ? "bf16" : "f32", (long long)N, (long long)V, ms, gbs, 100 * gbs / copy_gbs, loss);
+    printf("%-24s %s%s N=%lld V=%lld  %9.3f ms  %7.1f GB/s  %5.1f%% of copy  (loss %.6g)\n", path,
+           es == 2 ? "bf16" : "f32", gs == 2 ? " grad bf16" : "", (long long)N, (long long)V, ms, gbs,
+           100 * gbs / copy_gbs, loss);
   }
   kd_cuda_free(b->cu, c.a.teacher);
   kd_cuda_free(b->cu, c.a.student);

@@ -8,7 +8,7 @@
  *   kdc_loss_bench [--shapes 512x32000,2048x32000,4096x50257,512x128256]
  *                  [--threads 1,2] [--loss fkl,rkl,...] [--repeats 5]
  *                  [--specs DIR] [--no-torch] [--python PY] [--torch-repeats R]
- *                  [--nontemporal 0|1]
+ *                  [--nontemporal 0|1] [--grad-dtype f32|bf16]
  *
  * The baseline's interpreter is --python, else $KDC_PYTHON, else python3
  * from PATH (Debian's python3-torch is importable from /usr/bin/python3
@@ -18,7 +18,8 @@
  * whole compiler (check, lower, pipeline, fuse, LLVM), so the figures are
  * those of `kdc eval-loss`. Inputs: f32 logits, normal with sigma 3.
  * Effective GB/s = 3 x N x V x 4 bytes / time (read t, read s, write the
- * gradient once each: the floor). Times are the best of the repeats after
+ * gradient once each: the floor); (4 + 4 + 2) x N x V with --grad-dtype
+ * bf16, whose kernels store the gradient in bfloat16. Times are the best of the repeats after
  * one warm-up run. The machine may be shared: run it when it is quiet. */
 #include <inttypes.h>
 #include <math.h>
@@ -55,6 +56,7 @@ typedef struct options {
   int torch;
   const char *python; /* the interpreter that runs torch_losses.py */
   int nontemporal;
+  int grad_bf16;     /* --grad-dtype bf16: the kernels store the gradient in bf16 */
 } options;
 
 /* kdc's spec name -> bench/torch_losses.py's name (NULL: no baseline) */
@@ -105,6 +107,8 @@ static int parse_args(int argc, char **argv, options *o) {
     else if (!strcmp(a, "--python")) o->python = argv[++i];
     else if (!strcmp(a, "--torch-repeats")) o->torch_repeats = atoi(argv[++i]);
     else if (!strcmp(a, "--nontemporal")) o->nontemporal = atoi(argv[++i]);
+    else if (!strcmp(a, "--grad-dtype") && (!strcmp(val, "f32") || !strcmp(val, "bf16")))
+      o->grad_bf16 = !strcmp(argv[++i], "bf16");
     else return 0;
   }
   char *items[MAX_ITEMS];
@@ -185,7 +189,7 @@ int main(int argc, char **argv) {
   if (!parse_args(argc, argv, &o)) {
     fprintf(stderr, "usage: kdc_loss_bench [--shapes NxV,...] [--threads 1,2] [--loss fkl,...] "
                     "[--repeats R] [--specs DIR] [--no-torch] [--python PY] [--torch-repeats R]\n"
-                    "       [--nontemporal 0|1]\n"
+                    "       [--nontemporal 0|1] [--grad-dtype f32|bf16]\n"
                     "  PY: the interpreter for the PyTorch baseline (default $KDC_PYTHON, else "
                     "python3)\n");
     return 2;
@@ -223,9 +227,10 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  printf("# kdc fused loss + gradient, f32, best of %d; GB/s = 3 N V 4 bytes / time; copy = the\n"
-         "# best of a STREAM copy timed before each of the row's runs (the bandwidth of the same\n"
-         "# minutes); fraction = GB/s / that copy GB/s\n", o.repeats);
+  printf("# kdc fused loss + gradient, f32 logits, %s gradient, best of %d; GB/s = %s N V bytes /\n"
+         "# time; copy = the best of a STREAM copy timed before each of the row's runs (the\n"
+         "# bandwidth of the same minutes); fraction = GB/s / that copy GB/s\n",
+         o.grad_bf16 ? "bf16" : "f32", o.repeats, o.grad_bf16 ? "(4 + 4 + 2)" : "3 x 4");
   printf("# cpu ns = CPU seconds of all threads per logit (contention-proof: a busy machine\n"
          "# stretches the wall time, not this)\n");
   printf("%-9s %-11s %3s %5s %5s %9s %7s %7s %6s %6s %9s %8s %7s\n", "loss", "shape", "thr", "pass",
@@ -233,7 +238,7 @@ int main(int argc, char **argv) {
   for (int li = 0; li < o.nloss; li++) {
     kd_graph *gr = compile_spec(o.specs, o.loss[li]);
     char err[512];
-    kd_loss_options lo = {NULL, 0, o.nontemporal};
+    kd_loss_options lo = {.nontemporal = o.nontemporal, .grad_dtype = o.grad_bf16 ? KD_BF16 : KD_F32};
     kd_loss *l = NULL;
     if (!gr || kd_loss_compile(gr, &lo, &l, err, sizeof err)) {
       fprintf(stderr, "%s: %s\n", o.loss[li], gr ? err : "cannot compile the spec");
@@ -247,7 +252,8 @@ int main(int argc, char **argv) {
       for (int64_t i = 0; i < N; i++) labels[i] = (i * 7919) % V;
       for (int k = 0; k < o.nthreads; k++) {
         double loss = 0, best = INFINITY, best_cpu = INFINITY, copy = 0;
-        kd_loss_io io = {t, KD_F32, s, KD_F32, prog->has_labels ? labels : NULL, N, V, g, &loss};
+        kd_loss_io io = {t, KD_F32, s, KD_F32, prog->has_labels ? labels : NULL, N, V, g, &loss,
+                         o.grad_bf16 ? KD_BF16 : KD_F32};
         for (int r = 0; r <= o.repeats; r++) {
           double c = kd_stream_probe_copy(probes[k]);
           if (r > 0 && c > copy) copy = c;
@@ -261,7 +267,7 @@ int main(int argc, char **argv) {
           if (r > 0 && dt < best) best = dt; /* run 0 warms up caches and page tables */
           if (r > 0 && dc < best_cpu) best_cpu = dc;
         }
-        double gbs = 3.0 * (double)N * (double)V * 4 / best / 1e9;
+        double gbs = (8.0 + (o.grad_bf16 ? 2 : 4)) * (double)N * (double)V / best / 1e9;
         char shape[32];
         snprintf(shape, sizeof shape, "%lldx%lld", (long long)N, (long long)V);
         printf("%-9s %-11s %3d %5d %5d %9.2f %7.1f %7.1f %5.0f%% %6.2f", o.loss[li], shape,

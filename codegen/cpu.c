@@ -69,6 +69,7 @@ typedef struct cache_plan {
 typedef struct emitter {
   kd_rowemit r;    /* W: f32 lanes of the host's widest vector */
   int nontemporal; /* gradient stores bypass the caches */
+  int grad_bf16;   /* the gradient is stored as bf16 (else f32) */
   int avx512;      /* the row's f32 exps and logs through AVX-512 instructions (mathlib.h) */
   int aligned;     /* in a main loop whose gradient stores are vector-aligned */
   LLVMTypeRef ptr, args_ty, row_ty, step_ty;
@@ -390,17 +391,32 @@ static int is_max(const emitter *e, const pass_plan *pl, int r) {
   return kd_re_gnode(&e->r, pl->red[r])->op == KD_IR_RMAX;
 }
 
+/* The gradient's element type and its size in bytes. */
+static LLVMTypeRef grad_elem(const emitter *e, unsigned *size) {
+  *size = e->grad_bf16 ? 2 : 4;
+  return e->grad_bf16 ? e->r.i16 : e->r.f32;
+}
+
+/* &grad[row, j] */
+static LLVMValueRef grad_ptr(emitter *e, LLVMValueRef j) {
+  unsigned size;
+  LLVMValueRef off = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, e->r.row, e->r.V, ""), j, "");
+  return LLVMBuildGEP2(e->r.b, grad_elem(e, &size), e->ptr_grad, &off, 1, "");
+}
+
 static void store_output(emitter *e, kd_node_id id) {
   LLVMValueRef v = kd_re_elem_f(&e->r, id);
-  LLVMValueRef off = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, e->r.row, e->r.V, ""), e->r.j, "");
-  LLVMValueRef p = LLVMBuildGEP2(e->r.b, e->r.f32, e->ptr_grad, &off, 1, "");
+  if (e->grad_bf16) v = kd_re_f32_to_bf16(&e->r, v);
+  unsigned size;
+  grad_elem(e, &size);
+  LLVMValueRef p = grad_ptr(e, e->r.j);
   if (e->mask) {
-    LLVMValueRef args[4] = {v, p, LLVMConstInt(e->r.i32, 4, 0), e->mask};
-    intrinsic2(e, "llvm.masked.store", e->r.vf, e->ptr, args, 4);
+    LLVMValueRef args[4] = {v, p, LLVMConstInt(e->r.i32, size, 0), e->mask};
+    intrinsic2(e, "llvm.masked.store", LLVMTypeOf(v), e->ptr, args, 4);
     return;
   }
   LLVMValueRef st = LLVMBuildStore(e->r.b, v, p);
-  LLVMSetAlignment(st, e->aligned ? (unsigned)e->r.W * 4 : 4);
+  LLVMSetAlignment(st, e->aligned ? (unsigned)e->r.W * size : size);
   if (e->aligned) {
     LLVMMetadataRef one = LLVMValueAsMetadata(LLVMConstInt(e->r.i32, 1, 0));
     LLVMSetMetadata(st, LLVMGetMDKindIDInContext(e->r.C, "nontemporal", 11),
@@ -757,8 +773,7 @@ static int prefetches(emitter *e, int pass) {
 static void prefetch_rows(emitter *e, int what) {
   kd_rowemit *r = &e->r;
   if (what & PF_GRAD) {
-    LLVMValueRef off = LLVMBuildAdd(r->b, LLVMBuildMul(r->b, r->row, r->V, ""), r->j, "");
-    LLVMValueRef args[4] = {LLVMBuildGEP2(r->b, r->f32, e->ptr_grad, &off, 1, ""),
+    LLVMValueRef args[4] = {grad_ptr(e, r->j),
                             LLVMConstInt(r->i32, 1, 0),  /* write: prefetchw */
                             LLVMConstInt(r->i32, 3, 0), LLVMConstInt(r->i32, 1, 0)};
     kd_ir_intrinsic(r->b, "llvm.prefetch", e->ptr, args, 4);
@@ -819,10 +834,10 @@ static void emit_pass(emitter *e, int pass) {
   LLVMValueRef j0 = kd_re_i64c(&e->r, 0);
   e->aligned = e->nontemporal && pl.nstore > 0;
   if (e->aligned) {
-    LLVMValueRef off = LLVMBuildMul(e->r.b, e->r.row, e->r.V, "");
-    LLVMValueRef addr =
-        LLVMBuildPtrToInt(e->r.b, LLVMBuildGEP2(e->r.b, e->r.f32, e->ptr_grad, &off, 1, ""), e->r.i64, "");
-    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, 2), ""),
+    unsigned size;
+    grad_elem(e, &size);
+    LLVMValueRef addr = LLVMBuildPtrToInt(e->r.b, grad_ptr(e, kd_re_i64c(&e->r, 0)), e->r.i64, "");
+    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, size == 2 ? 1 : 2), ""),
                                     kd_re_i64c(&e->r, e->r.W - 1), "");
     LLVMValueRef head = LLVMBuildAnd(e->r.b, LLVMBuildSub(e->r.b, kd_re_i64c(&e->r, e->r.W), mis, ""),
                                      kd_re_i64c(&e->r, e->r.W - 1), "");
@@ -1050,26 +1065,26 @@ static void emit_program(emitter *e, LLVMValueRef *rows, LLVMValueRef *steps) {
   const kd_schedule *s = e->r.s;
   LLVMTypeRef rt = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES);
   LLVMTypeRef st = LLVMArrayType(e->ptr, KD_LOSS_MAX_STAGES + 1);
-  LLVMTypeRef fields[13] = {e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32,
-                            e->r.i32, e->r.i32, e->r.i32, e->r.i32, rt,     st};
-  LLVMTypeRef pt = LLVMStructTypeInContext(e->r.C, fields, 13, 0);
+  LLVMTypeRef fields[14] = {e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32,
+                            e->r.i32, e->r.i32, e->r.i32, e->r.i32, e->r.i32, rt,     st};
+  LLVMTypeRef pt = LLVMStructTypeInContext(e->r.C, fields, 14, 0);
   LLVMValueRef rv[KD_LOSS_MAX_STAGES], sv[KD_LOSS_MAX_STAGES + 1];
   for (int k = 0; k < KD_LOSS_MAX_STAGES; k++) rv[k] = rows[k] ? rows[k] : LLVMConstNull(e->ptr);
   for (int k = 0; k <= KD_LOSS_MAX_STAGES; k++) sv[k] = steps[k] ? steps[k] : LLVMConstNull(e->ptr);
   kd_node_id loss = kd_graph_find_output(e->r.g, "loss");
   const kd_node *t = s->teacher == KD_NONE ? NULL : kd_re_gnode(&e->r, s->teacher);
-  int32_t vals[11] = {(int32_t)KD_LOSS_MAGIC, KD_LOSS_ABI_VERSION, s->nstages, s->nslots,
+  int32_t vals[12] = {(int32_t)KD_LOSS_MAGIC, KD_LOSS_ABI_VERSION, s->nstages, s->nslots,
                       (int32_t)e->r.n, loss, kd_graph_find_output(e->r.g, "grad") != KD_NONE,
                       t ? (int32_t)t->dtype : -1, (int32_t)kd_re_gnode(&e->r, s->student)->dtype,
-                      s->labels != KD_NONE, e->nscratch};
-  LLVMValueRef init[13];
-  for (int i = 0; i < 11; i++) init[i] = LLVMConstInt(e->r.i32, (unsigned long long)(uint32_t)vals[i], 0);
-  init[11] = LLVMConstArray2(e->ptr, rv, KD_LOSS_MAX_STAGES);
-  init[12] = LLVMConstArray2(e->ptr, sv, KD_LOSS_MAX_STAGES + 1);
+                      s->labels != KD_NONE, e->nscratch, e->grad_bf16 ? KD_BF16 : KD_F32};
+  LLVMValueRef init[14];
+  for (int i = 0; i < 12; i++) init[i] = LLVMConstInt(e->r.i32, (unsigned long long)(uint32_t)vals[i], 0);
+  init[12] = LLVMConstArray2(e->ptr, rv, KD_LOSS_MAX_STAGES);
+  init[13] = LLVMConstArray2(e->ptr, sv, KD_LOSS_MAX_STAGES + 1);
   char name[160];
   snprintf(name, sizeof name, "%s_program", e->r.name);
   LLVMValueRef gv = LLVMAddGlobal(e->r.M, pt, name);
-  LLVMSetInitializer(gv, LLVMConstNamedStruct(pt, init, 13));
+  LLVMSetInitializer(gv, LLVMConstNamedStruct(pt, init, 14));
   LLVMSetGlobalConstant(gv, 1);
 }
 
@@ -1100,6 +1115,7 @@ static kd_status emit_module(const kd_schedule *s, const kd_loss_options *o, int
   e.r.exp = emit_exp;
   e.r.log = emit_log;
   e.nontemporal = o->nontemporal > 0;
+  e.grad_bf16 = o->grad_dtype == KD_BF16;
   e.slot_load = malloc((e.r.n + 1) * sizeof *e.slot_load);
   e.xscale = calloc(e.r.n + 1, sizeof *e.xscale);
   e.r.vzero = calloc(e.r.n + 1, sizeof *e.r.vzero);
@@ -1148,6 +1164,10 @@ static kd_status build(const kd_graph *g, const kd_loss_options *o, kd_session *
     snprintf(err, errlen, "codegen: %d stages > %d", (*sched)->nstages, KD_LOSS_MAX_STAGES);
     return KD_ERR_UNSUPPORTED;
   }
+  if (o->grad_dtype != KD_F32 && o->grad_dtype != KD_BF16) {
+    snprintf(err, errlen, "codegen: the gradient is stored as f32 or bf16, not %s", kd_dtype_name(o->grad_dtype));
+    return KD_ERR_INVALID;
+  }
   int w = o->vector_width > 0 ? o->vector_width : kd_session_vector_width(s);
   if (w > 64 || (w & (w - 1))) {
     snprintf(err, errlen, "codegen: vector width %d is not a power of 2 up to 64", w);
@@ -1160,7 +1180,7 @@ static kd_status build(const kd_graph *g, const kd_loss_options *o, kd_session *
 
 kd_status kd_loss_compile(const kd_graph *g, const kd_loss_options *o, kd_loss **out, char *err,
                           size_t errlen) {
-  static const kd_loss_options defaults = {NULL, 0, 0};
+  static const kd_loss_options defaults = {0};
   if (!o) o = &defaults;
   *out = NULL;
   kd_loss *l = calloc(1, sizeof *l);
@@ -1202,7 +1222,7 @@ const kd_loss_program *kd_loss_program_of(const kd_loss *l) { return l->program;
 
 kd_status kd_loss_emit_file(const kd_graph *g, const kd_loss_options *o, const char *path,
                             int asm_text, char *err, size_t errlen) {
-  static const kd_loss_options defaults = {NULL, 0, 0};
+  static const kd_loss_options defaults = {0};
   if (!o) o = &defaults;
   kd_session *s;
   kd_status st = kd_session_new(&s, err, errlen);

@@ -34,19 +34,21 @@ kd_status kd_loss_write_header(const kd_graph *g, const kd_loss_options *o, FILE
   if (t != KD_NONE) fprintf(out, " * teacher: [N, V] %s\n", kd_dtype_name(td));
   fprintf(out, " * student: [N, V] %s\n", kd_dtype_name(sd));
   if (lab != KD_NONE) fprintf(out, " * labels:  [N] int64 (rows equal to the ignore_index are masked)\n");
-  if (grad) fprintf(out, " * grad:    [N, V] float32, written\n");
+  kd_dtype gd = o && o->grad_dtype == KD_BF16 ? KD_BF16 : KD_F32;
+  if (grad) fprintf(out, " * grad:    [N, V] %s, written\n", gd == KD_BF16 ? "bf16" : "float32");
   fprintf(out, " * pool may be NULL (one thread); err may be NULL. */\n");
   fprintf(out, "static inline kd_status %s(", name);
   if (t != KD_NONE) fprintf(out, "const %s *teacher, ", c_type(td));
   fprintf(out, "const %s *student, ", c_type(sd));
   if (lab != KD_NONE) fprintf(out, "const int64_t *labels, ");
-  fprintf(out, "int64_t N, int64_t V, %sdouble *loss, kd_pool *pool,\n"
-               "                                char *err, size_t errlen) {\n",
-          grad ? "float *grad, " : "");
-  fprintf(out, "  kd_loss_io io = {%s, %s, student, %s, %s, N, V, %s, loss};\n",
+  fprintf(out, "int64_t N, int64_t V, ");
+  if (grad) fprintf(out, "%s *grad, ", c_type(gd));
+  fprintf(out, "double *loss, kd_pool *pool,\n"
+               "                                char *err, size_t errlen) {\n");
+  fprintf(out, "  kd_loss_io io = {%s, %s, student, %s, %s, N, V, %s, loss, %s};\n",
           t != KD_NONE ? "teacher" : "NULL", t != KD_NONE && td == KD_BF16 ? "KD_BF16" : "KD_F32",
           sd == KD_BF16 ? "KD_BF16" : "KD_F32", lab != KD_NONE ? "labels" : "NULL",
-          grad ? "grad" : "NULL");
+          grad ? "grad" : "NULL", gd == KD_BF16 ? "KD_BF16" : "KD_F32");
   fprintf(out, "  return kd_loss_run(&%s_program, &io, pool, err, errlen);\n}\n\n", name);
   fprintf(out, "#ifdef __cplusplus\n}\n#endif\n\n#endif /* %s */\n", guard);
   return ferror(out) ? KD_ERR_IO : KD_OK;
@@ -80,7 +82,12 @@ kd_status kd_loss_write_abi_header(const kd_graph *g, const kd_loss_options *o, 
   fprintf(out, " * student: [N, V] %s\n", c_type(sd));
   fprintf(out, " * labels:  %s\n", lab != KD_NONE ? "[N] int64_t, rows equal to the ignore_index are masked"
                                                  : "unused, may be NULL");
-  fprintf(out, " * grad:    %s\n", grad ? "[N, V] float, d loss / d student, written" : "unused, may be NULL");
+  if (grad)
+    fprintf(out, " * grad:    [N, V] %s, d loss / d student, written%s\n",
+            o && o->grad_dtype == KD_BF16 ? "uint16_t" : "float",
+            o && o->grad_dtype == KD_BF16 ? " (rounded to nearest even)" : "");
+  else
+    fprintf(out, " * grad:    unused, may be NULL\n");
   fprintf(out, " * (uint16_t: bfloat16 bits, the top half of an IEEE float.) */\n");
   fprintf(out, "#ifndef %s\n#define %s\n\n#include <stddef.h>\n#include <stdint.h>\n\n", guard, guard);
   fprintf(out, "#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
@@ -91,7 +98,8 @@ kd_status kd_loss_write_abi_header(const kd_graph *g, const kd_loss_options *o, 
                "  int32_t teacher_dtype; /* 0 float, 1 bfloat16 (uint16_t), -1 no teacher */\n"
                "  int32_t student_dtype; /* 0 float, 1 bfloat16 */\n"
                "  int32_t has_labels;    /* 1: labels are required */\n"
-               "  int32_t has_grad;      /* 1: grad is required and written */\n"
+               "  int32_t has_grad;      /* 1: grad is required and written (float);\n"
+               "                            2: the same in bfloat16 (uint16_t) */\n"
                "  int32_t max_threads;   /* the largest threads value accepted */\n"
                "} kdc_loss_info;\n#endif\n\n");
   fprintf(out, "/* Computes *loss and grad. threads: workers (<= 0: one per CPU, 1: the\n"
@@ -100,7 +108,7 @@ kd_status kd_loss_write_abi_header(const kd_graph *g, const kd_loss_options *o, 
                " * memory) with a message in err (err may be NULL). The result does not\n"
                " * depend on threads. */\n");
   fprintf(out, "int %s_eval(const void *teacher, const void *student, const int64_t *labels,\n"
-               "            int64_t n_rows, int64_t vocab, float *grad, double *loss, int threads,\n"
+               "            int64_t n_rows, int64_t vocab, void *grad, double *loss, int threads,\n"
                "            char *err, size_t errlen);\n\n",
           name);
   fprintf(out, "/* What the loss reads and writes; returns 0 (5 when out is NULL). */\n");
@@ -122,11 +130,11 @@ kd_status kd_loss_write_abi_glue(const kd_loss_options *o, FILE *out) {
           "extern const struct kd_loss_program %s_program;\n"
           "int kd_lossapi_eval(const struct kd_loss_program *p, const void *teacher,\n"
           "                    const void *student, const int64_t *labels, int64_t N, int64_t V,\n"
-          "                    float *grad, double *loss, int threads, char *err, size_t errlen);\n"
+          "                    void *grad, double *loss, int threads, char *err, size_t errlen);\n"
           "int kd_lossapi_info_of(const struct kd_loss_program *p, struct kd_lossapi_info *out);\n\n"
           "__attribute__((visibility(\"default\")))\n"
           "int %s_eval(const void *teacher, const void *student, const int64_t *labels,\n"
-          "            int64_t n_rows, int64_t vocab, float *grad, double *loss, int threads,\n"
+          "            int64_t n_rows, int64_t vocab, void *grad, double *loss, int threads,\n"
           "            char *err, size_t errlen) {\n"
           "  return kd_lossapi_eval(&%s_program, teacher, student, labels, n_rows, vocab, grad,\n"
           "                         loss, threads, err, errlen);\n}\n\n"

@@ -4,7 +4,8 @@
  *
  * The graph follows the loss-graph contract: inputs "student" [N, V] (f32 or
  * bf16), optional "teacher" [N, V] and "labels" i64 [N, 1]; outputs "loss"
- * (rank 0) and optionally "grad" (f32 [N, V]). The input dtypes in the graph
+ * (rank 0) and optionally "grad" ([N, V], stored as f32 or, with
+ * kd_loss_options.grad_dtype, bf16). The input dtypes in the graph
  * are the dtypes the kernel reads; kd_loss_eval checks the arrays against
  * them. Names no LLVM type. */
 #ifndef KD_LOSS_H
@@ -28,6 +29,8 @@ typedef struct kd_loss_options {
                          stores: less traffic when N x V is far beyond the last-level
                          cache, slower when the caller reads the gradient right back
                          from cache); 0: ordinary stores */
+  kd_dtype grad_dtype; /* the stored gradient's: KD_F32 (zero-initialised) or KD_BF16
+                          (computed in f32, rounded to nearest even when stored) */
 } kd_loss_options;
 
 /* Schedules g (kd_fuse), emits the kernels and JIT-compiles them. g must

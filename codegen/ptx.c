@@ -69,6 +69,7 @@ typedef struct emitter {
   kd_rowemit r;
   int block; /* B */
   int emu;   /* host emulation: ids, shuffles and barriers are kd_emu_* calls */
+  int grad_bf16; /* the gradient is stored as bf16 (else f32) */
   LLVMTypeRef gptr, kern_ty;
   LLVMValueRef shared;   /* [MAX_WARPS * MAX_STATE] f32 in addrspace(3): row kernels */
   LLVMValueRef shared_d; /* [KD_GPU_STEP_THREADS] f64 in addrspace(3): steps */
@@ -275,8 +276,9 @@ static void rescale(emitter *e, const pass_plan *pl, int gi, LLVMValueRef m, LLV
 
 static void store_output(emitter *e, kd_node_id id) {
   LLVMValueRef v = kd_re_elem_f(&e->r, id);
-  LLVMValueRef st = LLVMBuildStore(e->r.b, v, gep(e->r.b, e->r.f32, e->g_row, e->r.j));
-  LLVMSetAlignment(st, (unsigned)e->r.W * 4);
+  if (e->grad_bf16) v = kd_re_f32_to_bf16(&e->r, v);
+  LLVMValueRef st = LLVMBuildStore(e->r.b, v, gep(e->r.b, e->grad_bf16 ? e->r.i16 : e->r.f32, e->g_row, e->r.j));
+  LLVMSetAlignment(st, (unsigned)e->r.W * (e->grad_bf16 ? 2 : 4));
 }
 
 /* W columns at j: updates the thread's state (maxima, then sums) and
@@ -464,7 +466,7 @@ static LLVMValueRef vector_end(emitter *e) {
     if (in[i] != KD_NONE)
       ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, ptr[i], kd_re_gnode(&e->r, in[i])->dtype == KD_BF16 ? 8 : 16), "");
   if (kd_graph_find_output(e->r.g, "grad") != KD_NONE)
-    ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, e->p_grad, 16), "");
+    ok = LLVMBuildAnd(e->r.b, ok, aligned_to(e, e->p_grad, e->grad_bf16 ? 8 : 16), "");
   return LLVMBuildSelect(e->r.b, ok, e->r.V, kd_re_i64c(&e->r, 0), "vend");
 }
 
@@ -484,7 +486,7 @@ static void emit_row_kernel(emitter *e, int k) {
   e->t_row = gep(e->r.b, tt, e->p_teacher, off);
   e->s_row = gep(e->r.b, kd_re_gnode(&e->r, e->r.s->student)->dtype == KD_BF16 ? e->r.i16 : e->r.f32,
                  e->p_student, off);
-  e->g_row = gep(e->r.b, e->r.f32, e->p_grad, off);
+  e->g_row = gep(e->r.b, e->grad_bf16 ? e->r.i16 : e->r.f32, e->p_grad, off);
   e->vend = vector_end(e);
   for (int p = 0; p < e->r.s->stage[k].npasses && !e->r.st; p++) emit_pass(e, p);
   /* per-row values of reductions over rows: thread 0 writes them */
@@ -591,17 +593,18 @@ static void init_types(emitter *e) {
   LLVMSetAlignment(e->shared_d, 16);
 }
 
-static kd_status emit_module(const kd_schedule *s, const char *name, int block_size, int emu,
-                             LLVMModuleRef M, kd_gpu_program *prog, char *err, size_t errlen) {
+static kd_status emit_module(const kd_schedule *s, const kd_ptx_options *o, int emu, LLVMModuleRef M,
+                             kd_gpu_program *prog, char *err, size_t errlen) {
   emitter e = {0};
-  kd_re_init(&e.r, s, name, "ptx", M, err, errlen);
+  kd_re_init(&e.r, s, o->name, "ptx", M, err, errlen);
   e.r.elem_value = kd_re_elem_value;
   e.r.load_logits = load_logits;
   e.r.elem_special = elem_special;
   e.r.exp = emit_exp;
   e.r.log = emit_log;
   e.emu = emu;
-  e.block = block_size;
+  e.block = o->block;
+  e.grad_bf16 = o->grad_dtype == KD_BF16;
   init_types(&e);
   kd_node_id loss = kd_graph_find_output(e.r.g, "loss");
   if (loss == KD_NONE) kd_re_fail(&e.r, KD_ERR_INVALID, "ptx: the graph has no output \"loss\"");
@@ -613,16 +616,17 @@ static kd_status emit_module(const kd_schedule *s, const char *name, int block_s
       prog->rows_mask |= 1u << k;
     }
   }
-  snprintf(prog->name, sizeof prog->name, "%s", name);
+  snprintf(prog->name, sizeof prog->name, "%s", o->name);
   prog->nstages = s->nstages;
   prog->nslots = s->nslots;
   prog->nglobals = (int)e.r.n;
   prog->loss_index = loss;
   prog->has_grad = kd_graph_find_output(e.r.g, "grad") != KD_NONE;
+  prog->grad_dtype = o->grad_dtype;
   prog->teacher_dtype = s->teacher == KD_NONE ? -1 : (int)kd_re_gnode(&e.r, s->teacher)->dtype;
   prog->student_dtype = (int)kd_re_gnode(&e.r, s->student)->dtype;
   prog->has_labels = s->labels != KD_NONE;
-  prog->block = block_size;
+  prog->block = o->block;
   kd_re_dispose(&e.r);
   return e.r.st;
 }
@@ -729,13 +733,16 @@ static kd_status prepend_header(const kd_gpu_program *p, char **text) {
 /* The options with defaults filled in, checked; and the schedule. */
 static kd_status prepare(const kd_graph *g, const kd_ptx_options *o, kd_ptx_options *out, kd_schedule **s,
                          char *err, size_t errlen) {
-  static const kd_ptx_options defaults = {NULL, NULL, 0};
+  static const kd_ptx_options defaults = {0};
   *out = o ? *o : defaults;
   if (!out->name) out->name = "kd_loss";
   if (!out->sm) out->sm = "sm_80";
   if (!out->block) out->block = 256;
   if (out->block < 32 || out->block > 1024 || out->block % 32)
     return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: block size %d is not a multiple of 32 up to 1024", out->block);
+  if (out->grad_dtype != KD_F32 && out->grad_dtype != KD_BF16)
+    return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: the gradient is stored as f32 or bf16, not %s",
+                   kd_dtype_name(out->grad_dtype));
   if (strlen(out->name) > 48) return kd_errf(err, errlen, KD_ERR_INVALID, "ptx: name '%s' is too long", out->name);
   kd_status st = kd_fuse(g, s, err, errlen);
   if (!st && (*s)->student == KD_NONE) st = kd_errf(err, errlen, KD_ERR_INVALID, "ptx: the graph has no input \"student\"");
@@ -754,16 +761,14 @@ kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *opt, int ir, char
     kd_schedule_free(s);
     return st;
   }
-  const char *name = o.name;
-  int block_size = o.block;
   LLVMContextRef C = LLVMContextCreate();
-  LLVMModuleRef M = LLVMModuleCreateWithNameInContext(name, C);
+  LLVMModuleRef M = LLVMModuleCreateWithNameInContext(o.name, C);
   LLVMSetTarget(M, TRIPLE);
   LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
   LLVMSetModuleDataLayout(M, td);
   LLVMDisposeTargetData(td);
   kd_gpu_program p;
-  if (!st) st = emit_module(s, name, block_size, 0, M, &p, err, errlen);
+  if (!st) st = emit_module(s, &o, 0, M, &p, err, errlen);
   if (!st) st = finish(M, tm, ir, out, err, errlen);
   if (!st && !ir) st = prepend_header(&p, out);
   if (!st && prog) *prog = p;
@@ -809,7 +814,7 @@ kd_status kd_ptx_host_compile(const kd_graph *g, const kd_ptx_options *opt, kd_p
   kd_module m = {0};
   if (!st) st = kd_session_new(&h->session, err, errlen);
   if (!st) st = kd_session_module_new(h->session, o.name, &m);
-  if (!st) st = emit_module(s, o.name, o.block, 1, m.mod, &h->prog, err, errlen);
+  if (!st) st = emit_module(s, &o, 1, m.mod, &h->prog, err, errlen);
   if (!st) st = kd_session_optimize(h->session, &m, err, errlen);
   if (!st) st = kd_session_jit(h->session, &m, &h->rt, err, errlen); /* the JIT owns the module from here */
   for (int k = 0; !st && k <= h->prog.nstages; k++) {

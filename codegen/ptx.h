@@ -18,6 +18,7 @@ typedef struct kd_ptx_options {
   const char *name; /* kernel prefix ("kd_loss" when NULL) */
   const char *sm;   /* "sm_80" (default), "sm_86", "sm_89", "sm_90", ... */
   int block;        /* threads per row block: a multiple of 32 up to 1024; 0: 256 */
+  kd_dtype grad_dtype; /* the stored gradient's: KD_F32 (zero-initialised) or KD_BF16 */
 } kd_ptx_options;
 
 /* Whether sm names a GPU the emitter knows ("sm_80" ...); the PTX ISA
@@ -37,7 +38,7 @@ kd_status kd_ptx_emit(const kd_graph *g, const kd_ptx_options *o, int ir, char *
  * The caller runs a row kernel on `block` threads per row, as a GPU would
  * (tests/gpu/test_ptx_emu.c). o->sm is ignored. */
 typedef void (*kd_ptx_host_kernel)(const void *teacher, const void *student, const int64_t *labels,
-                                   float *grad, double *rows, double *globals, int64_t N, int64_t V);
+                                   void *grad, double *rows, double *globals, int64_t N, int64_t V);
 typedef struct kd_ptx_host kd_ptx_host;
 
 kd_status kd_ptx_host_compile(const kd_graph *g, const kd_ptx_options *o, kd_ptx_host **out, char *err,

@@ -112,6 +112,14 @@ LLVMValueRef kd_re_bf16_to_f32(kd_rowemit *r, LLVMValueRef x) {
   return LLVMBuildBitCast(r->b, x, r->vf, "");
 }
 
+LLVMValueRef kd_re_f32_to_bf16(kd_rowemit *r, LLVMValueRef x) {
+  /* LLVM's fptrunc to bfloat: round to nearest even, NaN stays NaN
+   * (vcvtneps2bf16 with AVX512-BF16, cvt.rn.bf16.f32 on sm_80+, integer
+   * rounding elsewhere) */
+  LLVMTypeRef vb = LLVMVectorType(LLVMBFloatTypeInContext(r->C), (unsigned)r->W);
+  return LLVMBuildBitCast(r->b, LLVMBuildFPTrunc(r->b, x, vb, ""), LLVMVectorType(r->i16, (unsigned)r->W), "");
+}
+
 LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to) {
   if (from == to) return v;
   LLVMBuilderRef b = r->b;

@@ -112,6 +112,8 @@ void kd_re_begin_function(kd_rowemit *r, const char *suffix, LLVMTypeRef ty);
 
 /* W bf16 lanes (i16, as loaded) as f32 lanes. */
 LLVMValueRef kd_re_bf16_to_f32(kd_rowemit *r, LLVMValueRef x);
+/* W f32 lanes as bf16 lanes (i16, to store), rounded to nearest even. */
+LLVMValueRef kd_re_f32_to_bf16(kd_rowemit *r, LLVMValueRef x);
 /* v of class `from` as class `to`, scalar or vector alike. */
 LLVMValueRef kd_re_convert(kd_rowemit *r, LLVMValueRef v, kd_vclass from, kd_vclass to);
 /* A row or global scalar (double / i64 / i1) broadcast into W lanes of class c. */

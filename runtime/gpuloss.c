@@ -21,10 +21,10 @@ struct kd_gpu_loss {
 
 int kd_gpu_program_format(const kd_gpu_program *p, char *buf, size_t cap) {
   return snprintf(buf, cap,
-                  KD_GPU_HEADER " name=%s nstages=%d nslots=%d nglobals=%d loss=%d grad=%d teacher=%d"
-                                " student=%d labels=%d block=%d rows=%u",
+                  KD_GPU_HEADER " name=%s nstages=%d nslots=%d nglobals=%d loss=%d grad=%d gdtype=%d"
+                                " teacher=%d student=%d labels=%d block=%d rows=%u",
                   p->name, p->nstages, p->nslots, p->nglobals, p->loss_index, p->has_grad,
-                  p->teacher_dtype, p->student_dtype, p->has_labels, p->block, p->rows_mask);
+                  p->grad_dtype, p->teacher_dtype, p->student_dtype, p->has_labels, p->block, p->rows_mask);
 }
 
 kd_status kd_gpu_program_parse(const char *ptx, kd_gpu_program *p, char *err, size_t errlen) {
@@ -33,11 +33,12 @@ kd_status kd_gpu_program_parse(const char *ptx, kd_gpu_program *p, char *err, si
   if (strncmp(ptx, KD_GPU_HEADER, hl))
     return kd_errf(err, errlen, KD_ERR_FORMAT, "not a kdc PTX loss (no '%s' first line)", KD_GPU_HEADER);
   int n = sscanf(ptx + hl,
-                 " name=%63s nstages=%d nslots=%d nglobals=%d loss=%d grad=%d teacher=%d student=%d"
-                 " labels=%d block=%d rows=%u",
+                 " name=%63s nstages=%d nslots=%d nglobals=%d loss=%d grad=%d gdtype=%d teacher=%d"
+                 " student=%d labels=%d block=%d rows=%u",
                  p->name, &p->nstages, &p->nslots, &p->nglobals, &p->loss_index, &p->has_grad,
-                 &p->teacher_dtype, &p->student_dtype, &p->has_labels, &p->block, &p->rows_mask);
-  if (n != 11 || p->nstages < 0 || p->nstages > KD_LOSS_MAX_STAGES || p->nslots < 0 || p->nglobals < 1 ||
+                 &p->grad_dtype, &p->teacher_dtype, &p->student_dtype, &p->has_labels, &p->block,
+                 &p->rows_mask);
+  if (n != 12 || (p->grad_dtype != KD_F32 && p->grad_dtype != KD_BF16) || p->nstages < 0 || p->nstages > KD_LOSS_MAX_STAGES || p->nslots < 0 || p->nglobals < 1 ||
       p->loss_index < 0 || p->loss_index >= p->nglobals || p->block < 32 || p->block > 1024 ||
       p->block % 32 || (p->rows_mask >> p->nstages))
     return kd_errf(err, errlen, KD_ERR_FORMAT, "corrupt kdc PTX header");
@@ -131,6 +132,8 @@ static kd_status check(const kd_gpu_program *p, const kd_loss_io *io, char *err,
     return kd_errf(err, errlen, KD_ERR_INVALID, "the teacher's dtype is not the one the loss was compiled for");
   if (p->has_labels && !io->labels) return kd_errf(err, errlen, KD_ERR_INVALID, "the loss needs labels");
   if (p->has_grad && !io->grad) return kd_errf(err, errlen, KD_ERR_INVALID, "no gradient output array");
+  if (p->has_grad && (int)io->grad_dtype != p->grad_dtype)
+    return kd_errf(err, errlen, KD_ERR_INVALID, "the gradient's dtype is not the one the loss was compiled for");
   if (!io->loss) return kd_errf(err, errlen, KD_ERR_INVALID, "no loss output");
   return KD_OK;
 }
@@ -154,11 +157,12 @@ kd_status kd_gpu_loss_eval(kd_gpu_loss *l, const kd_loss_io *io, char *err, size
   if (!st) st = upload(l->cu, io->student, nv * kd_dtype_size(io->student_dtype), &a.student, err, errlen);
   if (!st && l->p.has_labels)
     st = upload(l->cu, io->labels, (size_t)io->N * sizeof(int64_t), &a.labels, err, errlen);
-  if (!st && l->p.has_grad && nv) st = kd_cuda_malloc(l->cu, nv * sizeof(float), &a.grad, err, errlen);
+  size_t gbytes = nv * kd_dtype_size((kd_dtype)l->p.grad_dtype);
+  if (!st && l->p.has_grad && nv) st = kd_cuda_malloc(l->cu, gbytes, &a.grad, err, errlen);
   if (!st) st = kd_gpu_loss_launch(l, &a, NULL, err, errlen);
   if (!st) st = kd_cuda_synchronize(l->cu, err, errlen);
   if (!st) st = kd_gpu_loss_value(l, io->loss, err, errlen);
-  if (!st && a.grad) st = kd_cuda_dtoh(l->cu, io->grad, a.grad, nv * sizeof(float), NULL, err, errlen);
+  if (!st && a.grad) st = kd_cuda_dtoh(l->cu, io->grad, a.grad, gbytes, NULL, err, errlen);
   kd_cuda_free(l->cu, a.teacher);
   kd_cuda_free(l->cu, a.student);
   kd_cuda_free(l->cu, a.labels);

@@ -33,6 +33,7 @@ typedef struct kd_gpu_program {
   int nglobals;       /* globals [nglobals] (double), indexed by graph node */
   int loss_index;     /* globals[loss_index] is the loss after the last step */
   int has_grad;
+  int grad_dtype;     /* kd_dtype of grad: KD_F32 or KD_BF16 */
   int teacher_dtype;  /* kd_dtype, or -1 */
   int student_dtype;
   int has_labels;

@@ -45,7 +45,7 @@ static int fail(char *err, size_t errlen, kd_status st, const char *msg) {
 }
 
 int kd_lossapi_eval(const kd_loss_program *p, const void *teacher, const void *student,
-                    const int64_t *labels, int64_t N, int64_t V, float *grad, double *loss,
+                    const int64_t *labels, int64_t N, int64_t V, void *grad, double *loss,
                     int threads, char *err, size_t errlen) {
   if (err && errlen) err[0] = 0;
   if (N < 0 || V < 1) return fail(err, errlen, KD_ERR_INVALID, "n_rows must be >= 0 and vocab >= 1");
@@ -63,7 +63,8 @@ int kd_lossapi_eval(const kd_loss_program *p, const void *teacher, const void *s
   kd_status st = get_pool(threads, &pool, &owned);
   if (st) return fail(err, errlen, st, "cannot start the worker threads");
   kd_loss_io io = {teacher, p->teacher_dtype < 0 ? KD_F32 : (kd_dtype)p->teacher_dtype,
-                   student, (kd_dtype)p->student_dtype, labels, N, V, grad, loss};
+                   student, (kd_dtype)p->student_dtype, labels, N, V, grad, loss,
+                   (kd_dtype)p->grad_dtype};
   st = kd_loss_run(p, &io, pool, err, errlen);
   if (owned) kd_pool_free(pool);
   return (int)st;
@@ -72,6 +73,7 @@ int kd_lossapi_eval(const kd_loss_program *p, const void *teacher, const void *s
 int kd_lossapi_info_of(const kd_loss_program *p, kd_lossapi_info *out) {
   if (!out) return KD_ERR_INVALID;
   *out = (kd_lossapi_info){KD_LOSSAPI_VERSION, p->teacher_dtype, p->student_dtype,
-                           p->has_labels, p->has_grad, KD_LOSSAPI_MAX_THREADS};
+                           p->has_labels, p->has_grad ? 1 + (p->grad_dtype == KD_BF16) : 0,
+                           KD_LOSSAPI_MAX_THREADS};
   return KD_OK;
 }

@@ -25,15 +25,18 @@
 /* The version of NAME_eval's and NAME_info's signatures and of
  * kd_lossapi_info's layout (not of kd_loss_program, which is internal to a
  * library): bumped whenever one of them changes. */
-#define KD_LOSSAPI_VERSION 1
+#define KD_LOSSAPI_VERSION 2
 
-/* What NAME_info reports; field order is the ABI (six 32-bit integers). */
+/* What NAME_info reports; field order is the ABI (six 32-bit integers).
+ * Version 2 (bfloat16 gradients) kept the layout: has_grad gained the value
+ * 2, and NAME_eval's grad became void *. */
 typedef struct kd_lossapi_info {
   uint32_t abi_version;  /* KD_LOSSAPI_VERSION */
   int32_t teacher_dtype; /* 0 float32, 1 bfloat16 (uint16_t bits), -1: reads no teacher */
   int32_t student_dtype; /* 0 float32, 1 bfloat16 */
   int32_t has_labels;    /* 1: labels [N] int64 are required */
-  int32_t has_grad;      /* 1: grad [N, V] float32 is required and written */
+  int32_t has_grad;      /* 1: grad [N, V] float32 is required and written; 2: the same
+                            in bfloat16 (uint16_t bits, rounded to nearest even) */
   int32_t max_threads;   /* the largest `threads` NAME_eval accepts */
 } kd_lossapi_info;
 
@@ -41,7 +44,7 @@ typedef struct kd_lossapi_info {
  * CPU, 1: the calling thread only). Returns 0 or a kd_status (5: invalid
  * argument, 7: out of memory), with a message in err when err is not NULL. */
 int kd_lossapi_eval(const kd_loss_program *p, const void *teacher, const void *student,
-                    const int64_t *labels, int64_t N, int64_t V, float *grad, double *loss,
+                    const int64_t *labels, int64_t N, int64_t V, void *grad, double *loss,
                     int threads, char *err, size_t errlen);
 
 /* Fills *out from p; returns 0, or 5 when out is NULL. */

@@ -35,6 +35,8 @@ static kd_status check(const kd_loss_program *p, const kd_loss_io *io, char *err
     return invalid(err, errlen, "the teacher's dtype is not the one the loss was compiled for");
   if (p->has_labels && !io->labels) return invalid(err, errlen, "the loss needs labels");
   if (p->has_grad && !io->grad) return invalid(err, errlen, "no gradient output array");
+  if (p->has_grad && (int)io->grad_dtype != p->grad_dtype)
+    return invalid(err, errlen, "the gradient's dtype is not the one the loss was compiled for");
   if (!io->loss) return invalid(err, errlen, "no loss output");
   return KD_OK;
 }

@@ -23,7 +23,7 @@
 #include "threadpool.h"
 
 #define KD_LOSS_MAGIC 0x4b444c53u /* "KDLS" */
-#define KD_LOSS_ABI_VERSION 2
+#define KD_LOSS_ABI_VERSION 3
 #define KD_LOSS_MAX_STAGES 8
 
 /* What the generated functions receive. */
@@ -31,7 +31,8 @@ typedef struct kd_loss_args {
   const void *teacher;   /* [N, V] f32 or bf16 (uint16_t), rows contiguous; NULL if unused */
   const void *student;   /* [N, V] */
   const int64_t *labels; /* [N]; NULL if unused */
-  float *grad;           /* [N, V] d loss / d student; NULL if the loss has none */
+  void *grad;            /* [N, V] d loss / d student, f32 or bf16 (uint16_t); NULL if
+                            the loss has none */
   double *rows;          /* [nslots, N] per-row values of reductions over rows */
   double *globals;       /* [nglobals] scalars, indexed by graph node */
   int64_t N, V;
@@ -56,6 +57,7 @@ typedef struct kd_loss_program {
   int32_t student_dtype;
   int32_t has_labels;
   int32_t nscratch;     /* rows of V floats of scratch each thread needs */
+  int32_t grad_dtype;   /* kd_dtype of grad: KD_F32, or KD_BF16 (rounded to nearest even) */
   kd_loss_row_fn row[KD_LOSS_MAX_STAGES];       /* NULL: the stage has no row work */
   kd_loss_step_fn step[KD_LOSS_MAX_STAGES + 1];
 } kd_loss_program;
@@ -68,8 +70,9 @@ typedef struct kd_loss_io {
   kd_dtype student_dtype;
   const int64_t *labels; /* [N], or NULL when the loss has no labels */
   int64_t N, V;
-  float *grad;          /* out [N, V]; required when the loss has a gradient */
+  void *grad;           /* out [N, V]; required when the loss has a gradient */
   double *loss;         /* out */
+  kd_dtype grad_dtype;  /* grad's: KD_F32 (zero-initialised) or KD_BF16, as compiled */
 } kd_loss_io;
 
 /* Checks io against p and runs it; the work arrays are N x (slots) and

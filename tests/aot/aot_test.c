@@ -10,6 +10,9 @@
  *     threads, and the two bit for bit the same (the result must not depend
  *     on threads);
  *   - fkl compiled for bf16 logits, against the reference on the same values;
+ *   - fkl compiled with --grad-dtype bf16: info says has_grad 2, the loss is
+ *     the f32 library's bit for bit and each gradient element is the f32
+ *     library's rounded to nearest even;
  *   - both libraries loaded at once (their runtimes are private);
  *   - only NAME_eval and NAME_info are exported (NAME_program and the
  *     runtime are not visible through dlsym);
@@ -46,7 +49,7 @@ typedef struct info {
   uint32_t abi_version;
   int32_t teacher_dtype, student_dtype, has_labels, has_grad, max_threads;
 } info;
-typedef int (*eval_fn)(const void *, const void *, const int64_t *, int64_t, int64_t, float *,
+typedef int (*eval_fn)(const void *, const void *, const int64_t *, int64_t, int64_t, void *,
                        double *, int, char *, size_t);
 typedef int (*info_fn)(info *);
 
@@ -250,7 +253,7 @@ static void check_spec(const char *spec, void **handle) {
   if (dlsym(h, sym) || dlsym(h, "kd_loss_run") || dlsym(h, "kd_pool_new"))
     fail("%s: the library exports more than its ABI", spec);
   info in = {0};
-  if (get_info(&in) || in.abi_version != 1 || in.teacher_dtype != 0 || in.student_dtype != 0 ||
+  if (get_info(&in) || in.abi_version != 2 || in.teacher_dtype != 0 || in.student_dtype != 0 ||
       in.has_labels != 1 || in.has_grad != 1 || in.max_threads < 2)
     fail("%s: info %u %d %d %d %d %d", spec, in.abi_version, in.teacher_dtype, in.student_dtype,
          in.has_labels, in.has_grad, in.max_threads);
@@ -307,6 +310,50 @@ static void check_bf16(void) {
     if (st) fail("fkl bf16: eval returned %d: %s", st, err);
     else compare("fkl_bf16.so", loss, grad, ref_loss, ref_grad);
     printf("fkl bf16: loss %.9g (reference %.9g)\n", loss, ref_loss);
+  }
+  if (h) dlclose(h);
+}
+
+/* f32 to bfloat16, round to nearest even, NaN kept (quiet) */
+static uint16_t bf16_rne(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(u >> 16 | 0x40);
+  return (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+}
+
+/* --grad-dtype bf16: the same kernels, the gradient rounded when stored.
+ * fkl is the f32-gradient library check_spec loaded. */
+static void check_bf16_grad(void *fkl) {
+  static float grad[N * V];
+  static uint16_t gb[N * V];
+  char path[4096], err[256] = "";
+  if (run("'%s' compile-loss '%s/fkl.kd' --labels --grad-dtype bf16 -o '%s/libfkl_g16.so'", kdc,
+          examples, work)) {
+    fail("fkl --grad-dtype bf16: compile-loss failed");
+    return;
+  }
+  snprintf(path, sizeof path, "%s/libfkl_g16.so", work);
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  eval_fn eval = NULL, eval32 = NULL;
+  info_fn get_info = NULL;
+  if (h) *(void **)&eval = dlsym(h, "fkl_g16_eval"), *(void **)&get_info = dlsym(h, "fkl_g16_info");
+  if (fkl) *(void **)&eval32 = dlsym(fkl, "fkl_eval");
+  info in = {0};
+  double loss = NAN, loss32 = NAN;
+  if (!eval || !eval32 || !get_info || get_info(&in) || in.has_grad != 2) {
+    fail("fkl --grad-dtype bf16: not loaded, or info has_grad %d", in.has_grad);
+  } else if (eval(teacher, student, labels, N, V, gb, &loss, 2, err, sizeof err) ||
+             eval32(teacher, student, labels, N, V, grad, &loss32, 2, err, sizeof err)) {
+    fail("fkl --grad-dtype bf16: eval failed: %s", err);
+  } else {
+    if (memcmp(&loss, &loss32, sizeof loss)) fail("fkl --grad-dtype bf16: loss %.17g, f32 library %.17g", loss, loss32);
+    int bad = 0;
+    for (int i = 0; i < N * V && bad < 5; i++)
+      if (gb[i] != bf16_rne(grad[i]))
+        bad++, fail("fkl --grad-dtype bf16: grad[%d] = 0x%04x, f32 %.9g rounds to 0x%04x", i, gb[i], grad[i],
+                    bf16_rne(grad[i]));
+    printf("fkl --grad-dtype bf16: loss %.9g, %d gradient elements rounded as the f32 ones\n", loss, N * V);
   }
   if (h) dlclose(h);
 }
@@ -373,6 +420,7 @@ int main(int argc, char **argv) {
   check_spec("fkl", &fkl);
   check_spec("jsd", &jsd);
   check_bf16();
+  check_bf16_grad(fkl);
   check_missing_cc();
   /* usage errors: exit status 2 */
   if (run("'%s' compile-loss '%s/fkl.kd' --kind dynamic -o '%s/x.so' 2>/dev/null", kdc, examples, work) != 2 ||

@@ -76,7 +76,7 @@ def main():
     info = Info()
     failures = []
     if so.jsd_info(ctypes.byref(info)) != 0 or (info.abi_version, info.has_labels,
-                                                info.has_grad, info.student_dtype) != (1, 1, 1, 0):
+                                                info.has_grad, info.student_dtype) != (2, 1, 1, 0):
         failures.append("info: abi %d labels %d grad %d student %d" % (
             info.abi_version, info.has_labels, info.has_grad, info.student_dtype))
 

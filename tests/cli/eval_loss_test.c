@@ -117,11 +117,13 @@ static void write_labels(const char *path, int64_t n, const int64_t *y) {
 }
 
 /* Reads the float32 [N, V] gradient eval-loss writes (any header version). */
-static float *read_grad(const char *path, int64_t n, int64_t v) {
+/* An [n, v] .npy of descr ('<f4', '<u2') with elements of size bytes,
+ * or NULL. */
+static void *read_npy(const char *path, int64_t n, int64_t v, const char *descr, size_t size) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   unsigned char pre[12];
-  float *g = NULL;
+  char *g = NULL;
   if (fread(pre, 1, 10, f) == 10 && !memcmp(pre, "\x93NUMPY", 6)) {
     size_t hlen = pre[8] | (size_t)pre[9] << 8;
     if (pre[6] != 1 && fread(pre + 10, 1, 2, f) == 2)
@@ -129,9 +131,11 @@ static float *read_grad(const char *path, int64_t n, int64_t v) {
     char *hdr = calloc(1, hlen + 1);
     char want[64];
     snprintf(want, sizeof want, "(%lld, %lld)", (long long)n, (long long)v);
-    if (hdr && fread(hdr, 1, hlen, f) == hlen && strstr(hdr, "'<f4'") && strstr(hdr, want)) {
-      g = malloc((size_t)(n * v) * sizeof *g + 1); /* + 1: an empty array is not NULL */
-      if (g && fread(g, sizeof *g, (size_t)(n * v), f) != (size_t)(n * v)) {
+    char quoted[16];
+    snprintf(quoted, sizeof quoted, "'%s'", descr);
+    if (hdr && fread(hdr, 1, hlen, f) == hlen && strstr(hdr, quoted) && strstr(hdr, want)) {
+      g = malloc((size_t)(n * v) * size + 1); /* + 1: an empty array is not NULL */
+      if (g && fread(g, size, (size_t)(n * v), f) != (size_t)(n * v)) {
         free(g);
         g = NULL;
       }
@@ -141,6 +145,8 @@ static float *read_grad(const char *path, int64_t n, int64_t v) {
   fclose(f);
   return g;
 }
+
+static float *read_grad(const char *path, int64_t n, int64_t v) { return read_npy(path, n, v, "<f4", 4); }
 
 static char *slurp(const char *path) {
   FILE *f = fopen(path, "rb");
@@ -703,6 +709,46 @@ static void test_bf16(void) {
     fail("bf16 inputs: the compiled kernel's loss %.12g, direct computation %.12g", kernel, want);
 }
 
+/* --grad-dtype bf16: the kernel's gradient is the f32 one rounded to
+ * nearest even, element for element, written as uint16 [N, V], with the
+ * same loss; the reference's, rounded once from double, differs from it by
+ * at most one bf16 step (2^-7 of the larger) plus the f32 kernel's own
+ * error (KERNEL_ABS, as check_kernel allows the f32 gradient). */
+static float bf16_value(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static void test_grad_bf16(void) {
+  problem pb;
+  make_problem(&pb, 5, 37, 2.0);
+  write_problem(&pb);
+  const char *spec = path_in(examples, "jsd.kd");
+  double l32 = eval_loss(spec, "--grad-out g32.npy", true);
+  double l16 = eval_loss(spec, "--grad-out g16.npy --grad-dtype bf16", true);
+  eval_loss(spec, "--grad-out r16.npy --grad-dtype bf16 --reference", true);
+  float *g = read_grad(path_in(work, "g32.npy"), 5, 37);
+  uint16_t *h = read_npy(path_in(work, "g16.npy"), 5, 37, "<u2", 2);
+  uint16_t *r = read_npy(path_in(work, "r16.npy"), 5, 37, "<u2", 2);
+  if (!g || !h || !r) fail("--grad-dtype bf16: no [5, 37] gradients (f32 %p, bf16 %p, reference %p)", (void *)g,
+                           (void *)h, (void *)r);
+  if (l32 != l16) fail("--grad-dtype bf16: loss %.9g, with the f32 gradient %.9g", l16, l32);
+  for (int i = 0; g && h && r && i < 5 * 37; i++) {
+    uint32_t u;
+    memcpy(&u, &g[i], 4);
+    uint16_t want = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+    float hv = bf16_value(h[i]), rv = bf16_value(r[i]);
+    if (h[i] != want || !(fabsf(hv - rv) <= 0x1p-7f * fmaxf(fabsf(hv), fabsf(rv)) + KERNEL_ABS)) {
+      fail("--grad-dtype bf16: grad[%d] = 0x%04x, f32 %.9g rounds to 0x%04x, reference 0x%04x", i, h[i], g[i],
+           want, r[i]);
+      break;
+    }
+  }
+  free(g), free(h), free(r);
+}
+
 /* Teacher logits of -inf (tokens the teacher rules out: p = 0 exactly) give
  * finite losses and gradients where the divergence is finite there. */
 static void test_minus_inf(void) {
@@ -876,6 +922,9 @@ static void test_bad_inputs(void) {
          "(see 'kdc eval-loss --help')\n",
          "eval-loss '%s' --student student.npy", path_in(examples, "ce.kd"));
   expect("--help", 0, "", "eval-loss --help");
+  expect("--grad-dtype f16", 2,
+         "kdc eval-loss: --grad-dtype is f32 or bf16, not 'f16'\n(see 'kdc eval-loss --help')\n",
+         "%s --teacher teacher.npy --grad-dtype f16", base);
 
   /* Teachers given by instance name, when the objective reads several. */
   char two[1024], want[4096];
@@ -933,6 +982,7 @@ int main(int argc, char **argv) {
     test_temperatures();
     test_all_masked();
     test_bf16();
+    test_grad_bf16();
     test_pad();
     test_minus_inf();
     test_large_logits();

@@ -14,7 +14,7 @@ int main(int argc, char **argv) {
   }
   kd_tl_spec sp = {TL_FKL, 2.0, 1, KD_F32, 0};
   kd_graph *g = kd_tl_build(&sp, err, sizeof err);
-  kd_loss_options o = {"kd_aot_fkl", 0, 0};
+  kd_loss_options o = {.name = "kd_aot_fkl"};
   if (!g || kd_loss_emit_file(g, &o, argv[1], 0, err, sizeof err)) {
     fprintf(stderr, "emit_loss: %s\n", err);
     kd_graph_free(g);

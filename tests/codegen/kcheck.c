@@ -100,27 +100,58 @@ static void free_inputs(arrays *a) {
   free(a->t), free(a->s), free(a->grad), free(a->grad1), free(a->th), free(a->sh), free(a->labels);
 }
 
-/* The last compiled loss, reused while the graph and the options stay the
- * same (compiling is most of a case's time). */
-static struct {
+/* The last compiled losses (f32 and bf16 gradient), reused while the graph
+ * and the options stay the same (compiling is most of a case's time). */
+typedef struct compiled_loss {
   const kd_graph *g;
   int width, nontemporal;
   kd_loss *l;
-} cache;
+} compiled_loss;
+static compiled_loss cache[2];
 
-static kd_loss *compiled(const kd_kc_case *c, char *err, size_t errlen) {
-  if (cache.l && cache.g == c->g && cache.width == c->width && cache.nontemporal == c->nontemporal)
-    return cache.l;
-  kd_kc_done();
-  kd_loss_options lo = {NULL, c->width, c->nontemporal};
-  if (kd_loss_compile(c->g, &lo, &cache.l, err, errlen)) return NULL;
-  cache.g = c->g, cache.width = c->width, cache.nontemporal = c->nontemporal;
-  return cache.l;
+static kd_loss *compiled(const kd_kc_case *c, kd_dtype grad_dtype, char *err, size_t errlen) {
+  compiled_loss *k = &cache[grad_dtype == KD_BF16];
+  if (k->l && k->g == c->g && k->width == c->width && k->nontemporal == c->nontemporal) return k->l;
+  kd_loss_free(k->l);
+  memset(k, 0, sizeof *k);
+  kd_loss_options lo = {.vector_width = c->width, .nontemporal = c->nontemporal, .grad_dtype = grad_dtype};
+  if (kd_loss_compile(c->g, &lo, &k->l, err, errlen)) return NULL;
+  k->g = c->g, k->width = c->width, k->nontemporal = c->nontemporal;
+  return k->l;
 }
 
 void kd_kc_done(void) {
-  kd_loss_free(cache.l);
-  memset(&cache, 0, sizeof cache);
+  for (int i = 0; i < 2; i++) kd_loss_free(cache[i].l);
+  memset(cache, 0, sizeof cache);
+}
+
+/* The bf16-gradient kernel against the f32 one (loss, grad): 0 or 1. A
+ * gradient below FLT_MIN may be stored as 0: vcvtneps2bf16 reads subnormal
+ * inputs as 0 (the AVX-512 row kernels run with DAZ anyway), LLVM's integer
+ * rounding elsewhere rounds them. */
+static int check_bf16_grad(const kd_kc_case *c, kd_loss_io io, double loss, const float *grad, kd_pool *pool,
+                           char *err, size_t errlen) {
+  size_t n = (size_t)(c->N * c->V);
+  uint16_t *gb = malloc((n ? n : 1) * sizeof *gb);
+  double lb = NAN;
+  kd_loss *l = compiled(c, KD_BF16, err, errlen);
+  io.grad = gb, io.loss = &lb, io.grad_dtype = KD_BF16;
+  if (!gb || !l || kd_loss_eval(l, &io, pool, err, errlen)) {
+    if (!gb) snprintf(err, errlen, "out of memory");
+    free(gb);
+    return 1;
+  }
+  int bad = memcmp(&lb, &loss, sizeof lb) != 0;
+  if (bad) snprintf(err, errlen, "loss %.17g, with the f32 gradient %.17g", lb, loss);
+  for (size_t i = 0; i < n && !bad; i++) {
+    uint16_t want = kd_f32_to_bf16(grad[i]);
+    if (gb[i] != want && !(fabsf(grad[i]) < FLT_MIN && (gb[i] & 0x7fffu) == 0)) {
+      snprintf(err, errlen, "grad[%zu] = 0x%04x, the f32 %.9g rounds to 0x%04x", i, gb[i], grad[i], want);
+      bad = 1;
+    }
+  }
+  free(gb);
+  return bad;
 }
 
 int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
@@ -129,7 +160,7 @@ int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
   arrays a = {0};
   kd_ref_value out[8];
   size_t nout = kd_graph_noutputs(c->g);
-  kd_loss *l = compiled(c, err, sizeof err);
+  kd_loss *l = compiled(c, KD_F32, err, sizeof err);
   if (!l) {
     printf("FAIL %s: %s\n", what, err);
     return 1;
@@ -155,7 +186,7 @@ int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
 
   double loss = NAN, loss1 = NAN;
   kd_loss_io io = {tdata, c->dtype, sdata, c->dtype, has_l ? a.labels : NULL, c->N, c->V,
-                   rgrad ? a.grad : NULL, &loss};
+                   rgrad ? a.grad : NULL, &loss, KD_F32};
   kd_loss_io io1 = io;
   io1.grad = a.grad1;
   io1.loss = &loss1;
@@ -190,13 +221,17 @@ int kd_kc_run(const char *what, const kd_kc_case *c, kd_pool *pool) {
   if (c->masked == 2) ltol = gtol = 0; /* exactly 0 */
   if (!isfinite(rloss[0])) lerr = loss == rloss[0] ? 0 : INFINITY;
   bad = !(lerr <= ltol) || !(gerr <= gtol) || differ;
+  char berr[256] = "";
+  int bbad = c->grad_bf16 && rgrad && check_bf16_grad(c, io, loss, a.grad, pool, berr, sizeof berr);
+  bad |= bbad;
   for (int64_t i = 0; i < c->N; i++) /* masked rows: gradient exactly 0 */
     for (int64_t j = 0; has_l && a.labels[i] == -100 && j < c->V; j++)
       if (a.grad[i * c->V + j] != 0) bad = 1;
   if (ltol > 0 && lerr / ltol > worst_loss_ratio) worst_loss_ratio = lerr / ltol;
   if (gtol > 0 && gerr / gtol > worst_grad_ratio) worst_grad_ratio = gerr / gtol;
-  printf("%s %-58s loss %.9g (ref %.9g) err %.2g/%.2g, grad err %.2g/%.2g%s\n", bad ? "FAIL" : "ok  ",
-         what, loss, rloss[0], lerr, ltol, gerr, gtol, differ ? ", threads differ" : "");
+  printf("%s %-58s loss %.9g (ref %.9g) err %.2g/%.2g, grad err %.2g/%.2g%s%s%s\n", bad ? "FAIL" : "ok  ",
+         what, loss, rloss[0], lerr, ltol, gerr, gtol, differ ? ", threads differ" : "",
+         c->grad_bf16 && rgrad ? (bbad ? ", bf16 gradient: " : ", bf16 gradient exact") : "", berr);
 free_out:
   for (size_t i = 0; i < nout; i++) kd_ref_value_free(&out[i]);
 done:

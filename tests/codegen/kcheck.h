@@ -19,6 +19,9 @@ typedef struct kd_kc_case {
   kd_dtype dtype;    /* of teacher and student: KD_F32 or KD_BF16 */
   int width;         /* f32 lanes of the kernel; 0: the host's */
   int nontemporal;   /* kd_loss_options.nontemporal */
+  int grad_bf16;     /* also the same loss compiled to store its gradient as bf16: the
+                        loss the same bits, each element the f32 gradient rounded to
+                        nearest even */
 } kd_kc_case;
 
 /* Prints one line ("ok" or "FAIL", what, the errors and tolerances) and

@@ -23,7 +23,7 @@ enum { N = 6, V = 999 };
 static int run(kd_loss *l, const float *t, const float *s, float *g, double *loss, unsigned csr,
                unsigned *after) {
   char err[256];
-  kd_loss_io io = {t, KD_F32, s, KD_F32, NULL, N, V, g, loss};
+  kd_loss_io io = {t, KD_F32, s, KD_F32, NULL, N, V, g, loss, KD_F32};
   unsigned saved = _mm_getcsr();
   _mm_setcsr(csr);
   kd_status st = kd_loss_eval(l, &io, NULL, err, sizeof err);
@@ -57,7 +57,7 @@ int main(void) {
     kd_tl_spec sp = {kinds[k], 1.0, 0, KD_F32, 0};
     kd_graph *gr = kd_tl_build(&sp, err, sizeof err);
     kd_loss *l = NULL;
-    kd_loss_options lo = {NULL, 0, 0};
+    kd_loss_options lo = {0};
     if (!gr || kd_loss_compile(gr, &lo, &l, err, sizeof err)) {
       printf("FAIL %s: %s\n", kd_tl_name(kinds[k]), gr ? err : "graph");
       failures++;

@@ -66,7 +66,7 @@ int main(void) {
         char what[128];
         snprintf(what, sizeof what, "%s N=%lld V=%lld %s w=%d mag=%g", specs[i], (long long)shapes[k].n,
                  (long long)shapes[k].v, kd_dtype_name(dt), shapes[k].width, shapes[k].mag);
-        kd_kc_case c = {g, shapes[k].n, shapes[k].v, 1.0, shapes[k].mag, 0, 1, dt, shapes[k].width, 0};
+        kd_kc_case c = {g, shapes[k].n, shapes[k].v, 1.0, shapes[k].mag, 0, 1, dt, shapes[k].width, 0, 1};
         failures += kd_kc_run(what, &c, pool);
       }
       kd_kc_done();

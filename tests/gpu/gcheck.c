@@ -9,7 +9,11 @@
  *   loss: |k - r| <= 8 eps scale (1 + sqrt(b))
  *   grad: max |k - r| <= 8 eps scale (1 + sqrt(b)) max(max |r|, 1 / (count V))
  * (8: four roundings of a log-probability on each of two distributions, as
- * the CPU kernels' table). Masked rows must give exactly 0. */
+ * the CPU kernels' table). A gradient stored as bf16 is the kernel's f32
+ * value k rounded to nearest even: half a unit in the last of bf16's 8
+ * significant bits, |bf16(k) - k| <= 2^-8 |k| <= 2^-8 (|r| + tol); each
+ * element may be off by that much more. Masked rows must give
+ * exactly 0. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -70,14 +74,14 @@ static void *logits(size_t n, kd_dtype dt, double *maxabs) {
   return p;
 }
 
-static int run_case(const gc_runner *run, void *h, const char *what, const kd_graph *g, kd_dtype dt, int64_t N,
-                    int64_t V) {
+static int run_case(const gc_runner *run, void *h, const char *what, const kd_graph *g, kd_dtype dt,
+                    kd_dtype gdt, int64_t N, int64_t V) {
   char err[8192];
   size_t nv = (size_t)(N * V);
   double maxabs = 0;
   void *t = logits(nv, dt, &maxabs), *s = logits(nv, dt, &maxabs);
   int64_t *labels = malloc((size_t)N * sizeof *labels);
-  float *grad = malloc(nv * sizeof *grad);
+  float *grad = malloc(nv * sizeof *grad); /* room for either dtype; bf16 widened in place below */
   int64_t count = 0;
   for (int64_t i = 0; i < N; i++) {
     labels[i] = i % 3 == 1 ? -100 : (int64_t)(uniform() * (double)V); /* every third row masked */
@@ -89,8 +93,13 @@ static int run_case(const gc_runner *run, void *h, const char *what, const kd_gr
   double loss = NAN;
   int bad = 0;
   kd_status st = kd_ref_exec(g, in, 3, out, err, sizeof err);
-  kd_loss_io io = {t, dt, s, dt, labels, N, V, grad, &loss};
+  kd_loss_io io = {t, dt, s, dt, labels, N, V, grad, &loss, gdt};
   if (!st) st = run->eval(h, &io, err, sizeof err);
+  for (size_t k = nv; !st && gdt == KD_BF16 && k-- > 0;) { /* from the end: no bf16 is overwritten unread */
+    uint16_t h16;
+    memcpy(&h16, (const char *)grad + 2 * k, 2);
+    grad[k] = kd_bf16_to_f32(h16);
+  }
   if (st) {
     printf("FAIL %s: %s\n", what, err);
     bad = 1;
@@ -115,7 +124,9 @@ static int run_case(const gc_runner *run, void *h, const char *what, const kd_gr
           bad = 1;
           break;
         }
-        worst = fmax(worst, fabs(grad[k] - out[i].data[k]));
+        double d = fabs(grad[k] - out[i].data[k]);
+        if (gdt == KD_BF16) d -= 0x1p-8 * (fabs(out[i].data[k]) + 8 * eps * scale * walk * gmax);
+        worst = fmax(worst, d);
         if (isnan(grad[k]) != isnan(out[i].data[k])) worst = INFINITY;
       }
       double tol = 8 * eps * scale * walk * gmax;
@@ -138,12 +149,13 @@ int gc_run_all(const gc_runner *run, void *ctx, const int64_t (*shapes)[2], size
   int failures = 0;
   char err[8192];
   for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
-    for (int bf = 0; bf < 2; bf++) {
-      kd_dtype dt = bf ? KD_BF16 : KD_F32;
+    for (int v = 0; v < 3; v++) { /* logits f32, bf16; f32 with a bf16 gradient */
+      kd_dtype dt = v == 1 ? KD_BF16 : KD_F32, gdt = v == 2 ? KD_BF16 : KD_F32;
       kd_graph *g = lower_spec(specs[i], dt);
       void *h = NULL;
-      if (g && run->compile(ctx, g, &h, err, sizeof err)) {
-        printf("FAIL %s %s: %s\n", specs[i], kd_dtype_name(dt), err);
+      const char *gname = gdt == KD_BF16 ? " grad bf16" : "";
+      if (g && run->compile(ctx, g, gdt, &h, err, sizeof err)) {
+        printf("FAIL %s %s%s: %s\n", specs[i], kd_dtype_name(dt), gname, err);
         kd_graph_free(g);
         g = NULL;
       }
@@ -153,9 +165,9 @@ int gc_run_all(const gc_runner *run, void *ctx, const int64_t (*shapes)[2], size
       }
       for (size_t k = 0; k < nshapes; k++) {
         char what[128];
-        snprintf(what, sizeof what, "%s %s N=%lld V=%lld", specs[i], kd_dtype_name(dt), (long long)shapes[k][0],
-                 (long long)shapes[k][1]);
-        failures += run_case(run, h, what, g, dt, shapes[k][0], shapes[k][1]);
+        snprintf(what, sizeof what, "%s %s%s N=%lld V=%lld", specs[i], kd_dtype_name(dt), gname,
+                 (long long)shapes[k][0], (long long)shapes[k][1]);
+        failures += run_case(run, h, what, g, dt, gdt, shapes[k][0], shapes[k][1]);
       }
       run->release(h);
       kd_graph_free(g);

@@ -4,6 +4,9 @@
  * checked without a GPU:
  *   - FileCheck (CHECKFILE) on the text: the SM, 4-wide global loads and
  *     warp shuffles in the row kernels, no local memory anywhere;
+ *   - the gradient's 4-wide stores: st.global.v4.f32, or for DTYPE
+ *     bf16grad (f32 logits, --grad-dtype bf16) cvt.rn.bf16.f32 and
+ *     st.global.v4.b16;
  *   - loops over the row: in the row kernels, the distinct targets of
  *     backward branches are 2 per pass of the schedule (the 4-wide loop and
  *     the one-column loop; `kdc emit-ir --after fuse` gives the passes);
@@ -127,8 +130,9 @@ int main(int argc, char **argv) {
   char ptx_path[1024], cmd[4096];
   snprintf(ptx_path, sizeof ptx_path, "%s/%.*s.%s.%s.ptx", outdir, (int)strcspn(base, "."), base, sm, dtype);
   int rc;
-  snprintf(cmd, sizeof cmd, "'%s' compile-loss '%s' --target ptx --gpu %s --dtype %s -o '%s' 2>&1", kdc, spec, sm,
-           dtype, ptx_path);
+  int grad16 = !strcmp(dtype, "bf16grad");
+  snprintf(cmd, sizeof cmd, "'%s' compile-loss '%s' --target ptx --gpu %s %s -o '%s' 2>&1", kdc, spec, sm,
+           grad16 ? "--grad-dtype bf16" : !strcmp(dtype, "bf16") ? "--dtype bf16" : "--dtype f32", ptx_path);
   char *out = run(cmd, &rc);
   if (rc != 0) {
     printf("FAIL: %s\n%s", cmd, out ? out : "");
@@ -146,6 +150,10 @@ int main(int argc, char **argv) {
   out = run(cmd, &rc);
   if (rc != 0) fail("FileCheck %s:\n%s", checkfile, out ? out : "");
   free(out);
+  size_t plen = strlen(ptx);
+  if (grad16 ? !contains(ptx, plen, "cvt.rn.bf16.f32") || !contains(ptx, plen, "st.global.v4.b16")
+             : !contains(ptx, plen, "st.global.v4.f32"))
+    fail("no 4-wide %s gradient stores in %s", grad16 ? "bf16" : "f32", ptx_path);
 
   snprintf(cmd, sizeof cmd, "'%s' emit-ir '%s' --after fuse 2>&1", kdc, spec);
   out = run(cmd, &rc);

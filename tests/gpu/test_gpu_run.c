@@ -16,9 +16,10 @@ typedef struct gpu_ctx {
   const char *sm;
 } gpu_ctx;
 
-static kd_status gpu_compile(void *ctx, const kd_graph *g, void **h, char *err, size_t errlen) {
+static kd_status gpu_compile(void *ctx, const kd_graph *g, kd_dtype grad_dtype, void **h, char *err,
+                             size_t errlen) {
   gpu_ctx *c = ctx;
-  kd_ptx_options o = {NULL, c->sm, 0};
+  kd_ptx_options o = {.sm = c->sm, .grad_dtype = grad_dtype};
   char *ptx = NULL;
   kd_status st = kd_ptx_emit(g, &o, 0, &ptx, NULL, err, errlen);
   if (!st) st = kd_gpu_loss_load(c->cu, ptx, (kd_gpu_loss **)h, err, errlen);

@@ -85,9 +85,10 @@ static void grid(kd_ptx_host_kernel fn, const kd_loss_io *io, double *rows, doub
 
 /* ---- the runner ---------------------------------------------------------------- */
 
-static kd_status emu_compile(void *ctx, const kd_graph *g, void **h, char *err, size_t errlen) {
+static kd_status emu_compile(void *ctx, const kd_graph *g, kd_dtype grad_dtype, void **h, char *err,
+                             size_t errlen) {
   (void)ctx;
-  kd_ptx_options o = {NULL, NULL, BLOCK};
+  kd_ptx_options o = {.block = BLOCK, .grad_dtype = grad_dtype};
   return kd_ptx_host_compile(g, &o, (kd_ptx_host **)h, err, errlen);
 }
 

@@ -112,7 +112,7 @@ static char *absolute(const char *path) {
 
 static int emit_loss(const kd_graph *g, const char *name, const char *dir, const char *file) {
   char path[4096], err[1024];
-  kd_loss_options o = {name, 0, 0};
+  kd_loss_options o = {.name = name};
   kdc_join(path, sizeof path, dir, file);
   if (kd_loss_emit_file(g, &o, path, 0, err, sizeof err) != KD_OK) {
     fprintf(stderr, CMD ": %s\n", err);

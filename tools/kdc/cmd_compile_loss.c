@@ -1,6 +1,7 @@
 /* kdc compile-loss SPEC.kd [--target cpu|ptx] [--gpu sm_XX] [--block B] [-S]
  *                  [--kind object|asm|shared|static] [--name NAME] [-H HEADER]
- *                  [--dtype f32|bf16] [--labels] [--objective NAME] -o OUT
+ *                  [--dtype f32|bf16] [--grad-dtype f32|bf16] [--labels]
+ *                  [--objective NAME] -o OUT
  *
  * Compiles a spec's objective (lowered, differentiated, simplified: the
  * whole pass pipeline) to a fused loss. For the CPU, the kind follows OUT's
@@ -38,8 +39,8 @@ static void compile_usage(FILE *out) {
   fprintf(out,
           "usage: kdc compile-loss SPEC.kd -o OUT [--target cpu|ptx] [--gpu sm_XX]\n"
           "                        [--block B] [-S] [--kind KIND] [--name NAME]\n"
-          "                        [-H HEADER] [--dtype f32|bf16] [--labels]\n"
-          "                        [--objective NAME]\n"
+          "                        [-H HEADER] [--dtype f32|bf16]\n"
+          "                        [--grad-dtype f32|bf16] [--labels] [--objective NAME]\n"
           "\n"
           "Compiles SPEC.kd's objective and its gradient into fused kernels.\n"
           "\n"
@@ -63,6 +64,8 @@ static void compile_usage(FILE *out) {
           "  -H HEADER        the C header's path (default NAME.h next to OUT; none for\n"
           "                   assembly or PTX)\n"
           "  --dtype bf16     the kernels read bfloat16 logits (default f32)\n"
+          "  --grad-dtype bf16 the kernels write the gradient in bfloat16, rounded to\n"
+          "                   nearest even (default f32)\n"
           "  --objective NAME the objective to compile (as for eval-loss)\n"
           "  --labels         mask rows by labels even if the objective reads none\n"
           "  -h, --help       print this help\n"
@@ -80,8 +83,9 @@ typedef enum out_kind { OUT_OBJECT, OUT_ASM, OUT_SHARED, OUT_STATIC } out_kind;
 static const char *const out_kind_names[] = {"object", "asm", "shared", "static"};
 
 typedef struct compile_args {
-  const char *spec, *out, *target, *gpu, *name, *dtype, *kind, *header;
+  const char *spec, *out, *target, *gpu, *name, *dtype, *grad_dtype_name, *kind, *header;
   int block, asm_text;
+  kd_dtype grad_dtype;
   kd_lower_options lower;
 } compile_args;
 
@@ -107,6 +111,7 @@ static int parse(int argc, char **argv, compile_args *a) {
                         : !strcmp(s, "--gpu")       ? &a->gpu
                         : !strcmp(s, "--name")      ? &a->name
                         : !strcmp(s, "--dtype")     ? &a->dtype
+                        : !strcmp(s, "--grad-dtype") ? &a->grad_dtype_name
                         : !strcmp(s, "--kind")      ? &a->kind
                         : !strcmp(s, "-H")          ? &a->header
                         : !strcmp(s, "--objective") ? &a->lower.objective
@@ -144,6 +149,9 @@ static int parse(int argc, char **argv, compile_args *a) {
   if (a->dtype && strcmp(a->dtype, "f32") && strcmp(a->dtype, "bf16"))
     return compile_usage_error("--dtype is f32 or bf16, not ", a->dtype);
   if (a->dtype && !strcmp(a->dtype, "bf16")) a->lower.teacher_dtype = a->lower.student_dtype = KD_BF16;
+  if (a->grad_dtype_name && strcmp(a->grad_dtype_name, "f32") && strcmp(a->grad_dtype_name, "bf16"))
+    return compile_usage_error("--grad-dtype is f32 or bf16, not ", a->grad_dtype_name);
+  if (a->grad_dtype_name && !strcmp(a->grad_dtype_name, "bf16")) a->grad_dtype = KD_BF16;
   if (a->gpu && strcmp(a->target, "ptx")) return compile_usage_error("--gpu needs --target ptx", "");
   if (a->gpu && !kd_ptx_sm_known(a->gpu, NULL)) return compile_usage_error("unknown GPU ", a->gpu);
   if (a->kind && !strcmp(a->target, "ptx")) return compile_usage_error("--kind needs --target cpu", "");
@@ -268,7 +276,7 @@ static int build_library(const kd_graph *g, const kd_loss_options *o, out_kind k
 
 static int compile_ptx(const compile_args *a, const kd_graph *g) {
   char err[1024] = "";
-  kd_ptx_options o = {a->name, a->gpu, a->block};
+  kd_ptx_options o = {a->name, a->gpu, a->block, a->grad_dtype};
   char *ptx = NULL;
   if (kd_ptx_emit(g, &o, 0, &ptx, NULL, err, sizeof err)) {
     fprintf(stderr, CMD ": %s\n", err);
@@ -285,7 +293,7 @@ static int compile(const compile_args *a, const kd_graph *g) {
   char name[128], header[4096];
   if (a->name) snprintf(name, sizeof name, "%s", a->name);
   else default_name(a->out, k, name, sizeof name);
-  kd_loss_options o = {name, 0, 0};
+  kd_loss_options o = {.name = name, .grad_dtype = a->grad_dtype};
   int rc = KDC_EXIT_OK;
   if (k == OUT_SHARED || k == OUT_STATIC) {
     rc = build_library(g, &o, k, a->out);

@@ -48,7 +48,7 @@ static int emit_usage_error(const char *msg, const char *arg) {
 
 static int print_nvptx(const kd_graph *g, const char *sm) {
   char err[512], *ir = NULL;
-  kd_ptx_options o = {NULL, sm, 0};
+  kd_ptx_options o = {.sm = sm};
   if (kd_ptx_emit(g, &o, 1, &ir, NULL, err, sizeof err) != KD_OK) {
     fprintf(stderr, CMD ": %s\n", err);
     return KDC_EXIT_USER;

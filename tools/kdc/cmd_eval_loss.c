@@ -1,6 +1,6 @@
 /* kdc eval-loss SPEC.kd --teacher T.npy --student S.npy [--labels L.npy]
  *               [--grad-out G.npy] [--threads N] [--reference] [--objective NAME]
- *               [--time]
+ *               [--time] [--grad-dtype f32|bf16]
  *
  * Evaluates the spec's objective on logits read from files: prints
  * `loss: <9 significant digits>` and writes d loss / d student logits as
@@ -44,6 +44,7 @@ typedef struct eval_args {
   bool reference; /* run the double-precision reference executor */
   bool time;      /* print how long each phase took */
   bool cuda;      /* --device cuda: the PTX kernels on the GPU (gpu_eval.h) */
+  kd_dtype grad_dtype; /* of --grad-out: KD_F32 or KD_BF16 */
 } eval_args;
 
 static void eval_usage(FILE *out) {
@@ -51,6 +52,7 @@ static void eval_usage(FILE *out) {
           "usage: kdc eval-loss SPEC.kd --teacher T.npy --student S.npy [--labels L.npy]\n"
           "                     [--grad-out G.npy] [--threads N] [--reference]\n"
           "                     [--objective NAME] [--time] [--device cpu|cuda]\n"
+          "                     [--grad-dtype f32|bf16]\n"
           "\n"
           "Evaluates the objective of SPEC.kd on teacher and student logits and prints\n"
           "`loss: VALUE` (9 significant digits).\n"
@@ -64,6 +66,8 @@ static void eval_usage(FILE *out) {
           "  --labels FILE    int32 or int64 labels [N]; rows whose label is the objective's\n"
           "                   ignore_index (-100 by default) count in no mean\n"
           "  --grad-out FILE  write d loss / d student logits there, float32 [N, V]\n"
+          "  --grad-dtype bf16 the kernel stores the gradient in bfloat16 (rounded to\n"
+          "                   nearest even) and FILE holds it as uint16 [N, V]\n"
           "  --objective NAME the objective to evaluate (default: the one a train block\n"
           "                   minimises, else the unnamed one)\n"
           "  --threads N      worker threads for the compiled kernel (default: every CPU)\n"
@@ -126,6 +130,11 @@ static int parse_args(int argc, char **argv, eval_args *a) {
       const char *v = argv[++i];
       if (strcmp(v, "cpu") && strcmp(v, "cuda")) return usage_error("--device is cpu or cuda, not '%s'", v);
       a->cuda = !strcmp(v, "cuda");
+    } else if (!strcmp(s, "--grad-dtype")) {
+      if (i + 1 >= argc) return usage_error("option '%s' needs a value", s);
+      const char *v = argv[++i];
+      if (strcmp(v, "f32") && strcmp(v, "bf16")) return usage_error("--grad-dtype is f32 or bf16, not '%s'", v);
+      a->grad_dtype = strcmp(v, "bf16") ? KD_F32 : KD_BF16;
     } else if (!strcmp(s, "--reference")) {
       a->reference = true;
     } else if (!strcmp(s, "--time")) {
@@ -338,13 +347,15 @@ static int match_teachers(const kd_graph *g, const kd_lower_info *info, eval_arg
 
 /* ---- running --------------------------------------------------------------- */
 
-/* The arrays of one evaluation, aligned and checked. grad is [N, V]. */
+/* The arrays of one evaluation, aligned and checked. grad is [N, V] of
+ * grad_dtype. */
 typedef struct eval_io {
   const kd_array *t, *s, *labels; /* t[nt] teachers; labels empty when unused */
   const char (*tnames)[MAX_INPUT_NAME]; /* the teachers' graph inputs */
   int nt;
   int64_t n, v;
-  float *grad;
+  void *grad;
+  kd_dtype grad_dtype;
   double loss;
   double t_compile, t_run; /* seconds */
 } eval_io;
@@ -353,6 +364,17 @@ static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* x rounded to bfloat16, to nearest even, once: (float)x alone could round
+ * onto a bf16 tie that x itself is not on. */
+static uint16_t bf16_of_double(double x) {
+  float f = (float)x;
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0xffffu) == 0x8000u && (double)f != x && !isinf(f))
+    return (uint16_t)((u >> 16) + (fabs(x) > fabs((double)f)));
+  return kd_f32_to_bf16(f);
 }
 
 /* The reference executor, in double. */
@@ -379,7 +401,10 @@ static int run_reference(const kd_graph *g, eval_io *io) {
     const char *name = kd_graph_output_name(g, i);
     if (!strcmp(name, "loss")) io->loss = out[i].data[0];
     if (!strcmp(name, "grad"))
-      for (size_t k = 0; k < out[i].size; k++) io->grad[k] = (float)out[i].data[k];
+      for (size_t k = 0; k < out[i].size; k++) {
+        if (io->grad_dtype == KD_BF16) ((uint16_t *)io->grad)[k] = bf16_of_double(out[i].data[k]);
+        else ((float *)io->grad)[k] = (float)out[i].data[k];
+      }
     kd_ref_value_free(&out[i]);
   }
   free(out);
@@ -401,12 +426,13 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads, bool cuda) 
                       .teacher_dtype = io->nt ? io->t->dtype : KD_F32,
                       .student = io->s->data, .student_dtype = io->s->dtype,
                       .labels = io->labels->data, .N = io->n, .V = io->v,
-                      .grad = io->grad, .loss = &io->loss};
+                      .grad = io->grad, .loss = &io->loss, .grad_dtype = io->grad_dtype};
     return kdc_eval_cuda(CMD, g, &lio, &io->t_compile, &io->t_run);
   }
   kd_loss *l = NULL;
   double t0 = now();
-  kd_status st = kd_loss_compile(g, NULL, &l, err, sizeof err);
+  kd_loss_options lo = {.grad_dtype = io->grad_dtype};
+  kd_status st = kd_loss_compile(g, &lo, &l, err, sizeof err);
   io->t_compile = now() - t0;
   if (st == KD_ERR_UNSUPPORTED) {
     fprintf(stderr, CMD ": warning: no fused kernel for this loss (%s); running the reference "
@@ -421,7 +447,7 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads, bool cuda) 
                       .teacher_dtype = io->nt ? io->t->dtype : KD_F32,
                       .student = io->s->data, .student_dtype = io->s->dtype,
                       .labels = io->labels->data, .N = io->n, .V = io->v,
-                      .grad = io->grad, .loss = &io->loss};
+                      .grad = io->grad, .loss = &io->loss, .grad_dtype = io->grad_dtype};
     t0 = now();
     st = kd_loss_eval(l, &lio, pool, err, sizeof err);
     io->t_run = now() - t0;
@@ -433,16 +459,19 @@ static int run_compiled(const kd_graph *g, eval_io *io, int threads, bool cuda) 
   return st == KD_OK ? KDC_EXIT_OK : input_error("%s", err);
 }
 
-/* Writes the gradient as float32 [N, vs]: the first columns of the [N, v]
- * gradient; columns the vocabulary alignment dropped get 0. */
+/* Writes the gradient as float32 [N, vs] (bf16 as uint16): the first
+ * columns of the [N, v] gradient; columns the vocabulary alignment dropped
+ * get 0. */
 static int write_grad(const char *path, const eval_io *io, int64_t vs) {
   kd_array out;
   int64_t shape[2] = {io->n, vs};
-  if (kd_array_alloc(&out, KD_F32, 2, shape) != KD_OK) return input_error("out of memory");
-  float *o = out.data;
+  if (kd_array_alloc(&out, io->grad_dtype == KD_BF16 ? KD_BF16 : KD_F32, 2, shape) != KD_OK)
+    return input_error("out of memory");
+  size_t es = kd_dtype_size(out.dtype);
   int64_t keep = io->v < vs ? io->v : vs;
   for (int64_t r = 0; r < io->n; r++)
-    memcpy(o + r * vs, io->grad + r * io->v, (size_t)keep * sizeof *o);
+    memcpy((char *)out.data + (size_t)(r * vs) * es, (const char *)io->grad + (size_t)(r * io->v) * es,
+           (size_t)keep * es);
   char err[512];
   kd_status st = kd_npy_write(path, &out, err, sizeof err);
   kd_array_free(&out);
@@ -495,11 +524,12 @@ int kdc_cmd_eval_loss(int argc, char **argv) {
   if ((rc = kdc_run_pipeline(CMD, &g, NULL))) goto done;
   t_passes = now() - t_start - t_read;
   int64_t shape[2] = {io.n, io.v};
-  if (kd_array_alloc(&grad, KD_F32, 2, shape) != KD_OK) {
+  if (kd_array_alloc(&grad, args.grad_dtype == KD_BF16 ? KD_BF16 : KD_F32, 2, shape) != KD_OK) {
     rc = input_error("out of memory");
     goto done;
   }
   io.grad = grad.data;
+  io.grad_dtype = args.grad_dtype;
   /* An empty batch has nothing to fuse: the reference gives its loss, 0. */
   bool reference = args.reference || io.n == 0;
   rc = reference ? run_reference(g, &io) : run_compiled(g, &io, args.threads, args.cuda);

@@ -44,7 +44,7 @@ int kdc_eval_cuda(const char *cmd, const kd_graph *g, const kd_loss_io *io, doub
   }
   double t0 = seconds();
   if (!st) {
-    kd_ptx_options o = {NULL, sm, 0};
+    kd_ptx_options o = {.sm = sm, .grad_dtype = io->grad_dtype};
     st = kd_ptx_emit(g, &o, 0, &ptx, NULL, err, sizeof err);
   }
   if (!st) st = kd_gpu_loss_load(cu, ptx, &l, err, sizeof err);
