@@ -424,6 +424,36 @@ static void store_output(emitter *e, kd_node_id id) {
   }
 }
 
+/* acc + a * b as one FMA in the lanes of live (NULL: all) and of the
+ * tail's mask, acc elsewhere: a sum of products (MULZ's with live its a != 0
+ * lanes) costs one masked FMA (merge-masked vfmadd231ps) instead of a
+ * multiply, a select and an add. */
+static LLVMValueRef accumulate_product(emitter *e, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b,
+                                       LLVMValueRef live) {
+  LLVMValueRef r = kd_ir_fma(e->r.b, a, b, acc);
+  if (e->mask) live = live ? LLVMBuildAnd(e->r.b, live, e->mask, "") : e->mask;
+  return live ? LLVMBuildSelect(e->r.b, live, r, acc, "") : r;
+}
+
+/* The lanes where a MULZ's first factor w is not 0 (une: a NaN counts, as
+ * in MULZ), from wz, its zero lanes, when known. */
+static LLVMValueRef nonzero_lanes(emitter *e, LLVMValueRef w, LLVMValueRef wz) {
+  return wz ? LLVMBuildNot(e->r.b, wz, "") : LLVMBuildFCmp(e->r.b, LLVMRealUNE, w, LLVMConstNull(e->r.vf), "");
+}
+
+/* acc + the element value src of a sum. A product (MUL, or MULZ, 0 where
+ * its first factor is) that nothing has computed yet and that does not
+ * come from the row cache goes through accumulate_product. */
+static LLVMValueRef accumulate(emitter *e, LLVMValueRef acc, kd_node_id src) {
+  const kd_node *n = kd_re_gnode(&e->r, src);
+  if ((n->op == KD_IR_MUL || n->op == KD_IR_MULZ) && kd_vclass_of(n->dtype) == KD_CL_F && !e->r.vval[src] &&
+      e->slot_load[src] < 0) {
+    LLVMValueRef a = kd_re_elem_f(&e->r, n->src[0]), b = kd_re_elem_f(&e->r, n->src[1]);
+    return accumulate_product(e, acc, a, b, n->op == KD_IR_MULZ ? nonzero_lanes(e, a, e->r.vzero[n->src[0]]) : NULL);
+  }
+  return LLVMBuildFAdd(e->r.b, acc, masked(e, kd_re_elem_f(&e->r, src), LLVMConstNull(e->r.vf)), "");
+}
+
 /* One vector of the row at column j (under e->mask in the tail): updates
  * state (maxes then accumulators) in place and stores outputs. */
 static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
@@ -438,22 +468,24 @@ static void emit_body(emitter *e, const pass_plan *pl, LLVMValueRef *state) {
     if (pl->gkeep[gi] >= 0) save_cached(e, e->cache.nslots + pl->gkeep[gi], w);
     for (int r = 0; r < pl->nr; r++) {
       if (pl->rgroup[r] != gi) continue;
-      LLVMValueRef c = kd_re_fnode(&e->r, pl->red[r])->role == KD_ROLE_FOLDED
-                           ? kd_re_fold_contrib(&e->r, pl->red[r], w, wz)
-                           : w;
-      acc[r] = LLVMBuildFAdd(e->r.b, acc[r], masked(e, c, zero), "");
+      const kd_fuse_node *f = kd_re_fnode(&e->r, pl->red[r]);
+      if (f->role == KD_ROLE_FOLDED && f->fold_f != KD_NONE) { /* exp(a - c) f, 0 where the exp is (MULZ) */
+        acc[r] = accumulate_product(e, acc[r], w, kd_re_elem_f(&e->r, f->fold_f),
+                                    f->mulz ? nonzero_lanes(e, w, wz) : NULL);
+      } else {
+        acc[r] = LLVMBuildFAdd(e->r.b, acc[r], masked(e, w, zero), "");
+      }
     }
   }
   for (int r = 0; r < pl->nr; r++) {
     if (pl->rgroup[r] >= 0) continue;
     kd_node_id src = kd_re_gnode(&e->r, pl->red[r])->src[0];
-    LLVMValueRef x = kd_re_elem_f(&e->r, src);
     if (!is_max(e, pl, r)) {
-      acc[r] = LLVMBuildFAdd(e->r.b, acc[r], masked(e, x, zero), "");
+      acc[r] = accumulate(e, acc[r], src);
       continue;
     }
     /* x > acc ? x : acc: one max instruction (maxnum's NaN rule costs three) */
-    x = masked(e, x, ninf);
+    LLVMValueRef x = masked(e, kd_re_elem_f(&e->r, src), ninf);
     acc[r] = LLVMBuildSelect(e->r.b, LLVMBuildFCmp(e->r.b, LLVMRealOGT, x, acc[r], ""), x, acc[r], "");
   }
   for (int i = 0; i < pl->nstore; i++) store_output(e, pl->store[i]);

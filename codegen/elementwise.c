@@ -92,20 +92,28 @@ static LLVMValueRef emit_compare(kd_elem *x, kd_opcode op, LLVMValueRef a, LLVMV
   return c == KD_CL_F ? LLVMBuildFCmp(x->b, fp[k], a, b, "") : LLVMBuildICmp(x->b, ip[k], a, b, "");
 }
 
+/* Element arithmetic may fuse into FMAs (LLVM's contract flag): a * b + c
+ * rounds once instead of twice, which the kernels' tolerances cover (the
+ * reference executor, in double, is the oracle either way). */
+static LLVMValueRef contract(LLVMValueRef v) {
+  LLVMSetFastMathFlags(v, LLVMFastMathAllowContract);
+  return v;
+}
+
 static LLVMValueRef emit_binary(kd_elem *x, const kd_node *n, LLVMValueRef a, LLVMValueRef b,
                                 kd_vclass c) {
   LLVMBuilderRef B = x->b;
   int f = c == KD_CL_F;
   switch (n->op) {
-  case KD_IR_ADD: return f ? LLVMBuildFAdd(B, a, b, "") : LLVMBuildAdd(B, a, b, "");
-  case KD_IR_SUB: return f ? LLVMBuildFSub(B, a, b, "") : LLVMBuildSub(B, a, b, "");
-  case KD_IR_MUL: return f ? LLVMBuildFMul(B, a, b, "") : LLVMBuildMul(B, a, b, "");
+  case KD_IR_ADD: return f ? contract(LLVMBuildFAdd(B, a, b, "")) : LLVMBuildAdd(B, a, b, "");
+  case KD_IR_SUB: return f ? contract(LLVMBuildFSub(B, a, b, "")) : LLVMBuildSub(B, a, b, "");
+  case KD_IR_MUL: return f ? contract(LLVMBuildFMul(B, a, b, "")) : LLVMBuildMul(B, a, b, "");
   case KD_IR_MULZ: {
     if (!f) return LLVMBuildMul(B, a, b, "");
     /* exactly 0 where a == 0, even for b = inf or nan */
     LLVMValueRef z = x->vzero ? x->vzero[n->src[0]] : NULL;
     if (!z) z = LLVMBuildFCmp(B, LLVMRealOEQ, a, LLVMConstNull(LLVMTypeOf(a)), "");
-    return LLVMBuildSelect(B, z, LLVMConstNull(LLVMTypeOf(a)), LLVMBuildFMul(B, a, b, ""), "");
+    return LLVMBuildSelect(B, z, LLVMConstNull(LLVMTypeOf(a)), contract(LLVMBuildFMul(B, a, b, "")), "");
   }
   case KD_IR_DIV: return LLVMBuildFDiv(B, a, b, "");
   case KD_IR_POW: return emit_pow(x, n, a, b);
