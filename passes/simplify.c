@@ -14,6 +14,7 @@
  *   a + -b = a - b    a - -b = a + b    (-a) * b = -(a * b)    x c +- y c = (x +- y) c
  *   a - (x +- c) = (a - x) -+ c for a literal c    x / c = x (1/c) for c a power of two
  *   (a + x) - (a + y) = x - y    (z r) s = z (r s) for r, s constant along the row
+ *   (x - r) - (y - s) = (x - y) - (r - s)    (x - r) - s = x - (r + s)   (the same r, s)
  *   mulz(0, x) = 0    mulz(a, c) = a * c for c finite (kd_range), mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
@@ -491,6 +492,27 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
        * and, shifted by log 2, in the gradient) */
       return kd_fit(rw, kd_s2(rw, bop == KD_IR_ADD ? KD_IR_SUB : KD_IR_ADD,
                               kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0)), kd_src(rw, b, 1)), n);
+    if (n->rank > 0 && aop == KD_IR_SUB) {
+      /* row scalars gather, so a row pays one subtraction of a split double
+       * per logit, not one per scalar: (x - r) - (y - s) = (x - y) - (r -
+       * s) and (x - r) - s = x - (r + s), r and s constant along the row (a
+       * literal stays where the rule above puts it); reverse KL's gradient
+       * (log q - log p) - KL with log q = s - lse_s, log p = t - lse_t
+       * becomes (s - t) - (lse_s - lse_t + KL) */
+      int axis = n->rank - 1;
+      double lit;
+      kd_node_id ax = kd_src(rw, a, 0), r = kd_src(rw, a, 1);
+      bool rrow = kd_const_along(kd_rw_node(rw, r), n->rank, axis) && !kd_rw_const_value(rw, r, &lit) &&
+                  !kd_const_along(kd_rw_node(rw, ax), n->rank, axis);
+      if (rrow && bop == KD_IR_SUB) {
+        kd_node_id by = kd_src(rw, b, 0), t = kd_src(rw, b, 1);
+        if (kd_const_along(kd_rw_node(rw, t), n->rank, axis) && !kd_rw_const_value(rw, t, &lit) &&
+            !kd_const_along(kd_rw_node(rw, by), n->rank, axis))
+          return kd_fit(rw, kd_s2(rw, KD_IR_SUB, kd_s2(rw, KD_IR_SUB, ax, by), kd_s2(rw, KD_IR_SUB, r, t)), n);
+      }
+      if (rrow && !kb && kd_const_along(kd_rw_node(rw, b), n->rank, axis))
+        return kd_fit(rw, kd_s2(rw, KD_IR_SUB, ax, kd_s2(rw, KD_IR_ADD, r, b)), n);
+    }
     if (aop == KD_IR_ADD && bop == KD_IR_ADD)
       /* (a + x) - (a + y) = x - y, either operand the shared one: reverse
        * KL's gradient c (1 + log q - log p) - c (1 + KL) becomes c (log q -

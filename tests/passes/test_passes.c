@@ -453,7 +453,10 @@ static void test_common_factor(void) {
  * analysis bounds (1 / max(count, 1)) is a product, and not by 1 / count,
  * which is inf for a count of 0, nor by 0.001 / max(count, 1e-40), whose
  * divisor is 0 in f32; x w - mulz(w, v) = mulz(w, x - v);
- * (a + x) - (a + y) = x - y; (z r) s = z (r s) for r, s per row. Each
+ * (a + x) - (a + y) = x - y; (z r) s = z (r s) for r, s per row;
+ * (x - r) - (y - r2) = (x - y) - (r - r2) and (x - r) - r2 = x - (r + r2)
+ * (one subtraction of a row scalar per element), but (x - r) - 3 as it is
+ * (a literal stays outside, as test_common_factor's rule puts it). Each
  * output is checked for its shape after simplify and against the graph
  * before it in the reference executor. */
 static void test_row_factors(void) {
@@ -467,6 +470,7 @@ static void test_row_factors(void) {
   kd_node_id wtiny = kd_binary(g, KD_IR_DIV, kd_const(g, 1e-3, KD_F32),
                                  kd_binary(g, KD_IR_MAX, cnt, kd_const(g, 1e-40, KD_F32)));
   kd_node_id r = kd_unary(g, KD_IR_EXP, kd_reduce(g, KD_IR_SUM, y, 1)); /* per row */
+  kd_node_id r2 = kd_reduce(g, KD_IR_SUM, x, 1);
   kd_node_id e = kd_unary(g, KD_IR_EXP, x);
   kd_graph_add_output(g, "bounded", kd_binary(g, KD_IR_MULZ, x, w));
   kd_graph_add_output(g, "unbounded", kd_binary(g, KD_IR_MULZ, x, winf));
@@ -476,13 +480,18 @@ static void test_row_factors(void) {
   kd_graph_add_output(g, "shift", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_ADD, r, x),
                                             kd_binary(g, KD_IR_ADD, y, r)));
   kd_graph_add_output(g, "rows", kd_binary(g, KD_IR_MUL, kd_binary(g, KD_IR_MUL, x, r), w));
+  kd_graph_add_output(g, "gather", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, r),
+                                             kd_binary(g, KD_IR_SUB, y, r2)));
+  kd_graph_add_output(g, "gather2", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, r), r2));
+  kd_graph_add_output(g, "literal", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, r), kd_const(g, 3, KD_F32)));
   kd_graph *s = NULL;
   char err[256] = "";
   TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
   if (s) {
-    const kd_node *o[6];
-    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows", "tiny"};
-    for (int k = 0; k < 6; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
+    const kd_node *o[9];
+    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows",
+                                       "tiny",    "gather",    "gather2", "literal"};
+    for (int k = 0; k < 9; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
     TU_CHECK(o[0]->op == KD_IR_MUL, "mulz(x, 1 / max(count, 1)) is a product: %s",
              kd_opcode_name(o[0]->op));
     TU_CHECK(o[1]->op == KD_IR_MULZ, "mulz(x, 1 / count) stays: %s", kd_opcode_name(o[1]->op));
@@ -496,10 +505,20 @@ static void test_row_factors(void) {
     TU_CHECK(rs && kd_graph_node(s, o[4]->src[0])->op == KD_IR_INPUT && rs->op == KD_IR_MUL &&
                  rs->rank == 2 && rs->shape[1] == 1,
              "(x r) w = x (r w), r w per row");
+    const kd_node *g0 = kd_graph_node(s, o[6]->src[0]), *g1 = kd_graph_node(s, o[6]->src[1]);
+    TU_CHECK(o[6]->op == KD_IR_SUB && g0->op == KD_IR_SUB && g0->shape[1] != 1 && g1->op == KD_IR_SUB &&
+                 g1->shape[1] == 1,
+             "(x - r) - (y - r2) = (x - y) - (r - r2): %s", kd_opcode_name(o[6]->op));
+    const kd_node *h1 = kd_graph_node(s, o[7]->src[1]);
+    TU_CHECK(o[7]->op == KD_IR_SUB && kd_graph_node(s, o[7]->src[0])->op == KD_IR_INPUT && h1->op == KD_IR_ADD &&
+                 h1->shape[1] == 1,
+             "(x - r) - r2 = x - (r + r2): %s", kd_opcode_name(o[7]->op));
+    TU_CHECK(o[8]->op == KD_IR_SUB && kd_graph_node(s, o[8]->src[0])->op == KD_IR_SUB,
+             "(x - r) - 3 stays: %s", kd_opcode_name(o[8]->op));
     double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
     int64_t shape[2] = {2, 3};
     kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 9; k++) {
       kd_ref_value want = tu_run(g, in, 2, outs[k]), got = tu_run(s, in, 2, outs[k]);
       for (size_t i = 0; want.data && got.data && i < 6; i++)
         TU_CHECK(tu_close(got.data[i], want.data[i], 0, 1e-12), "%s[%zu]: %.17g, want %.17g",
