@@ -15,6 +15,7 @@
  *   a - (x +- c) = (a - x) -+ c for a literal c    x / c = x (1/c) for c a power of two
  *   (a + x) - (a + y) = x - y    (z r) s = z (r s) for r, s constant along the row
  *   (x - r) - (y - s) = (x - y) - (r - s)    (x - r) - s = x - (r + s)   (the same r, s)
+ *   (x + r) + s = x + (r + s)    (x + r) - s = x + (r - s)    (x - r) + s = x - (r - s)
  *   mulz(0, x) = 0    mulz(a, c) = a * c for c finite (kd_range), mulz(c, b) = c * b for c != 0
  *   stop_gradient(x) = x (autodiff has run)
  *   op(expand(z), y) = op(z, y) when y's shape broadcasts z anyway
@@ -450,6 +451,39 @@ static kd_node_id kd_simp_common_factor(kd_rw *rw, const kd_node *n) {
 }
 
 /* One rewrite of node id; returns the node that replaces it, or KD_NONE. */
+/* Row scalars gather in additive chains, so a row pays one addition of a
+ * split double per element, not one per scalar (jsd's gradient c/2 + (x c/2
+ * - c/2) - S c/2 is x c/2 + (c/2 - c/2 - S c/2)): with r and s constant
+ * along the row of n and x not,
+ *   (x + r) + s = r + (x + s) = x + (r + s)     (x - r) + s = x - (r - s)
+ *   (x + r) - s = x + (r - s)
+ * (SUB's (x - r) - s is kd_simp_rule's). Literals stay where a - (x + c)
+ * = (a - x) - c puts them (the two would undo each other). KD_NONE when
+ * none applies. */
+static kd_node_id kd_simp_gather(kd_rw *rw, const kd_node *n) {
+  if (n->rank == 0 || (n->op != KD_IR_ADD && n->op != KD_IR_SUB)) return KD_NONE;
+  int axis = n->rank - 1;
+  for (int k = 0; k < (n->op == KD_IR_ADD ? 2 : 1); k++) {
+    kd_node_id c = n->src[k], s = n->src[1 - k]; /* the chain, the scalar */
+    kd_opcode cop = kd_op(rw, c);
+    double lit;
+    if ((cop != KD_IR_ADD && cop != KD_IR_SUB) || !kd_const_along(kd_rw_node(rw, s), n->rank, axis) ||
+        kd_rw_const_value(rw, s, &lit))
+      continue;
+    for (int i = 0; i < (cop == KD_IR_ADD ? 2 : 1); i++) {
+      kd_node_id x = kd_src(rw, c, i), r = kd_src(rw, c, 1 - i);
+      if (kd_const_along(kd_rw_node(rw, x), n->rank, axis) || !kd_const_along(kd_rw_node(rw, r), n->rank, axis) ||
+          kd_rw_const_value(rw, r, &lit))
+        continue;
+      if (cop == KD_IR_ADD) /* (x + r) +- s */
+        return kd_fit(rw, kd_s2(rw, KD_IR_ADD, x, kd_s2(rw, n->op, r, s)), n);
+      if (n->op == KD_IR_ADD) /* (x - r) + s */
+        return kd_fit(rw, kd_s2(rw, KD_IR_SUB, x, kd_s2(rw, KD_IR_SUB, r, s)), n);
+    }
+  }
+  return KD_NONE;
+}
+
 static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
   kd_node_id a = n->nsrc > 0 ? n->src[0] : KD_NONE, b = n->nsrc > 1 ? n->src[1] : KD_NONE;
   double x[KD_MAX_SRC], ca = NAN, cb = NAN;
@@ -467,6 +501,7 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
   }
   kd_opcode aop = a != KD_NONE ? kd_op(rw, a) : KD_IR_INPUT;
   kd_opcode bop = b != KD_NONE ? kd_op(rw, b) : KD_IR_INPUT;
+  kd_node_id r0;
   switch (n->op) {
   case KD_IR_STOPGRAD: return kd_fit(rw, a, n);
   case KD_IR_CAST: return kd_fit(rw, a, n);
@@ -481,7 +516,8 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
     if (ka && ca == 0) return kd_fit(rw, b, n);
     if (bop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, a, kd_src(rw, b, 0));
     if (aop == KD_IR_NEG) return kd_s2(rw, KD_IR_SUB, b, kd_src(rw, a, 0));
-    return kd_simp_common_factor(rw, n);
+    if ((r0 = kd_simp_common_factor(rw, n)) != KD_NONE) return r0;
+    return kd_simp_gather(rw, n);
   case KD_IR_SUB:
     if (kb && cb == 0) return kd_fit(rw, a, n);
     if (ka && ca == 0) return kd_fit(rw, kd_s1(rw, KD_IR_NEG, b), n);
@@ -522,7 +558,8 @@ static kd_node_id kd_simp_rule(kd_rw *rw, const kd_node *n) {
         for (int j = 0; j < 2; j++)
           if (kd_src(rw, a, i) == kd_src(rw, b, j))
             return kd_fit(rw, kd_s2(rw, KD_IR_SUB, kd_src(rw, a, 1 - i), kd_src(rw, b, 1 - j)), n);
-    return kd_simp_common_factor(rw, n);
+    if ((r0 = kd_simp_common_factor(rw, n)) != KD_NONE) return r0;
+    return kd_simp_gather(rw, n);
   case KD_IR_MUL:
   case KD_IR_MULZ:
     if (n->op == KD_IR_MULZ && ka && ca == 0) return kd_const_like(rw, 0, n);

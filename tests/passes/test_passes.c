@@ -456,7 +456,9 @@ static void test_common_factor(void) {
  * (a + x) - (a + y) = x - y; (z r) s = z (r s) for r, s per row;
  * (x - r) - (y - r2) = (x - y) - (r - r2) and (x - r) - r2 = x - (r + r2)
  * (one subtraction of a row scalar per element), but (x - r) - 3 as it is
- * (a literal stays outside, as test_common_factor's rule puts it). Each
+ * (a literal stays outside, as test_common_factor's rule puts it);
+ * (x + r) + r2 = x + (r + r2), (x - r) + r2 = x - (r - r2), (x + r) - r2 =
+ * x + (r - r2), but (x - r) + 3 as it is. Each
  * output is checked for its shape after simplify and against the graph
  * before it in the reference executor. */
 static void test_row_factors(void) {
@@ -484,14 +486,19 @@ static void test_row_factors(void) {
                                              kd_binary(g, KD_IR_SUB, y, r2)));
   kd_graph_add_output(g, "gather2", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, r), r2));
   kd_graph_add_output(g, "literal", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_SUB, x, r), kd_const(g, 3, KD_F32)));
+  kd_graph_add_output(g, "gather3", kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_ADD, r, x), r2));
+  kd_graph_add_output(g, "gather4", kd_binary(g, KD_IR_ADD, r2, kd_binary(g, KD_IR_SUB, x, r)));
+  kd_graph_add_output(g, "gather5", kd_binary(g, KD_IR_SUB, kd_binary(g, KD_IR_ADD, x, r), r2));
+  kd_graph_add_output(g, "literal2", kd_binary(g, KD_IR_ADD, kd_binary(g, KD_IR_SUB, x, r), kd_const(g, 3, KD_F32)));
   kd_graph *s = NULL;
   char err[256] = "";
   TU_CHECK(kd_pass_simplify(g, &s, err, sizeof err) == KD_OK, "%s", err);
   if (s) {
-    const kd_node *o[9];
-    static const char *const outs[] = {"bounded", "unbounded", "shared", "shift", "rows",
-                                       "tiny",    "gather",    "gather2", "literal"};
-    for (int k = 0; k < 9; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
+    const kd_node *o[13];
+    static const char *const outs[] = {"bounded", "unbounded", "shared",  "shift",   "rows",
+                                       "tiny",    "gather",    "gather2", "literal", "gather3",
+                                       "gather4", "gather5",   "literal2"};
+    for (int k = 0; k < 13; k++) o[k] = kd_graph_node(s, kd_graph_find_output(s, outs[k]));
     TU_CHECK(o[0]->op == KD_IR_MUL, "mulz(x, 1 / max(count, 1)) is a product: %s",
              kd_opcode_name(o[0]->op));
     TU_CHECK(o[1]->op == KD_IR_MULZ, "mulz(x, 1 / count) stays: %s", kd_opcode_name(o[1]->op));
@@ -515,10 +522,19 @@ static void test_row_factors(void) {
              "(x - r) - r2 = x - (r + r2): %s", kd_opcode_name(o[7]->op));
     TU_CHECK(o[8]->op == KD_IR_SUB && kd_graph_node(s, o[8]->src[0])->op == KD_IR_SUB,
              "(x - r) - 3 stays: %s", kd_opcode_name(o[8]->op));
+    static const kd_opcode top[] = {KD_IR_ADD, KD_IR_SUB, KD_IR_ADD}, row[] = {KD_IR_ADD, KD_IR_SUB, KD_IR_SUB};
+    for (int k = 0; k < 3; k++) { /* x op (r op' r2): x first, the row scalars together */
+      const kd_node *t = o[9 + k], *e0 = kd_graph_node(s, t->src[0]), *e1 = kd_graph_node(s, t->src[1]);
+      TU_CHECK(t->op == top[k] && e0->op == KD_IR_INPUT && e1->op == row[k] && e1->shape[1] == 1,
+               "%s: x %s (r %s r2), got %s of %s and %s", outs[9 + k], kd_opcode_name(top[k]),
+               kd_opcode_name(row[k]), kd_opcode_name(t->op), kd_opcode_name(e0->op), kd_opcode_name(e1->op));
+    }
+    TU_CHECK(o[12]->op == KD_IR_ADD && kd_graph_node(s, o[12]->src[0])->op == KD_IR_SUB,
+             "(x - r) + 3 stays: %s", kd_opcode_name(o[12]->op));
     double xs[6] = {1, 2, 3, -1, 0, 4}, ys[6] = {0.5, -2, 1, 3, 2, -1};
     int64_t shape[2] = {2, 3};
     kd_ref_input in[2] = {tu_input("student", 2, shape, xs), tu_input("teacher", 2, shape, ys)};
-    for (int k = 0; k < 9; k++) {
+    for (int k = 0; k < 13; k++) {
       kd_ref_value want = tu_run(g, in, 2, outs[k]), got = tu_run(s, in, 2, outs[k]);
       for (size_t i = 0; want.data && got.data && i < 6; i++)
         TU_CHECK(tu_close(got.data[i], want.data[i], 0, 1e-12), "%s[%zu]: %.17g, want %.17g",
