@@ -391,24 +391,19 @@ static int is_max(const emitter *e, const pass_plan *pl, int r) {
   return kd_re_gnode(&e->r, pl->red[r])->op == KD_IR_RMAX;
 }
 
-/* The gradient's element type and its size in bytes. */
-static LLVMTypeRef grad_elem(const emitter *e, unsigned *size) {
-  *size = e->grad_bf16 ? 2 : 4;
-  return e->grad_bf16 ? e->r.i16 : e->r.f32;
-}
+/* The size in bytes of a gradient element. */
+static unsigned grad_size(const emitter *e) { return e->grad_bf16 ? 2 : 4; }
 
 /* &grad[row, j] */
 static LLVMValueRef grad_ptr(emitter *e, LLVMValueRef j) {
-  unsigned size;
   LLVMValueRef off = LLVMBuildAdd(e->r.b, LLVMBuildMul(e->r.b, e->r.row, e->r.V, ""), j, "");
-  return LLVMBuildGEP2(e->r.b, grad_elem(e, &size), e->ptr_grad, &off, 1, "");
+  return LLVMBuildGEP2(e->r.b, e->grad_bf16 ? e->r.i16 : e->r.f32, e->ptr_grad, &off, 1, "");
 }
 
 static void store_output(emitter *e, kd_node_id id) {
   LLVMValueRef v = kd_re_elem_f(&e->r, id);
   if (e->grad_bf16) v = kd_re_f32_to_bf16(&e->r, v);
-  unsigned size;
-  grad_elem(e, &size);
+  unsigned size = grad_size(e);
   LLVMValueRef p = grad_ptr(e, e->r.j);
   if (e->mask) {
     LLVMValueRef args[4] = {v, p, LLVMConstInt(e->r.i32, size, 0), e->mask};
@@ -866,10 +861,8 @@ static void emit_pass(emitter *e, int pass) {
   LLVMValueRef j0 = kd_re_i64c(&e->r, 0);
   e->aligned = e->nontemporal && pl.nstore > 0;
   if (e->aligned) {
-    unsigned size;
-    grad_elem(e, &size);
     LLVMValueRef addr = LLVMBuildPtrToInt(e->r.b, grad_ptr(e, kd_re_i64c(&e->r, 0)), e->r.i64, "");
-    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, size == 2 ? 1 : 2), ""),
+    LLVMValueRef mis = LLVMBuildAnd(e->r.b, LLVMBuildLShr(e->r.b, addr, kd_re_i64c(&e->r, grad_size(e) == 2 ? 1 : 2), ""),
                                     kd_re_i64c(&e->r, e->r.W - 1), "");
     LLVMValueRef head = LLVMBuildAnd(e->r.b, LLVMBuildSub(e->r.b, kd_re_i64c(&e->r, e->r.W), mis, ""),
                                      kd_re_i64c(&e->r, e->r.W - 1), "");
