@@ -5,9 +5,11 @@ The figures kdc_gpu_bench (bench/gpu_bench.c) prints for kdc are put next
 to these, on the same GPU: forward + backward (d loss / d student logits)
 of a distillation loss over [BT, V] logits, median of --repeats timed with
 CUDA events after warm-up, and the bandwidth of the least traffic such a
-loss needs, (2 s + 4) BT V bytes (read teacher and student once, write the
-f32 gradient once; s = 4 for f32 logits, 2 for bf16) / time, the same
-formula kdc_gpu_bench uses. Peak memory: torch.cuda.max_memory_allocated
+loss needs, 3 s BT V bytes (read teacher and student once, write the
+gradient once, which PyTorch and Liger keep in the logits' dtype; s = 4 for
+f32 logits, 2 for bf16) / time: kdc_gpu_bench's (2 s + g) formula for PTX
+compiled with --grad-dtype bf16 when the logits are bf16, so compare bf16
+rows with kdc's compiled that way. Peak memory: torch.cuda.max_memory_allocated
 above the inputs.
 
 Shapes are Liger-Kernel's own benchmark shapes: kl_div at BT = 16384,
@@ -91,7 +93,7 @@ def bench(name, n, v, dtype, repeats, liger):
     s0 = (torch.rand(64, v, device="cuda") * 12 - 6).to(dt).repeat(n // 64 + 1, 1)[:n].contiguous()
     s = s0.clone().requires_grad_(True)
     es = 2 if dtype == "bf16" else 4
-    ideal = (2 * es + 4) * n * v
+    ideal = 3 * es * n * v  # the gradient in the logits' dtype
     eager = getattr(torch_losses, name)
     rows = [("eager", lambda: eager(s, t).backward())]
     if liger:
