@@ -38,7 +38,8 @@ kd_status kd_gpu_program_parse(const char *ptx, kd_gpu_program *p, char *err, si
                  p->name, &p->nstages, &p->nslots, &p->nglobals, &p->loss_index, &p->has_grad,
                  &p->grad_dtype, &p->teacher_dtype, &p->student_dtype, &p->has_labels, &p->block,
                  &p->rows_mask);
-  if (n != 12 || (p->grad_dtype != KD_F32 && p->grad_dtype != KD_BF16) || p->nstages < 0 || p->nstages > KD_LOSS_MAX_STAGES || p->nslots < 0 || p->nglobals < 1 ||
+  if (n != 12 || (p->grad_dtype != KD_F32 && p->grad_dtype != KD_BF16) || p->nstages < 0 ||
+      p->nstages > KD_LOSS_MAX_STAGES || p->nslots < 0 || p->nglobals < 1 ||
       p->loss_index < 0 || p->loss_index >= p->nglobals || p->block < 32 || p->block > 1024 ||
       p->block % 32 || (p->rows_mask >> p->nstages))
     return kd_errf(err, errlen, KD_ERR_FORMAT, "corrupt kdc PTX header");
